@@ -1,0 +1,190 @@
+"""The two protocols every backend implements, and the records they return.
+
+The engine talks only to these. A backend translates its own errors into `batchpilot.errors` at this
+boundary (the core never imports `azure.*`), and returns plain frozen records, never SDK models.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+from ..spec import JobSpec, PoolSpec, TaskSpec
+
+
+class TaskState(enum.StrEnum):
+    """Batch's task states."""
+
+    ACTIVE = "active"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    COMPLETED = "completed"
+
+
+class TaskResult(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInfo:
+    """Why a task failed, in Batch's terms: category (usererror/servererror), code and message."""
+
+    category: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """One task as the service reports it: the fields the monitor uses and nothing else."""
+
+    task_id: str
+    state: TaskState
+    state_transition_time: datetime
+    node_id: str | None = None
+    exit_code: int | None = None
+    result: TaskResult | None = None
+    failure: FailureInfo | None = None
+    retry_count: int = 0
+    requeue_count: int = 0
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCounts:
+    active: int = 0
+    running: int = 0
+    completed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.active + self.running + self.completed
+
+
+class AddStatus(enum.StrEnum):
+    ADDED = "added"
+    EXISTS = "exists"
+    CLIENT_ERROR = "clienterror"
+    SERVER_ERROR = "servererror"
+
+
+@dataclass(frozen=True, slots=True)
+class AddTaskResult:
+    """The outcome for one task of an add-collection request."""
+
+    task_id: str
+    status: AddStatus
+    error_code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ensured:
+    """A pool or job that now exists; `created` is False when it was already there and is reused."""
+
+    resource_id: str
+    created: bool
+    warnings: tuple[str, ...] = ()
+
+
+class Permission(enum.Flag):
+    READ = enum.auto()
+    CREATE = enum.auto()
+    WRITE = enum.auto()
+    LIST = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    name: str
+    size: int
+    md5_hex: str | None
+
+
+class UploadOutcome(enum.StrEnum):
+    UPLOADED = "uploaded"
+    SKIPPED = "skipped"
+
+
+class Compute(Protocol):
+    """Pools, jobs and tasks: Batch, or the local machine standing in for it."""
+
+    async def ensure_pool(self, spec: PoolSpec) -> Ensured: ...
+
+    async def ensure_job(self, spec: JobSpec) -> Ensured: ...
+
+    async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
+        """Add one collection (at most 100 tasks, under 1 MB). Raises RequestTooLargeError when over."""
+        ...
+
+    async def task_counts(self, job_id: str) -> TaskCounts:
+        """The cheap probe. May lag behind `list_tasks`."""
+        ...
+
+    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
+        """Every task of the job, or only those whose state changed at or after `changed_since`."""
+        ...
+
+    async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
+        """A file from the task's directory, e.g. `stderr.txt`. NotFoundError when absent."""
+        ...
+
+    async def delete_job(self, job_id: str) -> None: ...
+
+    async def delete_pool(self, pool_id: str) -> None: ...
+
+
+class Storage(Protocol):
+    """Blob containers: Azure Blob Storage, or folders on disk."""
+
+    async def ensure_container(self, container: str) -> bool:
+        """Create the container if absent; True when it was created."""
+        ...
+
+    async def upload(self, container: str, blob_name: str, source: Path, md5_hex: str) -> UploadOutcome:
+        """Upload one file, skipping it when a blob of the same size and MD5 is already there."""
+        ...
+
+    async def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]: ...
+
+    async def download(self, container: str, blob_name: str, dest: Path) -> None:
+        """Write the blob to `dest` via a temporary name, so a partial file never has the final name."""
+        ...
+
+    async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
+        """A URL a task can use to reach the container with exactly `permissions` until `expiry` from now."""
+        ...
+
+    async def blob_url(
+        self, container: str, blob_name: str, permissions: Permission, expiry: timedelta
+    ) -> str: ...
+
+    async def delete_container(self, container: str) -> None: ...
+
+
+class Backend(Protocol):
+    """A Compute and a Storage, opened and closed together with `async with`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def compute(self) -> Compute: ...
+
+    @property
+    def storage(self) -> Storage: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...

@@ -1,0 +1,273 @@
+"""The workload as data: what to run, where, and with which files.
+
+Everything here is pure and frozen. Two layers:
+
+* the declarative workload (`Workload`, `PoolSpec`, `TaskTemplate`) that a user or a TOML file describes in
+  terms of local inputs and container names;
+* the resolved task (`TaskSpec`, with `ResourceFile` and `OutputFile` carrying URLs) that a `Compute` backend
+  receives, shaped like Batch's own TaskAddParameter so that the Azure adapter is a field-by-field mapping.
+
+Ids are deterministic so that running the same command again resumes instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import shlex
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from .errors import ConfigError
+
+BATCH_ID_MAX_LENGTH = 64
+_ID_HASH_LENGTH = 8
+_NOT_ALLOWED_IN_ID = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def batch_id(*parts: str, unique_by: str | None = None) -> str:
+    """Join `parts` into an id that follows Batch's rules (letters, digits, `-`, `_`; at most 64 chars).
+
+    Characters the rules do not allow become `-`. When `unique_by` is given, a short hash of it is appended
+    so that two names that differ only in dropped characters (`a b.mp4` and `a+b.mp4`) or in case (Batch ids
+    are case-insensitive) still get different ids.
+    """
+    cleaned = [_NOT_ALLOWED_IN_ID.sub("-", part).strip("-_") for part in parts]
+    stem = "-".join(piece for piece in cleaned if piece) or "x"
+    if unique_by is None:
+        return stem[:BATCH_ID_MAX_LENGTH].rstrip("-_") or "x"
+    digest = hashlib.sha256(unique_by.encode()).hexdigest()[:_ID_HASH_LENGTH]
+    room = BATCH_ID_MAX_LENGTH - _ID_HASH_LENGTH - 1
+    return f"{stem[:room].rstrip('-_') or 'x'}-{digest}"
+
+
+def container_name(*parts: str) -> str:
+    """A Blob Storage container name: 3-63 chars of lowercase letters, digits and single hyphens."""
+    joined = "-".join(parts).lower()
+    name = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", joined)).strip("-")
+    if len(name) > 63:
+        digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-')}-{digest}"
+    return name.ljust(3, "0")
+
+
+# --- pool and job -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReference:
+    publisher: str = "Canonical"
+    offer: str = "0001-com-ubuntu-server-focal"
+    sku: str = "20_04-lts"
+    version: str = "latest"
+
+
+@dataclass(frozen=True, slots=True)
+class StartTask:
+    command_line: str
+    run_elevated: bool = True
+    wait_for_success: bool = True
+    max_task_retry_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A pool of nodes. On the local backend only the slot count (nodes x task slots) matters."""
+
+    pool_id: str
+    vm_size: str = "STANDARD_A1_v2"
+    image: ImageReference = ImageReference()
+    node_agent_sku_id: str = "batch.node.ubuntu 20.04"
+    dedicated_nodes: int = 0
+    spot_nodes: int = 5
+    task_slots_per_node: int = 1
+    start_task: StartTask | None = None
+
+    def __post_init__(self) -> None:
+        if self.dedicated_nodes < 0 or self.spot_nodes < 0:
+            raise ConfigError("pool node counts must be zero or more")
+        if self.dedicated_nodes + self.spot_nodes == 0:
+            raise ConfigError("the pool needs at least one node: set dedicated or spot nodes above zero")
+        if self.task_slots_per_node < 1:
+            raise ConfigError("task slots per node must be at least 1")
+
+    @property
+    def total_slots(self) -> int:
+        return (self.dedicated_nodes + self.spot_nodes) * self.task_slots_per_node
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    job_id: str
+    pool_id: str
+    # One-shot runs let the service end the job once every task is done, so an orphaned job ends by itself.
+    terminate_when_tasks_complete: bool = False
+
+
+# --- resolved tasks ---------------------------------------------------------------------------------------
+
+
+class UploadCondition(enum.StrEnum):
+    """When Batch uploads an output file: Batch's own OutputFileUploadCondition values."""
+
+    TASK_SUCCESS = "tasksuccess"
+    TASK_FAILURE = "taskfailure"
+    TASK_COMPLETION = "taskcompletion"
+
+    def applies(self, *, succeeded: bool) -> bool:
+        if self is UploadCondition.TASK_COMPLETION:
+            return True
+        return succeeded == (self is UploadCondition.TASK_SUCCESS)
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceFile:
+    """A file staged onto the node before the task runs: fetched from `url` to `file_path` (relative)."""
+
+    url: str
+    file_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """Files matching `file_pattern` (relative to the task's working dir) uploaded after the task runs.
+
+    They land in the container at `container_url` under `path` (a blob prefix when the pattern matches
+    several files, as in Batch), when `upload_condition` holds.
+    """
+
+    file_pattern: str
+    container_url: str
+    path: str
+    upload_condition: UploadCondition = UploadCondition.TASK_SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConstraints:
+    max_wall_clock: timedelta | None = None
+    max_task_retry_count: int = 0
+    retention: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task as the backend receives it: Batch's TaskAddParameter, trimmed to what we use."""
+
+    task_id: str
+    command_line: str
+    resource_files: tuple[ResourceFile, ...] = ()
+    output_files: tuple[OutputFile, ...] = ()
+    constraints: TaskConstraints = TaskConstraints()
+    display_name: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+# --- the declarative workload -----------------------------------------------------------------------------
+
+PLACEHOLDERS = frozenset({"input", "input_name", "stem", "task_id"})
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTemplate:
+    """A command line with placeholders, and the output files it leaves in its working directory.
+
+    Placeholders: `{input}` (the staged input's path, relative to the working dir), `{input_name}` (its
+    original file name), `{stem}` (that name without its extension), `{task_id}`. Values are shell-quoted.
+    """
+
+    command: str
+    outputs: tuple[str, ...]
+    constraints: TaskConstraints = TaskConstraints()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(template_fields(self.command)) - PLACEHOLDERS)
+        if unknown:
+            allowed = ", ".join("{" + name + "}" for name in sorted(PLACEHOLDERS))
+            raise ConfigError(f"unknown placeholder {{{unknown[0]}}} in the command; use one of {allowed}")
+        for pattern in self.outputs:
+            unknown_out = sorted(set(template_fields(pattern)) - PLACEHOLDERS)
+            if unknown_out:
+                raise ConfigError(f"unknown placeholder {{{unknown_out[0]}}} in output pattern {pattern!r}")
+
+    def render_command(self, values: Mapping[str, str]) -> str:
+        return self.command.format_map({key: shlex.quote(value) for key, value in values.items()})
+
+    def render_outputs(self, values: Mapping[str, str]) -> tuple[str, ...]:
+        return tuple(pattern.format_map(values) for pattern in self.outputs)
+
+
+def template_fields(text: str) -> list[str]:
+    """The placeholder names used in a `str.format` template; a malformed template is a ConfigError."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(
+            f"malformed template {text!r}: {exc}; double braces ({{{{ }}}}) for literal ones"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupPolicy:
+    """What a run deletes once every task has succeeded and every output is fetched.
+
+    A run that fails or is interrupted deletes nothing, so running the same command again resumes.
+    """
+
+    delete_input_container: bool = True
+    delete_job: bool = True
+    delete_pool: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A set of local inputs, one task each from `template`, on `pool`; outputs fetched to `download_to`."""
+
+    name: str
+    inputs: tuple[Path, ...]
+    template: TaskTemplate
+    pool: PoolSpec
+    download_to: Path | None = None
+    input_container: str = ""
+    output_container: str = ""
+    job_id: str = ""
+    cleanup: CleanupPolicy = CleanupPolicy()
+    timeout: timedelta = timedelta(hours=1)
+    environment: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Derived names are filled in here so that a Workload built by hand and one from the CLI agree.
+        if not self.job_id:
+            object.__setattr__(self, "job_id", batch_id("batchpilot", self.name))
+        if not self.input_container:
+            object.__setattr__(self, "input_container", container_name(self.job_id, "input"))
+        if not self.output_container:
+            object.__setattr__(self, "output_container", container_name(self.job_id, "output"))
+
+
+@dataclass(frozen=True, slots=True)
+class StagedInput:
+    """An input after upload: where it came from, its blob, and the id of the task that will process it."""
+
+    path: Path
+    blob_name: str
+    md5_hex: str
+    task_id: str
+
+    @classmethod
+    def for_path(cls, path: Path, md5_hex: str) -> StagedInput:
+        # The hash covers the content too: an input changed since the last run gets a new task, an unchanged
+        # one resumes the task that exists.
+        task_id = batch_id(path.stem, unique_by=f"{path.name}\0{md5_hex}")
+        return cls(path=path, blob_name=path.name, md5_hex=md5_hex, task_id=task_id)
+
+    def template_values(self) -> dict[str, str]:
+        return {
+            "input": self.blob_name,
+            "input_name": self.path.name,
+            "stem": self.path.stem,
+            "task_id": self.task_id,
+        }
