@@ -1,0 +1,91 @@
+"""The Azure backend: Batch for compute, Blob Storage for files.
+
+    async with AzureBackend(AzureSettings.load(flags)) as backend:
+        await backend.compute.ensure_pool(spec)
+
+The backend owns its clients and any credential it creates, and closes them all on exit.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+from azure.batch.aio import BatchClient
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.storage.blob.aio import BlobServiceClient
+
+from ...config import AzureSettings
+from .auth import Credentials
+from .compute import AzureCompute
+from .storage import AzureStorage, Clock, _utc_now
+
+__all__ = ("AzureBackend", "AzureCompute", "AzureStorage")
+
+
+class AzureBackend:
+    """`batchpilot.backends.base.Backend` on Azure Batch and Blob Storage.
+
+    `token_credential` replaces DefaultAzureCredential for Entra ID (the caller keeps ownership);
+    `retry_total` overrides the SDKs' retry count per request (None keeps their defaults).
+    """
+
+    name = "azure"
+
+    def __init__(
+        self,
+        settings: AzureSettings,
+        *,
+        token_credential: AsyncTokenCredential | None = None,
+        retry_total: int | None = None,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self._settings = settings
+        self._token_credential = token_credential
+        self._retry_total = retry_total
+        self._clock = clock
+        self._stack: AsyncExitStack | None = None
+        self._compute: AzureCompute | None = None
+        self._storage: AzureStorage | None = None
+
+    @property
+    def settings(self) -> AzureSettings:
+        return self._settings
+
+    @property
+    def compute(self) -> AzureCompute:
+        if self._compute is None:
+            raise RuntimeError("use AzureBackend inside `async with`")
+        return self._compute
+
+    @property
+    def storage(self) -> AzureStorage:
+        if self._storage is None:
+            raise RuntimeError("use AzureBackend inside `async with`")
+        return self._storage
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            options: dict[str, Any] = {} if self._retry_total is None else {"retry_total": self._retry_total}
+            credentials = Credentials(self._settings, stack, self._token_credential)
+            batch = await stack.enter_async_context(
+                BatchClient(self._settings.batch.endpoint, await credentials.batch(), **options)
+            )
+            blobs = await stack.enter_async_context(
+                BlobServiceClient(self._settings.storage.account_url, await credentials.storage(), **options)
+            )
+            secrets = self._settings.secrets
+            self._compute = AzureCompute(batch, secrets)
+            self._storage = AzureStorage(blobs, self._settings.storage, clock=self._clock, secrets=secrets)
+            # Everything opened; from here on the stack is closed by __aexit__, not by this block.
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        self._compute = self._storage = None
+        if stack is not None:
+            await stack.aclose()

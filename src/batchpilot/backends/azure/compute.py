@@ -1,0 +1,204 @@
+"""`Compute` over azure.batch.aio: pools, jobs and tasks on Azure Batch.
+
+Retries of single requests are the SDK's (azure-core's retry policy, honouring Retry-After); this module
+does not wrap them in a second loop. What is left after those retries is translated once, in `errors.py`.
+Task collections go out as exactly one `create_task_collection` request per call: the SDK's `create_tasks`
+helper re-queues a chunk forever on a persistent 5xx and silently drops an over-large single task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+import anyio
+from azure.batch import models as bm
+from azure.batch.aio import BatchClient
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from ...errors import BackendError
+from ...spec import JobSpec, PoolSpec, TaskSpec
+from ..base import AddTaskResult, Ensured, TaskCounts, TaskView
+from . import models
+from .errors import service_code, translated
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# A job in these states takes no new tasks; what the user can do about each.
+_UNUSABLE_JOB_STATES = {
+    "completed": "it has ended; delete it (or pick another run name) to run again",
+    "terminating": "it is ending; wait for it to complete, then delete it or pick another run name",
+    "deleting": "it is being deleted; wait a minute and run again",
+    "disabling": "it is being disabled; enable it again in the portal or pick another run name",
+    "disabled": "it is disabled; enable it again in the portal or pick another run name",
+}
+_READY_NODE_STATES = frozenset({"idle", "running"})
+
+
+class AzureCompute:
+    """Implements `batchpilot.backends.base.Compute`. The client belongs to `AzureBackend`."""
+
+    def __init__(self, client: BatchClient, secrets: tuple[str, ...] = ()) -> None:
+        self._client = client
+        self._secrets = secrets
+
+    async def ensure_pool(self, spec: PoolSpec) -> Ensured:
+        with translated(f"create pool {spec.pool_id}", self._secrets):
+            try:
+                await self._client.create_pool(models.pool_create_options(spec))
+                return Ensured(spec.pool_id, created=True)
+            except ResourceExistsError as exc:
+                if service_code(exc) != "PoolExists":
+                    raise
+        with translated(f"get pool {spec.pool_id}", self._secrets):
+            pool = await self._client.get_pool(spec.pool_id)
+        if str(pool.state).lower() == bm.BatchPoolState.DELETING:
+            raise BackendError(
+                f"pool {spec.pool_id} is being deleted; wait until it is gone, or choose another pool id",
+                code="PoolBeingDeleted",
+            )
+        return Ensured(spec.pool_id, created=False, warnings=models.pool_differences(spec, pool))
+
+    async def wait_for_nodes(
+        self,
+        pool_id: str,
+        *,
+        min_nodes: int = 1,
+        first_interval: float = 2.0,
+        max_interval: float = 30.0,
+        sleep: Sleep = anyio.sleep,
+    ) -> int:
+        """Wait until at least `min_nodes` nodes (capped at the pool's target) are idle or running.
+
+        Polls with an interval growing from `first_interval` to `max_interval`. Resize errors (quota,
+        allocation failure) and start-task failures end the wait at once as a BackendError saying what went
+        wrong. Returns the number of ready nodes. Bound the wait with a scope: `with anyio.fail_after(...)`.
+        """
+        interval = first_interval
+        while True:
+            ready = await self._nodes_ready(pool_id, min_nodes)
+            if ready is not None:
+                return ready
+            await sleep(interval)
+            interval = min(max_interval, interval * 1.5)
+
+    async def _nodes_ready(self, pool_id: str, min_nodes: int) -> int | None:
+        with translated(f"get pool {pool_id}", self._secrets):
+            pool = await self._client.get_pool(
+                pool_id,
+                select=[
+                    "id",
+                    "state",
+                    "allocationState",
+                    "resizeErrors",
+                    "targetDedicatedNodes",
+                    "targetLowPriorityNodes",
+                ],
+            )
+        if pool.resize_errors:
+            details = "; ".join(f"{e.code}: {e.message}" for e in pool.resize_errors)
+            raise BackendError(
+                f"pool {pool_id} cannot get its nodes ({details}); raise the quota or lower the node counts",
+                code=pool.resize_errors[0].code,
+            )
+        with translated(f"list nodes of pool {pool_id}", self._secrets):
+            nodes = [
+                node
+                async for node in self._client.list_nodes(
+                    pool_id, select=["id", "state", "startTaskInfo", "errors"]
+                )
+            ]
+        # A failed start task is a recipe bug that every node will hit; an unusable node is only fatal when
+        # no node is left that could run tasks.
+        start_failed = [node for node in nodes if str(node.state).lower() == "starttaskfailed"]
+        unusable = [node for node in nodes if str(node.state).lower() == "unusable"]
+        if start_failed or (unusable and len(unusable) == len(nodes)):
+            node = (start_failed or unusable)[0]
+            raise BackendError(_node_failure(pool_id, node), code=str(node.state))
+        target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
+        ready = sum(1 for node in nodes if str(node.state).lower() in _READY_NODE_STATES)
+        return ready if ready >= max(1, min(min_nodes, target)) else None
+
+    async def ensure_job(self, spec: JobSpec) -> Ensured:
+        with translated(f"create job {spec.job_id}", self._secrets):
+            try:
+                await self._client.create_job(models.job_create_options(spec))
+                return Ensured(spec.job_id, created=True)
+            except ResourceExistsError as exc:
+                if service_code(exc) not in ("JobExists", "JobBeingDeleted"):
+                    raise
+        with translated(f"get job {spec.job_id}", self._secrets):
+            job = await self._client.get_job(spec.job_id, select=["id", "state", "poolInfo"])
+        state = str(job.state).lower()
+        if state in _UNUSABLE_JOB_STATES:
+            raise BackendError(
+                f"job {spec.job_id} is {state}: {_UNUSABLE_JOB_STATES[state]}",
+                code=f"Job{state.capitalize()}",
+            )
+        warnings: tuple[str, ...] = ()
+        if job.pool_info.pool_id != spec.pool_id:
+            warnings = (
+                f"job {spec.job_id} exists on pool {job.pool_info.pool_id}, not {spec.pool_id}; reusing it",
+            )
+        return Ensured(spec.job_id, created=False, warnings=warnings)
+
+    async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
+        group = bm.BatchTaskGroup(task_values=[models.task_create_options(task) for task in tasks])
+        with translated(f"add {len(tasks)} tasks to job {job_id}", self._secrets):
+            result = await self._client.create_task_collection(job_id, group)
+        return models.add_results(tasks, result)
+
+    async def task_counts(self, job_id: str) -> TaskCounts:
+        with translated(f"get task counts of job {job_id}", self._secrets):
+            return models.task_counts(await self._client.get_job_task_counts(job_id))
+
+    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
+        where = None
+        if changed_since is not None:
+            where = f"stateTransitionTime ge {models.odata_datetime(changed_since)}"
+        with translated(f"list tasks of job {job_id}", self._secrets):
+            # The SDK follows odata.nextLink for further pages; the service keeps the filter in the link.
+            pages = self._client.list_tasks(job_id, filter=where, select=list(models.TASK_VIEW_FIELDS))
+            return [models.task_view(task) async for task in pages]
+
+    async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
+        with translated(f"read {name} of task {task_id} in job {job_id}", self._secrets):
+            chunks = await self._client.download_task_file(job_id, task_id, name)
+            return b"".join([chunk async for chunk in chunks])
+
+    async def delete_job(self, job_id: str) -> None:
+        # Only the delete request is sent: the job finishes deleting on its own, and polling it to the end
+        # would hold a run open for minutes (and the SDK's poller reports a failed poll as None).
+        with translated(f"delete job {job_id}", self._secrets):
+            try:
+                await self._client.begin_delete_job(job_id)
+            except ResourceNotFoundError:
+                return
+            except ResourceExistsError as exc:
+                # A delete already under way is the outcome asked for.
+                if service_code(exc) != "JobBeingDeleted":
+                    raise
+
+    async def delete_pool(self, pool_id: str) -> None:
+        with translated(f"delete pool {pool_id}", self._secrets):
+            try:
+                await self._client.begin_delete_pool(pool_id)
+            except ResourceNotFoundError:
+                return
+            except ResourceExistsError as exc:
+                # A delete already under way is the outcome asked for.
+                if service_code(exc) != "PoolBeingDeleted":
+                    raise
+
+
+def _node_failure(pool_id: str, node: bm.BatchNode) -> str:
+    info = node.start_task_info
+    if str(node.state).lower() == "starttaskfailed" and info is not None:
+        reason = info.failure_info.message if info.failure_info and info.failure_info.message else ""
+        return (
+            f"the start task failed on node {node.id} of pool {pool_id} (exit code {info.exit_code}"
+            f"{': ' + reason if reason else ''}); read startup/stderr.txt on the node, fix the start task "
+            "and recreate the pool"
+        )
+    errors = "; ".join(f"{e.code}: {e.message}" for e in node.errors or []) or "no details given"
+    return f"node {node.id} of pool {pool_id} is {node.state} ({errors}); remove it or recreate the pool"
