@@ -1,1 +1,86 @@
-"""batchpilot: run parallel workloads on Azure Batch or locally, with an async event-driven orchestrator."""
+"""batchpilot: run parallel workloads on Azure Batch or locally, with an async, event-driven orchestrator.
+
+async with Orchestrator() as orchestrator:          # the local backend by default
+    summary = await orchestrator.run(workload)
+"""
+
+from .backends.base import Backend, Compute, Storage, TaskState
+from .backends.local import LocalBackend
+from .engine import EngineSettings, Orchestrator
+from .errors import BackendError, BatchpilotError, ConfigError
+from .events import (
+    Event,
+    EventBus,
+    InputUploaded,
+    JobReady,
+    OutputDownloaded,
+    OutputDownloadFailed,
+    PoolReady,
+    ResourceDeleted,
+    ResourceKept,
+    RunFinished,
+    RunStarted,
+    RunSummary,
+    Subscriber,
+    TaskFailed,
+    TaskRequeued,
+    TasksSubmitted,
+    TaskStateChanged,
+    TaskSucceeded,
+)
+from .spec import (
+    CleanupPolicy,
+    ImageReference,
+    JobSpec,
+    PoolSpec,
+    StartTask,
+    TaskConstraints,
+    TaskSpec,
+    TaskTemplate,
+    Workload,
+)
+from .subscribers.log import LogSubscriber
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Backend",
+    "BackendError",
+    "BatchpilotError",
+    "CleanupPolicy",
+    "Compute",
+    "ConfigError",
+    "EngineSettings",
+    "Event",
+    "EventBus",
+    "ImageReference",
+    "InputUploaded",
+    "JobReady",
+    "JobSpec",
+    "LocalBackend",
+    "LogSubscriber",
+    "Orchestrator",
+    "OutputDownloadFailed",
+    "OutputDownloaded",
+    "PoolReady",
+    "PoolSpec",
+    "ResourceDeleted",
+    "ResourceKept",
+    "RunFinished",
+    "RunStarted",
+    "RunSummary",
+    "StartTask",
+    "Storage",
+    "Subscriber",
+    "TaskConstraints",
+    "TaskFailed",
+    "TaskRequeued",
+    "TaskSpec",
+    "TaskState",
+    "TaskStateChanged",
+    "TaskSucceeded",
+    "TaskTemplate",
+    "TasksSubmitted",
+    "Workload",
+    "__version__",
+)

@@ -214,7 +214,6 @@ class _Inbox:
     name: str
     subscriber: Subscriber
     send: MemoryObjectSendStream[Event]
-    receive: MemoryObjectReceiveStream[Event]
     pending: int = 0
     idle: anyio.Event | None = None
 
@@ -252,6 +251,9 @@ class EventBus:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         # Closing the send side lets each subscriber finish what is queued and end; the task group waits.
+        # When the owner is failing or cancelled, queued work is abandoned instead.
+        if exc is not None and self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
         for inbox in self._inboxes:
             inbox.send.close()
         for stream in self._streams:
@@ -259,13 +261,16 @@ class EventBus:
         assert self._task_group is not None
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
-    def subscribe(self, subscriber: Subscriber, *, name: str | None = None) -> None:
+    def subscribe(self, subscriber: Subscriber, *, name: str | None = None, concurrency: int = 1) -> None:
+        """Deliver every later event to `subscriber`, `concurrency` at a time (in order when 1)."""
         if self._task_group is None:
             raise RuntimeError("subscribe() needs the bus to be open (async with EventBus())")
         send, receive = anyio.create_memory_object_stream[Event](self._inbox_size)
-        inbox = _Inbox(name or _describe(subscriber), subscriber, send, receive)
+        inbox = _Inbox(name or _describe(subscriber), subscriber, send)
         self._inboxes.append(inbox)
-        self._task_group.start_soon(self._pump, inbox, name=f"subscriber:{inbox.name}")
+        for _ in range(max(1, concurrency)):
+            self._task_group.start_soon(self._pump, inbox, receive.clone(), name=f"subscriber:{inbox.name}")
+        receive.close()
 
     def stream(self, max_buffer: float = math.inf) -> EventStream:
         """A stream of every event from now on. Unbounded by default: the reader sets its own pace."""
@@ -295,9 +300,9 @@ class EventBus:
     def queue_depths(self) -> dict[str, int]:
         return {inbox.name: inbox.pending for inbox in self._inboxes}
 
-    async def _pump(self, inbox: _Inbox) -> None:
-        async with inbox.receive:
-            async for event in inbox.receive:
+    async def _pump(self, inbox: _Inbox, receive: MemoryObjectReceiveStream[Event]) -> None:
+        async with receive:
+            async for event in receive:
                 try:
                     await inbox.subscriber(event)
                 except Exception:

@@ -214,11 +214,13 @@ def template_fields(text: str) -> list[str]:
 class CleanupPolicy:
     """What a run deletes once every task has succeeded and every output is fetched.
 
-    A run that fails or is interrupted deletes nothing, so running the same command again resumes.
+    The input container goes, as in the tutorial. The job is kept by default: it costs nothing, and it is
+    what lets the same command, run again, find every task done and do nothing. A run that fails or is
+    interrupted deletes nothing, so running the same command again resumes.
     """
 
     delete_input_container: bool = True
-    delete_job: bool = True
+    delete_job: bool = False
     delete_pool: bool = False
 
 

@@ -1,0 +1,51 @@
+"""The local backend: tasks run as subprocesses on this machine, containers are folders. The default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .compute import LocalCompute
+from .storage import FileStager, LocalStorage
+
+__all__ = ("LocalBackend", "LocalCompute", "LocalStorage", "default_root")
+
+
+def default_root() -> Path:
+    """`$BATCHPILOT_HOME/local`, else the XDG data folder: where the local 'service' keeps its state."""
+    if home := os.environ.get("BATCHPILOT_HOME"):
+        return Path(home) / "local"
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "batchpilot" / "local"
+
+
+class LocalBackend:
+    """`async with LocalBackend() as backend`: compute and storage under one root folder."""
+
+    name = "local"
+
+    def __init__(self, root: Path | None = None, *, tool_dirs: Sequence[Path] = ()) -> None:
+        self.root = root or default_root()
+        self.storage = LocalStorage(self.root / "storage")
+        self.compute = LocalCompute(self.root / "batch", stager=FileStager(), tool_dirs=tool_dirs)
+        self._task_group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self.compute.attach(self._task_group)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._task_group is not None
+        # Workers wait on their queues forever; closing the backend stops them (and kills running tasks).
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)

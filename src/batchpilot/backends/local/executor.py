@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import posixpath
 import shlex
 import shutil
 import signal
@@ -103,13 +104,13 @@ def _fresh_dir(task_dir: Path, workdir: Path) -> None:
 
 async def _stage_in(spec: TaskSpec, workdir: Path, stager: Stager) -> FailureInfo | None:
     for resource in spec.resource_files:
-        dest = (workdir / resource.file_path).resolve()
-        if not dest.is_relative_to(workdir.resolve()):
+        relative = posixpath.normpath(resource.file_path)
+        if relative.startswith(("/", "../")) or relative == "..":
             return FailureInfo(
                 "usererror", "ResourceFilePathInvalid", f"{resource.file_path!r} leaves the task dir"
             )
         try:
-            await stager.fetch(resource.url, dest)
+            await stager.fetch(resource.url, workdir / relative)
         except Exception as exc:  # any failure to stage is the task's failure, reported, never raised
             return FailureInfo("usererror", "ResourceFileDownload", f"{resource.file_path}: {_one_line(exc)}")
     return None

@@ -1,0 +1,421 @@
+"""Pools, jobs and tasks on this machine, with Batch's semantics.
+
+A pool is a number of slots (nodes x task slots per node), each a worker that takes queued tasks in order
+and runs them through the executor. Every task keeps a record on disk, written at each state change, so the
+folder plays the part of the service: a restarted orchestrator finds its job, its tasks and their states.
+A task that was running when its orchestrator stopped was killed with it (no orphans) and is requeued, as a
+preempted task is on Batch.
+
+    <root>/pools/<pool_id>.json
+    <root>/jobs/<job_id>/job.json
+    <root>/jobs/<job_id>/tasks/<task_id>/{task.json, stdout.txt, stderr.txt, wd/}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ...errors import BackendError, NotFoundError, RequestTooLargeError
+from ...spec import (
+    JobSpec,
+    OutputFile,
+    PoolSpec,
+    ResourceFile,
+    TaskConstraints,
+    TaskSpec,
+    UploadCondition,
+)
+from ..base import (
+    AddStatus,
+    AddTaskResult,
+    Ensured,
+    FailureInfo,
+    TaskCounts,
+    TaskResult,
+    TaskState,
+    TaskView,
+)
+from .executor import Execution, Stager, execute
+
+_log = structlog.get_logger("batchpilot.local")
+MAX_TASKS_PER_REQUEST = 100
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True, eq=False)
+class _Task:
+    spec: TaskSpec
+    state: TaskState = TaskState.ACTIVE
+    transition_time: datetime = field(default_factory=_now)
+    node_id: str | None = None
+    exit_code: int | None = None
+    result: TaskResult | None = None
+    failure: FailureInfo | None = None
+    retry_count: int = 0
+    requeue_count: int = 0
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    cancel_scope: anyio.CancelScope | None = None
+
+    def move(self, state: TaskState) -> None:
+        self.state = state
+        # Strictly increasing, so that every change is distinguishable from a re-read of the same state.
+        self.transition_time = max(_now(), self.transition_time + timedelta(microseconds=1))
+
+    def view(self) -> TaskView:
+        return TaskView(
+            task_id=self.spec.task_id,
+            state=self.state,
+            state_transition_time=self.transition_time,
+            node_id=self.node_id,
+            exit_code=self.exit_code,
+            result=self.result,
+            failure=self.failure,
+            retry_count=self.retry_count,
+            requeue_count=self.requeue_count,
+            start_time=self.start_time,
+            end_time=self.end_time,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    spec: JobSpec
+    directory: Path
+    tasks: dict[str, _Task] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Pool:
+    spec: PoolSpec
+    queue: MemoryObjectSendStream[tuple[_Job, _Task]]
+    workers: list[anyio.CancelScope] = field(default_factory=list)
+
+
+class LocalCompute:
+    def __init__(self, root: Path, *, stager: Stager, tool_dirs: Sequence[Path] = ()) -> None:
+        self._root = root
+        self._stager = stager
+        self._tool_dirs = tuple(tool_dirs)
+        self._pools: dict[str, _Pool] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._task_group: TaskGroup | None = None
+
+    def attach(self, task_group: TaskGroup) -> None:
+        """Workers run in the backend's task group, so they end when the backend closes."""
+        self._task_group = task_group
+
+    # --- pools and jobs -------------------------------------------------------------------------------
+
+    async def ensure_pool(self, spec: PoolSpec) -> Ensured:
+        path = self._root / "pools" / f"{spec.pool_id}.json"
+        warnings: tuple[str, ...] = ()
+        existed = await anyio.Path(path).is_file()
+        if existed:
+            recorded = json.loads(await anyio.Path(path).read_text())
+            if recorded.get("slots") != spec.total_slots:
+                warnings = (f"pool {spec.pool_id} had {recorded.get('slots')} slots; now {spec.total_slots}",)
+        await _write_json(path, {"pool_id": spec.pool_id, "slots": spec.total_slots})
+        await anyio.Path(self._root / "shared").mkdir(parents=True, exist_ok=True)
+        if spec.pool_id not in self._pools:
+            self._start_pool(spec)
+        return Ensured(spec.pool_id, created=not existed, warnings=warnings)
+
+    def _start_pool(self, spec: PoolSpec) -> None:
+        if self._task_group is None:
+            raise RuntimeError("the local backend must be opened with `async with` before use")
+        send, receive = anyio.create_memory_object_stream[tuple[_Job, _Task]](math.inf)
+        pool = _Pool(spec, send)
+        self._pools[spec.pool_id] = pool
+        for slot in range(spec.total_slots):
+            self._task_group.start_soon(self._worker, pool, receive.clone(), f"{spec.pool_id}-slot-{slot}")
+        receive.close()
+
+    async def ensure_job(self, spec: JobSpec) -> Ensured:
+        if spec.pool_id not in self._pools:
+            raise NotFoundError(
+                f"pool {spec.pool_id!r} is not ready; ensure the pool first", code="PoolNotFound"
+            )
+        if spec.job_id in self._jobs:
+            return Ensured(spec.job_id, created=False)
+        directory = self._root / "jobs" / spec.job_id
+        job = _Job(spec, directory)
+        existed = await anyio.Path(directory / "job.json").is_file()
+        if existed:
+            await self._resume(job)
+        else:
+            await _write_json(directory / "job.json", {"job_id": spec.job_id, "pool_id": spec.pool_id})
+        self._jobs[spec.job_id] = job
+        return Ensured(spec.job_id, created=not existed)
+
+    async def _resume(self, job: _Job) -> None:
+        """Load the job's tasks; requeue those that were queued or cut short when the last process ended."""
+        records = await anyio.to_thread.run_sync(_read_task_records, job.directory / "tasks")
+        for task in records:
+            job.tasks[task.spec.task_id] = task
+            if task.state is TaskState.COMPLETED:
+                continue
+            if task.state is not TaskState.ACTIVE:
+                task.requeue_count += 1
+                task.move(TaskState.ACTIVE)
+                await self._persist(job, task)
+            self._enqueue(job, task)
+        if records:
+            _log.info("local_job_resumed", job_id=job.spec.job_id, tasks=len(records))
+
+    def _enqueue(self, job: _Job, task: _Task) -> None:
+        self._pools[job.spec.pool_id].queue.send_nowait((job, task))
+
+    def _job(self, job_id: str) -> _Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFoundError(f"job {job_id!r} not found", code="JobNotFound") from None
+
+    # --- tasks ----------------------------------------------------------------------------------------
+
+    async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
+        if len(tasks) > MAX_TASKS_PER_REQUEST:
+            raise RequestTooLargeError(
+                f"{len(tasks)} tasks in one request; at most 100", code="RequestBodyTooLarge"
+            )
+        job = self._job(job_id)
+        results = []
+        for spec in tasks:
+            if spec.task_id in job.tasks:
+                results.append(AddTaskResult(spec.task_id, AddStatus.EXISTS, "TaskExists", "The task exists"))
+                continue
+            task = _Task(spec)
+            job.tasks[spec.task_id] = task
+            await self._persist(job, task)
+            self._enqueue(job, task)
+            results.append(AddTaskResult(spec.task_id, AddStatus.ADDED))
+        return results
+
+    async def task_counts(self, job_id: str) -> TaskCounts:
+        tasks = self._job(job_id).tasks.values()
+        by_state = {state: 0 for state in TaskState}
+        succeeded = 0
+        for task in tasks:
+            by_state[task.state] += 1
+            succeeded += task.result is TaskResult.SUCCESS
+        completed = by_state[TaskState.COMPLETED]
+        return TaskCounts(
+            active=by_state[TaskState.ACTIVE],
+            running=by_state[TaskState.PREPARING] + by_state[TaskState.RUNNING],
+            completed=completed,
+            succeeded=succeeded,
+            failed=completed - succeeded,
+        )
+
+    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
+        return [
+            task.view()
+            for task in self._job(job_id).tasks.values()
+            if changed_since is None or task.transition_time >= changed_since
+        ]
+
+    async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
+        path = self._job(job_id).directory / "tasks" / task_id / name
+        if not path.is_relative_to(self._job(job_id).directory) or not await anyio.Path(path).is_file():
+            raise NotFoundError(f"task file {name!r} of {task_id!r} not found", code="FileNotFound")
+        return await anyio.Path(path).read_bytes()
+
+    async def delete_job(self, job_id: str) -> None:
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            for task in job.tasks.values():
+                if task.cancel_scope is not None:
+                    task.cancel_scope.cancel()
+        await anyio.to_thread.run_sync(shutil.rmtree, self._root / "jobs" / job_id, True)
+
+    async def delete_pool(self, pool_id: str) -> None:
+        pool = self._pools.pop(pool_id, None)
+        if pool is not None:
+            for worker in pool.workers:
+                worker.cancel()
+            pool.queue.close()
+        await anyio.Path(self._root / "pools" / f"{pool_id}.json").unlink(missing_ok=True)
+
+    # --- execution ------------------------------------------------------------------------------------
+
+    async def _worker(
+        self, pool: _Pool, queue: MemoryObjectReceiveStream[tuple[_Job, _Task]], node_id: str
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            pool.workers.append(scope)
+            async with queue:
+                async for job, task in queue:
+                    if self._jobs.get(job.spec.job_id) is job and task.state is TaskState.ACTIVE:
+                        await self._run(job, task, node_id)
+
+    async def _run(self, job: _Job, task: _Task, node_id: str) -> None:
+        task.node_id = node_id
+        task.move(TaskState.PREPARING)
+        await self._persist(job, task)
+
+        async def running() -> None:
+            task.move(TaskState.RUNNING)
+            await self._persist(job, task)
+
+        task_dir = job.directory / "tasks" / task.spec.task_id
+        with anyio.CancelScope() as scope:
+            task.cancel_scope = scope
+            try:
+                execution = await execute(
+                    task.spec,
+                    task_dir,
+                    stager=self._stager,
+                    env=self._environment(job, task, task_dir),
+                    now=_now,
+                    on_running=running,
+                )
+            except anyio.get_cancelled_exc_class():
+                # Our orchestrator is stopping (or the job was deleted): the executor has killed the process;
+                # the task goes back to the queue on disk and runs again on resume, like a preempted task.
+                with anyio.CancelScope(shield=True):
+                    task.requeue_count += 1
+                    task.move(TaskState.ACTIVE)
+                    if self._jobs.get(job.spec.job_id) is job:
+                        await self._persist(job, task)
+                raise
+            finally:
+                task.cancel_scope = None
+        if scope.cancelled_caught:
+            return
+        await self._finish(job, task, execution)
+
+    async def _finish(self, job: _Job, task: _Task, execution: Execution) -> None:
+        task.start_time, task.end_time = execution.start_time, execution.end_time
+        task.exit_code, task.failure = execution.exit_code, execution.failure
+        if not execution.succeeded and task.retry_count < task.spec.constraints.max_task_retry_count:
+            task.retry_count += 1
+            task.move(TaskState.ACTIVE)
+            await self._persist(job, task)
+            self._enqueue(job, task)
+            return
+        task.result = TaskResult.SUCCESS if execution.succeeded else TaskResult.FAILURE
+        task.move(TaskState.COMPLETED)
+        await self._persist(job, task)
+
+    def _environment(self, job: _Job, task: _Task, task_dir: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        if self._tool_dirs:
+            env["PATH"] = os.pathsep.join([*map(str, self._tool_dirs), env.get("PATH", "")])
+        env.update(
+            AZ_BATCH_POOL_ID=job.spec.pool_id,
+            AZ_BATCH_JOB_ID=job.spec.job_id,
+            AZ_BATCH_TASK_ID=task.spec.task_id,
+            AZ_BATCH_NODE_ID=task.node_id or "",
+            AZ_BATCH_TASK_DIR=str(task_dir),
+            AZ_BATCH_TASK_WORKING_DIR=str(task_dir / "wd"),
+            AZ_BATCH_NODE_SHARED_DIR=str(self._root / "shared"),
+        )
+        env.update(task.spec.environment)
+        return env
+
+    async def _persist(self, job: _Job, task: _Task) -> None:
+        await _write_json(job.directory / "tasks" / task.spec.task_id / "task.json", _task_to_json(task))
+
+
+async def _write_json(path: Path, data: dict[str, Any]) -> None:
+    def sync() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data))
+        os.replace(temporary, path)
+
+    await anyio.to_thread.run_sync(sync)
+
+
+def _read_task_records(tasks_dir: Path) -> list[_Task]:
+    if not tasks_dir.is_dir():
+        return []
+    records = []
+    for path in sorted(tasks_dir.glob("*/task.json")):
+        try:
+            records.append(_task_from_json(json.loads(path.read_text())))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"unreadable task record {path}: {exc}; delete that task's folder") from None
+    return records
+
+
+def _task_to_json(task: _Task) -> dict[str, Any]:
+    spec = asdict(task.spec)
+    constraints = task.spec.constraints
+    spec["constraints"] = {
+        "max_wall_clock": constraints.max_wall_clock.total_seconds() if constraints.max_wall_clock else None,
+        "max_task_retry_count": constraints.max_task_retry_count,
+        "retention": constraints.retention.total_seconds() if constraints.retention else None,
+    }
+    return {
+        "spec": spec,
+        "state": task.state.value,
+        "transition_time": task.transition_time.isoformat(),
+        "node_id": task.node_id,
+        "exit_code": task.exit_code,
+        "result": task.result.value if task.result else None,
+        "failure": asdict(task.failure) if task.failure else None,
+        "retry_count": task.retry_count,
+        "requeue_count": task.requeue_count,
+        "start_time": task.start_time.isoformat() if task.start_time else None,
+        "end_time": task.end_time.isoformat() if task.end_time else None,
+    }
+
+
+def _task_from_json(data: dict[str, Any]) -> _Task:
+    raw = data["spec"]
+    limits = raw["constraints"]
+    spec = TaskSpec(
+        task_id=raw["task_id"],
+        command_line=raw["command_line"],
+        resource_files=tuple(ResourceFile(**item) for item in raw["resource_files"]),
+        output_files=tuple(
+            OutputFile(**{**item, "upload_condition": UploadCondition(item["upload_condition"])})
+            for item in raw["output_files"]
+        ),
+        constraints=TaskConstraints(
+            max_wall_clock=_seconds(limits["max_wall_clock"]),
+            max_task_retry_count=limits["max_task_retry_count"],
+            retention=_seconds(limits["retention"]),
+        ),
+        display_name=raw["display_name"],
+        environment=tuple((key, value) for key, value in raw["environment"]),
+    )
+    return _Task(
+        spec=spec,
+        state=TaskState(data["state"]),
+        transition_time=datetime.fromisoformat(data["transition_time"]),
+        node_id=data["node_id"],
+        exit_code=data["exit_code"],
+        result=TaskResult(data["result"]) if data["result"] else None,
+        failure=FailureInfo(**data["failure"]) if data["failure"] else None,
+        retry_count=data["retry_count"],
+        requeue_count=data["requeue_count"],
+        start_time=_time(data["start_time"]),
+        end_time=_time(data["end_time"]),
+    )
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    return timedelta(seconds=value) if value is not None else None
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

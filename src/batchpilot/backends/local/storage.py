@@ -1,0 +1,102 @@
+"""Blob containers as folders: `<root>/<container>/<blob name>`.
+
+URLs are `file://` URLs of those folders; permissions and expiry mean nothing on one machine and are ignored.
+The sizes and MD5s that Blob Storage keeps as blob properties are recomputed from the files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
+
+import anyio
+
+from ...errors import ConfigError, NotFoundError
+from ...files import copy_atomically, md5_of
+from ..base import BlobInfo, Permission, UploadOutcome
+
+
+def file_url(path: Path) -> str:
+    return "file://" + quote(str(path.resolve()))
+
+
+def path_from_url(url: str) -> Path:
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        raise ConfigError(f"the local backend handles file:// URLs only, not {parsed.scheme}://")
+    return Path(unquote(parsed.path))
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _container(self, container: str) -> Path:
+        return self.root / container
+
+    def _blob(self, container: str, blob_name: str) -> Path:
+        path = (self._container(container) / blob_name).resolve()
+        if not path.is_relative_to(self._container(container).resolve()):
+            raise ConfigError(f"blob name {blob_name!r} leaves its container")
+        return path
+
+    async def ensure_container(self, container: str) -> bool:
+        path = self._container(container)
+        existed = await anyio.Path(path).is_dir()
+        await anyio.Path(path).mkdir(parents=True, exist_ok=True)
+        return not existed
+
+    async def upload(self, container: str, blob_name: str, source: Path, md5_hex: str) -> UploadOutcome:
+        dest = self._blob(container, blob_name)
+
+        def sync() -> UploadOutcome:
+            if dest.is_file() and dest.stat().st_size == source.stat().st_size and md5_of(dest) == md5_hex:
+                return UploadOutcome.SKIPPED
+            copy_atomically(source, dest)
+            return UploadOutcome.UPLOADED
+
+        return await anyio.to_thread.run_sync(sync)
+
+    async def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        root = self._container(container)
+
+        def sync() -> list[BlobInfo]:
+            if not root.is_dir():
+                raise NotFoundError(f"container {container!r} does not exist", code="ContainerNotFound")
+            found = []
+            for path in sorted(root.rglob("*")):
+                name = path.relative_to(root).as_posix()
+                if path.is_file() and name.startswith(prefix) and ".partial-" not in path.name:
+                    found.append(BlobInfo(name, path.stat().st_size, md5_of(path)))
+            return found
+
+        return await anyio.to_thread.run_sync(sync)
+
+    async def download(self, container: str, blob_name: str, dest: Path) -> None:
+        source = self._blob(container, blob_name)
+        if not await anyio.Path(source).is_file():
+            raise NotFoundError(f"blob {blob_name!r} not found in {container!r}", code="BlobNotFound")
+        await anyio.to_thread.run_sync(copy_atomically, source, dest)
+
+    async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
+        return file_url(self._container(container))
+
+    async def blob_url(
+        self, container: str, blob_name: str, permissions: Permission, expiry: timedelta
+    ) -> str:
+        return file_url(self._blob(container, blob_name))
+
+    async def delete_container(self, container: str) -> None:
+        await anyio.to_thread.run_sync(shutil.rmtree, self._container(container), True)
+
+
+class FileStager:
+    """Moves task files between file:// URLs and a task's directory (the executor's Stager)."""
+
+    async def fetch(self, url: str, dest: Path) -> None:
+        await anyio.to_thread.run_sync(copy_atomically, path_from_url(url), dest)
+
+    async def put(self, container_url: str, blob_name: str, source: Path) -> None:
+        await anyio.to_thread.run_sync(copy_atomically, source, path_from_url(container_url) / blob_name)

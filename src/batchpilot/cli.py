@@ -1,0 +1,322 @@
+"""`batchpilot run | cleanup | ...`: argument parsing, wiring, and the exit codes.
+
+Exit codes: 0 when every task succeeded and every output is fetched; 1 when tasks failed, the run timed out or
+the service refused; 2 for a user mistake (one line, no traceback); 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
+
+import anyio
+import structlog
+
+from . import __version__
+from .backends.base import Backend
+from .backends.local import LocalBackend, default_root
+from .engine import EngineSettings, Orchestrator
+from .errors import BatchpilotError, ConfigError
+from .events import RunSummary, Subscriber
+from .logging import configure_logging, default_format, redact_text
+from .spec import CleanupPolicy, PoolSpec, Workload, batch_id
+from .subscribers.log import LogSubscriber
+from .subscribers.progress import ProgressDisplay
+from .workloads import ffmpeg
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming the problem and where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"batchpilot: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _duration(text: str) -> timedelta:
+    """Seconds, or a number with s/m/h: 90, 90s, 15m, 2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 15m or 2h") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
+    return timedelta(seconds=seconds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="batchpilot",
+        description="Run parallel workloads on Azure Batch, or on this machine, with an async orchestrator.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchpilot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="convert MP4 files to MP3 with ffmpeg, one task per file (the Azure Batch tutorial's job)",
+        description=(
+            "Upload the inputs, create or reuse the pool and job, add one task per input, watch them, and "
+            "fetch each task's MP3 as soon as it is done. Running the same command again resumes: unchanged inputs "
+            "are not uploaded again, existing tasks are not added again, outputs already in --out are kept."
+        ),
+    )
+    run.add_argument("inputs", nargs="?", type=Path, metavar="INPUT_DIR", help="a folder of .mp4 files")
+    run.add_argument(
+        "--sample", type=_positive_int, metavar="N", help="generate N short MP4s and use them as input"
+    )
+    run.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="where the MP3s are written")
+    run.add_argument("--name", help="run name; the job id derives from it (default: from the input folder)")
+    run.add_argument(
+        "--nodes",
+        type=_positive_int,
+        metavar="N",
+        help="dedicated nodes (local: parallel slots; default: cores)",
+    )
+    run.add_argument(
+        "--spot-nodes", type=_non_negative_int, default=0, metavar="N", help="spot nodes (Azure)"
+    )
+    run.add_argument(
+        "--task-slots", type=_positive_int, default=1, metavar="N", help="tasks per node at once"
+    )
+    run.add_argument(
+        "--concurrency", type=_positive_int, default=16, metavar="N", help="uploads in flight (default: 16)"
+    )
+    run.add_argument(
+        "--timeout", type=_duration, default=timedelta(hours=1), metavar="DURATION",
+        help="give up after this long, leaving everything in place to resume (default: 1h)",
+    )  # fmt: skip
+    run.add_argument("--keep-inputs", action="store_true", help="keep the input container after success")
+    run.add_argument("--delete-job", action="store_true", help="delete the job after success")
+    run.add_argument("--delete-pool", action="store_true", help="delete the pool after success")
+    _add_common(run)
+
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="delete a job, pool or container left by an earlier run",
+        description="Delete what an earlier run left in place. --job, --pool and --container are optional.",
+    )
+    cleanup.add_argument("--job", help="job id to delete")
+    cleanup.add_argument("--pool", help="pool id to delete")
+    cleanup.add_argument("--container", action="append", default=[], help="storage container to delete")
+    _add_common(cleanup)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=["local"], default="local", help="where tasks run (default: local)"
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, metavar="DIR",
+        help=f"local backend's folder for pools, jobs and containers (default: {default_root()})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-format", choices=["console", "json"],
+        help="console lines, or JSON lines for log shippers (default: console on a terminal, JSON otherwise)",
+    )  # fmt: skip
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-file", type=Path, metavar="FILE", help="also write JSON log lines to FILE")
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    summary: RunSummary
+    out: Path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configure_logging(
+            fmt=args.log_format, level=args.log_level, log_file=_checked_log_file(args.log_file)
+        )
+        if args.command == "run":
+            return _finish_run(anyio.run(_run, args))
+        anyio.run(_cleanup, args)
+        return EXIT_OK
+    except ConfigError as exc:
+        _say(f"batchpilot: error: {exc}")
+        return EXIT_USAGE
+    except BatchpilotError as exc:
+        _say(f"batchpilot: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _say("batchpilot: interrupted; nothing half-written is left; run the same command again to resume")
+        return EXIT_INTERRUPTED
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for kind in (KeyboardInterrupt, ConfigError, BatchpilotError):
+        if found := next((leaf for leaf in leaves if isinstance(leaf, kind)), None):
+            return found
+    return group
+
+
+def _say(line: str) -> None:
+    print(redact_text(line), file=sys.stderr)
+
+
+def _checked_log_file(path: Path | None) -> Path | None:
+    if path is not None and not os.access(path.parent if not path.exists() else path, os.W_OK):
+        raise ConfigError(f"cannot write the log file {path}; choose a writable --log-file")
+    return path
+
+
+def _writable_folder(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write to --out {path} ({exc.strerror}); choose a writable folder"
+        ) from None
+    return path
+
+
+def _state_root(args: argparse.Namespace) -> Path:
+    return args.state_dir if args.state_dir is not None else default_root()
+
+
+def _backend(args: argparse.Namespace) -> Backend:
+    root = _state_root(args)
+    return LocalBackend(root, tool_dirs=[ffmpeg.tool_dir(root)])
+
+
+def _subscribers(args: argparse.Namespace) -> list[Subscriber]:
+    subscribers: list[Subscriber] = [LogSubscriber()]
+    if sys.stderr.isatty() and (args.log_format or default_format(sys.stdout)) == "console":
+        subscribers.append(ProgressDisplay())
+    return subscribers
+
+
+async def _run(args: argparse.Namespace) -> _Outcome:
+    if (args.inputs is None) == (args.sample is None):
+        raise ConfigError("give either INPUT_DIR or --sample N (not both, not neither)")
+    out = _writable_folder(args.out)
+    if args.sample is not None:
+        inputs = await ffmpeg.make_samples(args.sample, _state_root(args) / "samples")
+        default_name = f"ffmpeg-sample-{args.sample}"
+    else:
+        inputs = ffmpeg.discover_inputs(args.inputs)
+        folder = args.inputs.resolve()
+        default_name = batch_id("ffmpeg", folder.name, unique_by=str(folder))
+    name = args.name or default_name
+    nodes = args.nodes or os.cpu_count() or 1
+    workload = Workload(
+        name=name,
+        inputs=inputs,
+        template=ffmpeg.TEMPLATE,
+        pool=PoolSpec(
+            batch_id("batchpilot", args.backend, "pool"),
+            dedicated_nodes=nodes,
+            spot_nodes=args.spot_nodes,
+            task_slots_per_node=args.task_slots,
+            start_task=ffmpeg.START_TASK,
+        ),
+        download_to=out,
+        cleanup=CleanupPolicy(
+            delete_input_container=not args.keep_inputs,
+            delete_job=args.delete_job,
+            delete_pool=args.delete_pool,
+        ),
+        timeout=args.timeout,
+    )
+    settings = EngineSettings(upload_concurrency=args.concurrency)
+    async with Orchestrator(
+        _backend(args), subscribers=_subscribers(args), settings=settings
+    ) as orchestrator:
+        summary = await orchestrator.run(workload)
+    return _Outcome(summary, out)
+
+
+async def _cleanup(args: argparse.Namespace) -> None:
+    if not (args.job or args.pool or args.container):
+        raise ConfigError("nothing to clean up: give --job, --pool and/or --container")
+    log = structlog.get_logger("batchpilot")
+    async with _backend(args) as backend:
+        if args.job:
+            await backend.compute.delete_job(args.job)
+            log.info("resource_deleted", resource="job", resource_id=args.job)
+        if args.pool:
+            await backend.compute.delete_pool(args.pool)
+            log.info("resource_deleted", resource="pool", resource_id=args.pool)
+        for container in args.container:
+            await backend.storage.delete_container(container)
+            log.info("resource_deleted", resource="container", resource_id=container)
+
+
+def _finish_run(outcome: _Outcome) -> int:
+    for line in summary_lines(outcome.summary, outcome.out):
+        _say(line)
+    return EXIT_OK if outcome.summary.ok else EXIT_FAILED
+
+
+def summary_lines(summary: RunSummary, out: Path) -> list[str]:
+    verdict = "done" if summary.ok else ("TIMED OUT" if summary.timed_out else "FAILED")
+    lines = [
+        f"batchpilot: {verdict}: {summary.succeeded} of {summary.tasks} tasks succeeded"
+        f" in {summary.elapsed_s:.1f} s (job {summary.job_id})",
+        f"  inputs:  {summary.uploaded} uploaded, {summary.upload_skipped} unchanged and skipped",
+        f"  tasks:   {summary.tasks_added} added, {summary.tasks_existing} already in the job and skipped",
+        f"  outputs: {summary.downloaded} downloaded to {out}, {summary.download_skipped} already there"
+        + (f", {summary.download_failed} FAILED" if summary.download_failed else ""),
+    ]
+    for failed in summary.failed:
+        code = f"exit code {failed.exit_code}" if failed.exit_code is not None else "no exit code"
+        lines.append(f"  failed:  {failed.task_id} ({code}): {failed.reason}")
+        lines.extend(f"           | {line}" for line in failed.stderr_tail.splitlines())
+    if summary.timed_out:
+        lines.append(
+            "  the run hit --timeout; everything is left in place: run the same command again to resume"
+        )
+    elif not summary.ok:
+        lines.append(
+            "  the job is kept: run the same command again to resume, or `batchpilot cleanup --job ...`"
+        )
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The Orchestrator: carries a workload through its stages and publishes what happens as events.
+
+    stage inputs ─┬─▶ build tasks ─▶ submit ─▶ monitor ─▶ drain subscribers ─▶ RunFinished
+    ensure pool ──┤
+    ensure job ───┘
+
+Uploads run alongside pool and job creation (a pool takes minutes on Azure). The engine knows nothing of the
+backend behind the `Compute` and `Storage` protocols, nor of the workload's program. The service is the
+source of truth: a re-run lists what the job already has and adds only what is missing, and the downloader
+fetches only outputs not already on disk.
+"""
+
+from __future__ import annotations
+
+import glob
+import uuid
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+import structlog
+
+from .backends.base import (
+    AddStatus,
+    AddTaskResult,
+    Backend,
+    Ensured,
+    Permission,
+    TaskState,
+    TaskView,
+    UploadOutcome,
+)
+from .backends.local import LocalBackend
+from .errors import ConfigError
+from .events import (
+    Event,
+    EventBus,
+    EventStream,
+    FailedTask,
+    InputUploaded,
+    JobReady,
+    PoolReady,
+    RunFinished,
+    RunStarted,
+    RunSummary,
+    Subscriber,
+    TaskFailed,
+    TasksSubmitted,
+    TaskSucceeded,
+)
+from .files import md5_of
+from .monitor.poller import Clock, Poller, PollSettings, SystemClock
+from .monitor.state import TaskTracker
+from .spec import JobSpec, OutputFile, ResourceFile, StagedInput, TaskSpec, UploadCondition, Workload
+from .submit import Submitter
+from .subscribers.cleanup import Cleanup
+from .subscribers.download import OutputDownloader
+
+_log = structlog.get_logger("batchpilot.engine")
+
+# Tokens handed to tasks outlive the run's timeout by this much, so a task that starts late can still finish.
+SAS_MARGIN = timedelta(hours=1)
+LOGS_PREFIX = "_logs"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    upload_concurrency: int = 16
+    download_concurrency: int = 8
+    submit_in_flight: int = 4
+    poll: PollSettings = field(default_factory=PollSettings)
+
+
+@dataclass(slots=True)
+class _RunTally:
+    uploaded: int = 0
+    upload_skipped: int = 0
+    added: int = 0
+    existing: int = 0
+    failed: dict[str, FailedTask] = field(default_factory=dict)
+    succeeded: set[str] = field(default_factory=set)
+
+
+class Orchestrator:
+    """`async with Orchestrator(backend) as orch: summary = await orch.run(workload)`.
+
+    Without a backend it runs on the local one. `events()` streams every event; extra subscribers (any
+    `async def __call__(event)`) get their own inbox. Several workloads may run concurrently on one
+    orchestrator.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        subscribers: Sequence[Subscriber] = (),
+        settings: EngineSettings = EngineSettings(),
+        clock: Clock | None = None,
+    ) -> None:
+        self._backend: Backend = backend if backend is not None else LocalBackend()
+        self._extra_subscribers = tuple(subscribers)
+        self._settings = settings
+        self._clock = clock or SystemClock()
+        self._stack = AsyncExitStack()
+        self._bus = EventBus()
+        self._downloader = OutputDownloader(self._backend.storage, self._bus.publish)
+        self.poll_stats: dict[str, object] = {}
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self._backend)
+            await stack.enter_async_context(self._bus)
+            self._bus.subscribe(
+                self._downloader, name="download", concurrency=self._settings.download_concurrency
+            )
+            self._bus.subscribe(Cleanup(self._backend, self._bus.publish), name="cleanup")
+            for subscriber in self._extra_subscribers:
+                self._bus.subscribe(subscriber)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    def subscribe(self, subscriber: Subscriber, *, name: str | None = None) -> None:
+        self._bus.subscribe(subscriber, name=name)
+
+    def events(self) -> EventStream:
+        """Every event from now until the orchestrator closes: `async for event in orch.events()`."""
+        return self._bus.stream()
+
+    async def run(self, workload: Workload) -> RunSummary:
+        """Carry `workload` through every stage; returns its summary (check `.ok`), raises on bad input."""
+        if not workload.inputs:
+            raise ConfigError("the workload has no inputs: give at least one input file")
+        run_id = uuid.uuid4().hex[:12]
+        started = anyio.current_time()
+        tally = _RunTally()
+        with structlog.contextvars.bound_contextvars(run_id=run_id, job_id=workload.job_id):
+            await self._bus.publish(
+                RunStarted(
+                    run_id=run_id,
+                    workload=workload.name,
+                    job_id=workload.job_id,
+                    pool_id=workload.pool.pool_id,
+                    input_count=len(workload.inputs),
+                    input_container=workload.input_container,
+                    output_container=workload.output_container,
+                    download_to=workload.download_to,
+                    cleanup=workload.cleanup,
+                )
+            )
+            expected: int = len(workload.inputs)
+            with anyio.move_on_after(workload.timeout.total_seconds()) as deadline:
+                expected = await self._stages(run_id, workload, tally)
+            await self._bus.drain()
+            downloads = self._downloader.tally(run_id)
+            summary = RunSummary(
+                run_id=run_id,
+                job_id=workload.job_id,
+                workload=workload.name,
+                tasks=expected,
+                succeeded=len(tally.succeeded),
+                failed=tuple(tally.failed.values()),
+                uploaded=tally.uploaded,
+                upload_skipped=tally.upload_skipped,
+                tasks_added=tally.added,
+                tasks_existing=tally.existing,
+                downloaded=downloads.downloaded,
+                download_skipped=downloads.skipped,
+                download_failed=downloads.failed,
+                elapsed_s=round(anyio.current_time() - started, 3),
+                timed_out=deadline.cancelled_caught,
+            )
+            self._downloader.forget(run_id)
+            await self._bus.publish(RunFinished(run_id=run_id, summary=summary))
+            await self._bus.drain()
+        return summary
+
+    async def _stages(self, run_id: str, workload: Workload, tally: _RunTally) -> int:
+        compute = self._backend.compute
+        job_ready: list[Ensured] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._ensure_pool_and_job, run_id, workload, job_ready)
+            staged = await self._hash_inputs(workload)
+        existing: dict[str, TaskView] = {}
+        if not job_ready[0].created:
+            existing = {view.task_id: view for view in await compute.list_tasks(workload.job_id)}
+        # A task that already ran needs no input: a re-run of a finished command uploads nothing.
+        done = {task_id for task_id, view in existing.items() if view.state is TaskState.COMPLETED}
+        await self._upload_inputs(run_id, workload, staged, done, tally)
+        to_add = await self._build_tasks(workload, [item for item in staged if item.task_id not in existing])
+        tally.existing += len(staged) - len(to_add)
+
+        async def submitted(results: Sequence[AddTaskResult]) -> None:
+            await self._publish_submitted(run_id, workload.job_id, results, tally)
+
+        submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
+        await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
+        tracker = TaskTracker(
+            run_id, workload.job_id, [i.task_id for i in staged if i.task_id not in tally.failed]
+        )
+
+        async def publish(event: Event) -> None:
+            self._note(event, tally)
+            await self._bus.publish(event)
+
+        poller = Poller(compute, tracker, publish, settings=self._settings.poll, clock=self._clock)
+        await poller.run()
+        self.poll_stats[run_id] = poller.stats
+        return len(staged)
+
+    async def _ensure_pool_and_job(self, run_id: str, workload: Workload, job_ready: list[Ensured]) -> None:
+        pool = await self._backend.compute.ensure_pool(workload.pool)
+        for warning in pool.warnings:
+            _log.warning("pool_differs", pool_id=pool.resource_id, detail=warning)
+        await self._bus.publish(
+            PoolReady(run_id=run_id, pool_id=pool.resource_id, created=pool.created, warnings=pool.warnings)
+        )
+        job = await self._backend.compute.ensure_job(JobSpec(workload.job_id, workload.pool.pool_id))
+        job_ready.append(job)
+        await self._bus.publish(JobReady(run_id=run_id, job_id=job.resource_id, created=job.created))
+
+    async def _hash_inputs(self, workload: Workload) -> list[StagedInput]:
+        limiter = anyio.CapacityLimiter(self._settings.upload_concurrency)
+        staged: dict[Path, StagedInput] = {}
+
+        async def stage(path: Path) -> None:
+            try:
+                md5 = await anyio.to_thread.run_sync(md5_of, path, limiter=limiter)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read input {path} ({exc.strerror}); fix its permissions or remove it"
+                ) from None
+            staged[path] = StagedInput.for_path(path, md5)
+
+        async with anyio.create_task_group() as group:
+            for path in workload.inputs:
+                group.start_soon(stage, path)
+        return [staged[path] for path in workload.inputs]
+
+    async def _upload_inputs(
+        self, run_id: str, workload: Workload, staged: Sequence[StagedInput], done: set[str], tally: _RunTally
+    ) -> None:
+        storage = self._backend.storage
+        await storage.ensure_container(workload.input_container)
+        await storage.ensure_container(workload.output_container)
+        limiter = anyio.CapacityLimiter(self._settings.upload_concurrency)
+
+        async def upload(item: StagedInput) -> None:
+            skipped = True
+            if item.task_id not in done:
+                async with limiter:
+                    outcome = await storage.upload(
+                        workload.input_container, item.blob_name, item.path, item.md5_hex
+                    )
+                skipped = outcome is UploadOutcome.SKIPPED
+            if skipped:
+                tally.upload_skipped += 1
+            else:
+                tally.uploaded += 1
+            size = (await anyio.Path(item.path).stat()).st_size
+            await self._bus.publish(
+                InputUploaded(run_id=run_id, blob_name=item.blob_name, size=size, skipped=skipped)
+            )
+
+        async with anyio.create_task_group() as group:
+            for item in staged:
+                group.start_soon(upload, item)
+
+    async def _build_tasks(self, workload: Workload, staged: Sequence[StagedInput]) -> list[TaskSpec]:
+        storage = self._backend.storage
+        expiry = workload.timeout + SAS_MARGIN
+        output_url = await storage.container_url(
+            workload.output_container, Permission.CREATE | Permission.WRITE, expiry
+        )
+        template = workload.template
+        tasks = []
+        for item in staged:
+            values = item.template_values()
+            input_url = await storage.blob_url(
+                workload.input_container, item.blob_name, Permission.READ, expiry
+            )
+            outputs = [
+                OutputFile(
+                    pattern, output_url, _output_path(item.task_id, pattern), UploadCondition.TASK_SUCCESS
+                )
+                for pattern in template.render_outputs(values)
+            ]
+            # Kept only for failures, so they can be read after the pool is gone.
+            outputs.append(
+                OutputFile(
+                    "../std*.txt", output_url, f"{LOGS_PREFIX}/{item.task_id}", UploadCondition.TASK_FAILURE
+                )
+            )
+            tasks.append(
+                TaskSpec(
+                    task_id=item.task_id,
+                    command_line=template.render_command(values),
+                    resource_files=(ResourceFile(input_url, item.blob_name),),
+                    output_files=tuple(outputs),
+                    constraints=template.constraints,
+                    display_name=item.path.name[:1024],
+                    environment=workload.environment,
+                )
+            )
+        return tasks
+
+    async def _publish_submitted(
+        self, run_id: str, job_id: str, results: Sequence[AddTaskResult], tally: _RunTally
+    ) -> None:
+        added = sum(result.status is AddStatus.ADDED for result in results)
+        existing = sum(result.status is AddStatus.EXISTS for result in results)
+        rejected = [result for result in results if result.status not in (AddStatus.ADDED, AddStatus.EXISTS)]
+        tally.added += added
+        tally.existing += existing
+        for result in rejected:
+            reason = f"not added: {result.error_code}: {result.message}"
+            tally.failed[result.task_id] = FailedTask(result.task_id, None, reason, "")
+        await self._bus.publish(
+            TasksSubmitted(
+                run_id=run_id,
+                job_id=job_id,
+                added=added,
+                existing=existing,
+                rejected=tuple(
+                    (result.task_id, f"{result.error_code}: {result.message}") for result in rejected
+                ),
+            )
+        )
+
+    @staticmethod
+    def _note(event: Event, tally: _RunTally) -> None:
+        if isinstance(event, TaskSucceeded):
+            tally.succeeded.add(event.task_id)
+            tally.failed.pop(event.task_id, None)
+        elif isinstance(event, TaskFailed):
+            tally.succeeded.discard(event.task_id)
+            failure = event.failure
+            reason = f"{failure.code}: {failure.message}" if failure else f"exit code {event.exit_code}"
+            tally.failed[event.task_id] = FailedTask(
+                event.task_id, event.exit_code, reason, event.stderr_tail
+            )
+
+
+def _output_path(task_id: str, pattern: str) -> str:
+    """Batch's destination path: a blob name for a single file, a virtual folder for a wildcard pattern."""
+    return task_id if glob.has_magic(pattern) else f"{task_id}/{pattern}"

@@ -1,0 +1,116 @@
+"""structlog set-up: console lines on a terminal, JSON lines otherwise, secrets redacted in both.
+
+This module holds the process's logging configuration, which is global state: call `configure_logging` once,
+at the entry point (the CLI does). Library users who embed batchpilot configure structlog themselves, or call
+this. Standard-library loggers (azure-core's among them) are routed through the same chain, so no line
+escapes redaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from .redact import redact
+
+LogFormat = Literal["console", "json"]
+
+_known_secrets: set[str] = set()
+
+
+def register_secrets(secrets: Iterable[str | None]) -> None:
+    """Secrets this process holds (keys, connection strings): masked wherever they appear in a log line."""
+    _known_secrets.update(secret for secret in secrets if secret)
+
+
+def redact_text(text: str) -> str:
+    return redact(text, _known_secrets)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, MutableMapping):
+        return {key: _redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    if isinstance(value, BaseException | Path):
+        return redact_text(str(value))
+    return value
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor: every string in the event, exception text included, goes through `redact`."""
+    return {key: _redact_value(value) for key, value in event_dict.items()}
+
+
+def default_format(stream: TextIO) -> LogFormat:
+    return "console" if stream.isatty() else "json"
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+    ]
+
+
+def configure_logging(
+    *,
+    fmt: LogFormat | None = None,
+    level: str = "info",
+    stream: TextIO | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Send structured logs to `stream` (stdout by default) and, as JSON lines, to `log_file` if given."""
+    stream = stream or sys.stdout
+    fmt = fmt or default_format(stream)
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    handlers: list[logging.Handler] = [_handler(logging.StreamHandler(stream), renderer)]
+    if log_file is not None:
+        handlers.append(
+            _handler(logging.FileHandler(log_file, encoding="utf-8"), structlog.processors.JSONRenderer())
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    # The SDKs log every HTTP request at INFO; keep their warnings and errors only.
+    for noisy in ("azure", "azure.core.pipeline.policies.http_logging_policy", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def _handler(handler: logging.Handler, renderer: Processor) -> logging.Handler:
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    return handler

@@ -1,0 +1,133 @@
+"""The polling loop: the only part of the monitor that does I/O.
+
+Each round costs one cheap probe (task counts). Tasks are listed only when the counts moved, and then only
+those whose state changed since the watermark (minus a skew margin, since clocks and pages disagree a little);
+a periodic full listing guards against counts that lag. The state machine turns listings into events; the
+schedule between rounds comes from the pure backoff policy. A failed poll changes no task: unknown is not
+failed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import anyio
+import structlog
+
+from ..backends.base import Compute, TaskCounts
+from ..errors import NotFoundError, TransientBackendError
+from ..events import Event, TaskFailed
+from .backoff import BackoffPolicy
+from .state import TaskTracker
+
+_log = structlog.get_logger("batchpilot.monitor")
+_STDERR_TAIL_LINES = 10
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    backoff: BackoffPolicy = BackoffPolicy()
+    reconcile_every: timedelta = timedelta(seconds=60)
+    skew: timedelta = timedelta(seconds=5)
+
+
+@dataclass(slots=True)
+class PollStats:
+    probes: int = 0
+    listings: int = 0
+    full_listings: int = 0
+    tasks_listed: int = 0
+    failed_polls: int = 0
+    intervals: list[float] = field(default_factory=list)
+
+
+class Poller:
+    def __init__(
+        self,
+        compute: Compute,
+        tracker: TaskTracker,
+        publish: Callable[[Event], Awaitable[None]],
+        *,
+        settings: PollSettings = PollSettings(),
+        clock: Clock | None = None,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._compute = compute
+        self._tracker = tracker
+        self._publish = publish
+        self._settings = settings
+        self._clock = clock or SystemClock()
+        self._draw = draw
+        self._last_counts: TaskCounts | None = None
+        self._last_full: datetime | None = None
+        self.stats = PollStats()
+
+    async def run(self) -> None:
+        """Poll until every expected task is completed."""
+        base: float | None = None
+        while not self._tracker.done:
+            retry_after: float | None = None
+            changed = False
+            try:
+                changed = await self._poll_once()
+            except TransientBackendError as exc:
+                self.stats.failed_polls += 1
+                retry_after = exc.retry_after
+                _log.warning("poll_failed", job_id=self._tracker.job_id, error=str(exc), code=exc.code)
+            if self._tracker.done:
+                return
+            base = self._settings.backoff.next_base(base, changed=changed)
+            delay = self._settings.backoff.delay(base, unit=self._draw(), retry_after=retry_after)
+            self.stats.intervals.append(delay)
+            await self._clock.sleep(delay)
+
+    async def _poll_once(self) -> bool:
+        job_id = self._tracker.job_id
+        counts = await self._compute.task_counts(job_id)
+        self.stats.probes += 1
+        now = self._clock.now()
+        full_due = self._last_full is None or now - self._last_full >= self._settings.reconcile_every
+        moved = counts != self._last_counts
+        self._last_counts = counts
+        if not (moved or full_due):
+            return False
+        watermark = self._tracker.watermark
+        since = None if full_due or watermark is None else watermark - self._settings.skew
+        views = await self._compute.list_tasks(job_id, changed_since=since)
+        self.stats.listings += 1
+        self.stats.tasks_listed += len(views)
+        if since is None:
+            self.stats.full_listings += 1
+            self._last_full = now
+        events = self._tracker.observe(views, at=now)
+        for event in events:
+            if isinstance(event, TaskFailed):
+                event = replace(event, stderr_tail=await self._stderr_tail(event.task_id))
+            await self._publish(event)
+        return moved or bool(events)
+
+    async def _stderr_tail(self, task_id: str) -> str:
+        try:
+            data = await self._compute.read_task_file(self._tracker.job_id, task_id, "stderr.txt")
+        except (NotFoundError, TransientBackendError):
+            return ""  # the summary still names the task and its failure code
+        lines = data.decode(errors="replace").strip().splitlines()
+        return "\n".join(lines[-_STDERR_TAIL_LINES:])

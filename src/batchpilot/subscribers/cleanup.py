@@ -1,0 +1,90 @@
+"""Delete what a run created, by its policy, once the run has fully succeeded.
+
+A run that failed, timed out or was interrupted deletes nothing: running the same command again resumes from
+what is there. Whatever is left in place is announced with the command that removes it, since a pool costs
+money for as long as it has nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..backends.base import Backend
+from ..errors import BackendError
+from ..events import Event, ResourceDeleted, ResourceKept, RunFinished, RunStarted
+
+Publish = Callable[..., Awaitable[None]]
+
+
+def cleanup_command(backend: str, *, job: str | None = None, pool: str | None = None) -> str:
+    parts = ["batchpilot", "cleanup", "--backend", backend]
+    if job:
+        parts += ["--job", job]
+    if pool:
+        parts += ["--pool", pool]
+    return " ".join(parts)
+
+
+class Cleanup:
+    def __init__(self, backend: Backend, publish: Publish) -> None:
+        self._backend = backend
+        self._publish = publish
+        self._runs: dict[str, RunStarted] = {}
+
+    async def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self._runs[event.run_id] = event
+        elif isinstance(event, RunFinished) and (started := self._runs.pop(event.run_id, None)) is not None:
+            if event.summary.ok:
+                await self._clean(started)
+            else:
+                await self._keep(
+                    started,
+                    "job",
+                    started.job_id,
+                    "the run did not fully succeed; run the same command again to resume",
+                )
+
+    async def _clean(self, run: RunStarted) -> None:
+        policy = run.cleanup
+        if policy.delete_input_container:
+            await self._delete(run, "container", run.input_container, self._backend.storage.delete_container)
+        if policy.delete_job:
+            await self._delete(run, "job", run.job_id, self._backend.compute.delete_job)
+        else:
+            await self._keep(run, "job", run.job_id, "kept so that running the same command again does nothing")
+        if policy.delete_pool:
+            await self._delete(run, "pool", run.pool_id, self._backend.compute.delete_pool)
+        else:
+            await self._keep(run, "pool", run.pool_id, "kept for the next run (cleanup policy)")
+
+    async def _delete(
+        self, run: RunStarted, kind: str, resource_id: str, delete: Callable[[str], Awaitable[None]]
+    ) -> None:
+        try:
+            await delete(resource_id)
+        except BackendError as exc:
+            await self._keep(run, kind, resource_id, f"could not delete it: {exc}")
+            return
+        await self._publish(
+            ResourceDeleted(run_id=run.run_id, resource=kind, resource_id=resource_id), source=self
+        )
+
+    async def _keep(self, run: RunStarted, kind: str, resource_id: str, reason: str) -> None:
+        command = cleanup_command(
+            self._backend.name,
+            job=run.job_id if kind == "job" else None,
+            pool=run.pool_id if kind == "pool" else None,
+        )
+        if kind == "container":
+            command = f"batchpilot cleanup --backend {self._backend.name} --container {resource_id}"
+        await self._publish(
+            ResourceKept(
+                run_id=run.run_id,
+                resource=kind,
+                resource_id=resource_id,
+                reason=reason,
+                delete_command=command,
+            ),
+            source=self,
+        )

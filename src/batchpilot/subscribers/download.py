@@ -1,0 +1,110 @@
+"""Fetch each task's outputs as soon as it succeeds, not at the end of the run.
+
+Outputs live in the run's output container under `<task_id>/`; they land in the run's download folder without
+that prefix. A file already there with the same size (and MD5, when the store knows it) is not fetched again,
+so a re-run fetches only what is missing. Downloads go through a temporary name, so an interrupted one never
+leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from ..backends.base import BlobInfo, Storage
+from ..errors import BackendError
+from ..events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
+from ..files import md5_of
+
+Publish = Callable[..., Awaitable[None]]
+
+
+@dataclass(slots=True)
+class DownloadTally:
+    downloaded: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    job_id: str
+    container: str
+    folder: Path
+
+
+class OutputDownloader:
+    def __init__(self, storage: Storage, publish: Publish) -> None:
+        self._storage = storage
+        self._publish = publish
+        self._runs: dict[str, _Run] = {}
+        self._tallies: dict[str, DownloadTally] = {}
+
+    def tally(self, run_id: str) -> DownloadTally:
+        return self._tallies.setdefault(run_id, DownloadTally())
+
+    def forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+        self._tallies.pop(run_id, None)
+
+    async def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted) and event.download_to is not None:
+            self._runs[event.run_id] = _Run(event.job_id, event.output_container, event.download_to)
+        elif isinstance(event, TaskSucceeded) and (run := self._runs.get(event.run_id)) is not None:
+            await self._fetch_task(event.run_id, run, event.task_id)
+
+    async def _fetch_task(self, run_id: str, run: _Run, task_id: str) -> None:
+        prefix = f"{task_id}/"
+        try:
+            blobs = await self._storage.list_blobs(run.container, prefix)
+        except BackendError as exc:
+            self.tally(run_id).failed += 1
+            await self._failed(run_id, run, task_id, prefix, exc)
+            return
+        for blob in blobs:
+            dest = run.folder / blob.name.removeprefix(prefix)
+            try:
+                skipped = await _already_there(blob, dest)
+                if not skipped:
+                    await self._storage.download(run.container, blob.name, dest)
+            except (BackendError, OSError) as exc:
+                self.tally(run_id).failed += 1
+                await self._failed(run_id, run, task_id, blob.name, exc)
+                continue
+            tally = self.tally(run_id)
+            if skipped:
+                tally.skipped += 1
+            else:
+                tally.downloaded += 1
+            await self._publish(
+                OutputDownloaded(
+                    run_id=run_id,
+                    job_id=run.job_id,
+                    task_id=task_id,
+                    blob_name=blob.name,
+                    path=dest,
+                    size=blob.size,
+                    skipped=skipped,
+                ),
+                source=self,
+            )
+
+    async def _failed(self, run_id: str, run: _Run, task_id: str, blob_name: str, exc: Exception) -> None:
+        await self._publish(
+            OutputDownloadFailed(
+                run_id=run_id, job_id=run.job_id, task_id=task_id, blob_name=blob_name, error=str(exc)
+            ),
+            source=self,
+        )
+
+
+async def _already_there(blob: BlobInfo, dest: Path) -> bool:
+    def sync() -> bool:
+        if not dest.is_file() or dest.stat().st_size != blob.size:
+            return False
+        return blob.md5_hex is None or md5_of(dest) == blob.md5_hex
+
+    return await anyio.to_thread.run_sync(sync)

@@ -1,0 +1,59 @@
+"""One structured log line per event, under the event's `kind`, with stable keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..backends.base import FailureInfo
+from ..events import Event, OutputDownloadFailed, ResourceKept, RunFinished, TaskFailed, TaskRequeued
+
+_WARNINGS = (TaskFailed, TaskRequeued, OutputDownloadFailed, ResourceKept)
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The event as flat, JSON-friendly log fields: enums as values, failure and summary spread out."""
+    fields: dict[str, Any] = {}
+    for item in dataclasses.fields(event):
+        if item.name == "at":
+            continue
+        value = getattr(event, item.name)
+        if isinstance(value, FailureInfo):
+            fields.update(
+                failure_category=value.category, failure_code=value.code, failure_message=value.message
+            )
+        elif isinstance(event, RunFinished) and item.name == "summary":
+            summary = dataclasses.asdict(value)
+            summary["failed"] = [failed["task_id"] for failed in summary["failed"]]
+            summary.pop("run_id")
+            fields.update(summary, ok=value.ok)
+        else:
+            fields[item.name] = _plain(value)
+    return fields
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+class LogSubscriber:
+    """Logs every event: warnings for failures, requeues and resources left running; info otherwise."""
+
+    def __init__(self, logger: Any = None) -> None:
+        self._log = logger or structlog.get_logger("batchpilot")
+
+    async def __call__(self, event: Event) -> None:
+        level = "warning" if isinstance(event, _WARNINGS) else "info"
+        if isinstance(event, RunFinished) and not event.summary.ok:
+            level = "error"
+        getattr(self._log, level)(event.kind, **event_fields(event))

@@ -1,0 +1,45 @@
+"""A progress bar on the terminal (rich), one per run: tasks done out of the inputs, failures counted."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from ..events import Event, RunFinished, RunStarted, TaskFailed, TaskSucceeded
+
+
+class ProgressDisplay:
+    def __init__(self, console: Console | None = None) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+            transient=False,
+        )
+        self._bars: dict[str, TaskID] = {}
+
+    async def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            if not self._bars:
+                self._progress.start()
+            self._bars[event.run_id] = self._progress.add_task(
+                event.job_id, total=event.input_count, failed=0
+            )
+        elif (
+            isinstance(event, TaskSucceeded | TaskFailed)
+            and (bar := self._bars.get(event.run_id)) is not None
+        ):
+            if isinstance(event, TaskFailed):
+                failed = int(self._progress.tasks[bar].fields["failed"]) + 1
+                self._progress.update(bar, advance=1, failed=failed)
+            else:
+                self._progress.advance(bar)
+        elif (
+            isinstance(event, RunFinished)
+            and self._bars.pop(event.run_id, None) is not None
+            and not self._bars
+        ):
+            self._progress.stop()
