@@ -42,6 +42,11 @@ class AzureCompute:
         self._client = client
         self._secrets = secrets
 
+    @property
+    def client(self) -> BatchClient:
+        """The SDK client, for calls beyond the protocol (e.g. `check`)."""
+        return self._client
+
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         with translated(f"create pool {spec.pool_id}", self._secrets):
             try:
@@ -52,7 +57,7 @@ class AzureCompute:
                     raise
         with translated(f"get pool {spec.pool_id}", self._secrets):
             pool = await self._client.get_pool(spec.pool_id)
-        if str(pool.state).lower() == bm.BatchPoolState.DELETING:
+        if models.value_of(pool.state) == bm.BatchPoolState.DELETING:
             raise BackendError(
                 f"pool {spec.pool_id} is being deleted; wait until it is gone, or choose another pool id",
                 code="PoolBeingDeleted",
@@ -110,13 +115,13 @@ class AzureCompute:
             ]
         # A failed start task is a recipe bug that every node will hit; an unusable node is only fatal when
         # no node is left that could run tasks.
-        start_failed = [node for node in nodes if str(node.state).lower() == "starttaskfailed"]
-        unusable = [node for node in nodes if str(node.state).lower() == "unusable"]
+        start_failed = [node for node in nodes if models.value_of(node.state) == "starttaskfailed"]
+        unusable = [node for node in nodes if models.value_of(node.state) == "unusable"]
         if start_failed or (unusable and len(unusable) == len(nodes)):
             node = (start_failed or unusable)[0]
-            raise BackendError(_node_failure(pool_id, node), code=str(node.state))
+            raise BackendError(_node_failure(pool_id, node), code=models.value_of(node.state))
         target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
-        ready = sum(1 for node in nodes if str(node.state).lower() in _READY_NODE_STATES)
+        ready = sum(1 for node in nodes if models.value_of(node.state) in _READY_NODE_STATES)
         return ready if ready >= max(1, min(min_nodes, target)) else None
 
     async def ensure_job(self, spec: JobSpec) -> Ensured:
@@ -129,7 +134,7 @@ class AzureCompute:
                     raise
         with translated(f"get job {spec.job_id}", self._secrets):
             job = await self._client.get_job(spec.job_id, select=["id", "state", "poolInfo"])
-        state = str(job.state).lower()
+        state = models.value_of(job.state)
         if state in _UNUSABLE_JOB_STATES:
             raise BackendError(
                 f"job {spec.job_id} is {state}: {_UNUSABLE_JOB_STATES[state]}",
@@ -193,7 +198,7 @@ class AzureCompute:
 
 def _node_failure(pool_id: str, node: bm.BatchNode) -> str:
     info = node.start_task_info
-    if str(node.state).lower() == "starttaskfailed" and info is not None:
+    if models.value_of(node.state) == "starttaskfailed" and info is not None:
         reason = info.failure_info.message if info.failure_info and info.failure_info.message else ""
         return (
             f"the start task failed on node {node.id} of pool {pool_id} (exit code {info.exit_code}"
@@ -201,4 +206,5 @@ def _node_failure(pool_id: str, node: bm.BatchNode) -> str:
             "and recreate the pool"
         )
     errors = "; ".join(f"{e.code}: {e.message}" for e in node.errors or []) or "no details given"
-    return f"node {node.id} of pool {pool_id} is {node.state} ({errors}); remove it or recreate the pool"
+    state = models.value_of(node.state)
+    return f"node {node.id} of pool {pool_id} is {state} ({errors}); remove it or recreate the pool"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -13,6 +14,12 @@ from ..base import AddStatus, AddTaskResult, FailureInfo, TaskCounts, TaskResult
 # The fields `task_view` reads; `list_tasks` asks the service for these alone.
 TASK_VIEW_FIELDS = ("id", "state", "stateTransitionTime", "executionInfo", "nodeInfo")
 TASK_EXISTS = "TaskExists"
+
+
+def value_of(field: object) -> str:
+    """An SDK enum field as its lower-case wire value. The SDK returns a `(str, Enum)` member for known values
+    (whose `str()` is `Class.MEMBER` on Python 3.11) and a plain string for values it does not know."""
+    return str(field.value if isinstance(field, enum.Enum) else field).lower()
 
 
 def pool_create_options(spec: PoolSpec) -> bm.BatchPoolCreateOptions:
@@ -142,7 +149,7 @@ def add_results(sent: Sequence[TaskSpec], result: bm.BatchCreateTaskCollectionRe
 def _add_result(item: bm.BatchTaskCreateResult) -> AddTaskResult:
     code = item.error.code if item.error else None
     message = item.error.message.value if item.error and item.error.message else None
-    status = str(item.status).lower()
+    status = value_of(item.status)
     if status == bm.BatchTaskAddStatus.SUCCESS:
         return AddTaskResult(item.task_id, AddStatus.ADDED)
     if status == bm.BatchTaskAddStatus.CLIENT_ERROR:
@@ -169,17 +176,17 @@ def task_view(task: bm.BatchTask) -> TaskView:
     failure = None
     if info is not None and info.failure_info is not None:
         failure = FailureInfo(
-            category=str(info.failure_info.category),
+            category=value_of(info.failure_info.category),
             code=info.failure_info.code or "",
             message=info.failure_info.message or "",
         )
     return TaskView(
         task_id=task.id,
-        state=TaskState(str(task.state).lower()),
+        state=TaskState(value_of(task.state)),
         state_transition_time=_aware(task.state_transition_time),
         node_id=task.node_info.node_id if task.node_info else None,
         exit_code=info.exit_code if info else None,
-        result=TaskResult(str(info.result).lower()) if info and info.result else None,
+        result=TaskResult(value_of(info.result)) if info and info.result else None,
         failure=failure,
         retry_count=(info.retry_count or 0) if info else 0,
         requeue_count=(info.requeue_count or 0) if info else 0,

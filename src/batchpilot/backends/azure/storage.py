@@ -70,6 +70,11 @@ class AzureStorage:
         self._delegation: _DelegationKey | None = None
         self._delegation_lock = anyio.Lock()
 
+    @property
+    def service(self) -> BlobServiceClient:
+        """The SDK client, for calls beyond the protocol (e.g. `check`)."""
+        return self._service
+
     async def ensure_container(self, container: str) -> bool:
         with translated(f"create container {container}", self._secrets):
             try:

@@ -1,0 +1,505 @@
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from batchpilot.backends.azure import AzureBackend
+from batchpilot.backends.base import AddStatus, TaskCounts, TaskResult, TaskState
+from batchpilot.errors import (
+    AuthenticationError,
+    BackendError,
+    NotFoundError,
+    RequestTooLargeError,
+    TransientBackendError,
+)
+from batchpilot.spec import (
+    JobSpec,
+    OutputFile,
+    PoolSpec,
+    ResourceFile,
+    StartTask,
+    TaskConstraints,
+    TaskSpec,
+    UploadCondition,
+)
+
+from .conftest import BATCH_KEY, Http
+
+API = "2025-06-01"
+POOL = PoolSpec(
+    pool_id="tutorial-pool",
+    vm_size="STANDARD_A1_v2",
+    dedicated_nodes=1,
+    spot_nodes=4,
+    task_slots_per_node=2,
+    start_task=StartTask("/bin/bash -c 'apt-get update && apt-get install -y ffmpeg'"),
+)
+EXISTING_POOL = {
+    "id": "tutorial-pool",
+    "url": "https://x/pools/tutorial-pool",
+    "state": "active",
+    "vmSize": "standard_d2s_v3",
+    "virtualMachineConfiguration": {
+        "imageReference": {
+            "publisher": "Canonical",
+            "offer": "0001-com-ubuntu-server-focal",
+            "sku": "20_04-lts",
+            "version": "latest",
+        },
+        "nodeAgentSKUId": "batch.node.ubuntu 20.04",
+    },
+    "targetDedicatedNodes": 1,
+    "targetLowPriorityNodes": 4,
+    "taskSlotsPerNode": 2,
+    "startTask": {"commandLine": "/bin/bash -c 'apt-get update && apt-get install -y ffmpeg'"},
+}
+
+
+def task(n: int) -> TaskSpec:
+    return TaskSpec(
+        task_id=f"task-{n:03d}",
+        command_line=f"ffmpeg -i in{n}.mp4 out{n}.mp3",
+        resource_files=(
+            ResourceFile(
+                url=f"https://store.blob.core.windows.net/in/in{n}.mp4?sig=x", file_path=f"in{n}.mp4"
+            ),
+        ),
+        output_files=(
+            OutputFile(
+                file_pattern="*.mp3",
+                container_url="https://store.blob.core.windows.net/out?sp=cw&sig=y",
+                path=f"task-{n:03d}",
+                upload_condition=UploadCondition.TASK_SUCCESS,
+            ),
+        ),
+        constraints=TaskConstraints(
+            max_wall_clock=timedelta(hours=1), max_task_retry_count=2, retention=timedelta(days=1)
+        ),
+    )
+
+
+# --- pools ------------------------------------------------------------------------------------------------
+
+
+async def test_ensure_pool_creates_the_tutorial_pool(http: Http, backend: AzureBackend) -> None:
+    http.batch("POST", "/pools", status=201)
+
+    ensured = await backend.compute.ensure_pool(POOL)
+
+    assert (ensured.resource_id, ensured.created, ensured.warnings) == ("tutorial-pool", True, ())
+    [sent] = http.sent()
+    assert (sent.method, sent.path, sent.query) == ("POST", "/pools", {"api-version": API})
+    assert sent.headers["authorization"].startswith("SharedKey acct:")
+    assert sent.json() == {
+        "id": "tutorial-pool",
+        "vmSize": "STANDARD_A1_v2",
+        "virtualMachineConfiguration": {
+            "imageReference": {
+                "publisher": "Canonical",
+                "offer": "0001-com-ubuntu-server-focal",
+                "sku": "20_04-lts",
+                "version": "latest",
+            },
+            "nodeAgentSKUId": "batch.node.ubuntu 20.04",
+        },
+        "targetDedicatedNodes": 1,
+        "targetLowPriorityNodes": 4,
+        "taskSlotsPerNode": 2,
+        "startTask": {
+            "commandLine": "/bin/bash -c 'apt-get update && apt-get install -y ffmpeg'",
+            "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}},
+            "maxTaskRetryCount": 1,
+            "waitForSuccess": True,
+        },
+    }
+
+
+async def test_existing_pool_is_reused_with_a_warning_per_difference(
+    http: Http, backend: AzureBackend
+) -> None:
+    http.batch_error("POST", "/pools", 409, "PoolExists")
+    http.batch("GET", "/pools/tutorial-pool", payload=EXISTING_POOL)
+
+    ensured = await backend.compute.ensure_pool(POOL)
+
+    assert ensured.created is False
+    assert len(ensured.warnings) == 1
+    assert "vm size 'standard_d2s_v3'" in ensured.warnings[0]
+    assert [(s.method, s.path) for s in http.sent()] == [("POST", "/pools"), ("GET", "/pools/tutorial-pool")]
+
+
+async def test_pool_being_deleted_is_a_clear_error(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("POST", "/pools", 409, "PoolExists")
+    http.batch("GET", "/pools/tutorial-pool", payload={**EXISTING_POOL, "state": "deleting"})
+
+    with pytest.raises(BackendError, match="tutorial-pool is being deleted"):
+        await backend.compute.ensure_pool(POOL)
+
+
+async def test_other_conflict_on_pool_create_is_not_mistaken_for_exists(
+    http: Http, backend: AzureBackend
+) -> None:
+    http.batch_error("POST", "/pools", 409, "PoolBeingDeleted")
+
+    with pytest.raises(BackendError, match="409 PoolBeingDeleted") as raised:
+        await backend.compute.ensure_pool(POOL)
+    assert raised.value.code == "PoolBeingDeleted"
+
+
+async def test_delete_pool_and_job_accept_already_gone(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("DELETE", "/pools/tutorial-pool", 404, "PoolNotFound")
+    http.batch("DELETE", "/jobs/job-1", status=202)
+
+    await backend.compute.delete_pool("tutorial-pool")
+    await backend.compute.delete_job("job-1")
+
+    assert [(s.method, s.path) for s in http.sent()] == [
+        ("DELETE", "/pools/tutorial-pool"),
+        ("DELETE", "/jobs/job-1"),
+    ]
+
+
+# --- waiting for nodes ------------------------------------------------------------------------------------
+
+
+def _pool_status(**extra: object) -> dict[str, object]:
+    return {
+        "id": "tutorial-pool",
+        "state": "active",
+        "targetDedicatedNodes": 1,
+        "targetLowPriorityNodes": 1,
+        **extra,
+    }
+
+
+async def test_wait_for_nodes_backs_off_until_a_node_is_ready(http: Http, backend: AzureBackend) -> None:
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_status(), repeat=True)
+    http.batch("GET", "/pools/tutorial-pool/nodes", payload={"value": [{"id": "n1", "state": "creating"}]})
+    http.batch("GET", "/pools/tutorial-pool/nodes", payload={"value": [{"id": "n1", "state": "starting"}]})
+    http.batch(
+        "GET",
+        "/pools/tutorial-pool/nodes",
+        payload={"value": [{"id": "n1", "state": "idle"}, {"id": "n2", "state": "x"}]},
+    )
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    ready = await backend.compute.wait_for_nodes("tutorial-pool", min_nodes=1, sleep=sleep)
+
+    assert ready == 1
+    assert waits == [2.0, 3.0]
+    pool_get = http.sent("GET")[0]
+    assert pool_get.query["$select"] == (
+        "id,state,allocationState,resizeErrors,targetDedicatedNodes,targetLowPriorityNodes"
+    )
+
+
+async def test_wait_for_nodes_surfaces_a_quota_error(http: Http, backend: AzureBackend) -> None:
+    errors = [{"code": "AccountCoreQuotaReached", "message": "The core quota was reached."}]
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_status(resizeErrors=errors))
+
+    with pytest.raises(BackendError, match="AccountCoreQuotaReached: The core quota was reached") as raised:
+        await backend.compute.wait_for_nodes("tutorial-pool")
+    assert raised.value.code == "AccountCoreQuotaReached"
+
+
+async def test_wait_for_nodes_surfaces_a_failed_start_task(http: Http, backend: AzureBackend) -> None:
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_status())
+    node = {
+        "id": "n1",
+        "state": "starttaskfailed",
+        "startTaskInfo": {
+            "state": "completed",
+            "startTime": "2030-01-01T00:00:00Z",
+            "exitCode": 100,
+            "retryCount": 1,
+            "failureInfo": {"category": "usererror", "code": "FailureExitCode", "message": "exit code 100"},
+        },
+    }
+    http.batch("GET", "/pools/tutorial-pool/nodes", payload={"value": [node]})
+
+    with pytest.raises(BackendError, match=r"start task failed on node n1 .*exit code 100"):
+        await backend.compute.wait_for_nodes("tutorial-pool")
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+
+
+async def test_ensure_job_creates_a_job_that_ends_with_its_tasks(http: Http, backend: AzureBackend) -> None:
+    http.batch("POST", "/jobs", status=201)
+
+    ensured = await backend.compute.ensure_job(
+        JobSpec("job-1", "tutorial-pool", terminate_when_tasks_complete=True)
+    )
+
+    assert ensured.created is True
+    [sent] = http.sent()
+    assert (sent.path, sent.query) == ("/jobs", {"api-version": API})
+    assert sent.json() == {
+        "id": "job-1",
+        "poolInfo": {"poolId": "tutorial-pool"},
+        "onAllTasksComplete": "terminatejob",
+    }
+
+
+async def test_existing_active_job_is_reused(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("POST", "/jobs", 409, "JobExists")
+    http.batch(
+        "GET",
+        "/jobs/job-1",
+        payload={"id": "job-1", "state": "active", "poolInfo": {"poolId": "tutorial-pool"}},
+    )
+
+    ensured = await backend.compute.ensure_job(JobSpec("job-1", "tutorial-pool"))
+
+    assert (ensured.created, ensured.warnings) == (False, ())
+    assert http.sent("GET")[0].query["$select"] == "id,state,poolInfo"
+
+
+@pytest.mark.parametrize("state", ["completed", "terminating", "deleting"])
+async def test_finished_job_is_a_clear_error(http: Http, backend: AzureBackend, state: str) -> None:
+    http.batch_error("POST", "/jobs", 409, "JobExists")
+    http.batch(
+        "GET", "/jobs/job-1", payload={"id": "job-1", "state": state, "poolInfo": {"poolId": "tutorial-pool"}}
+    )
+
+    with pytest.raises(BackendError, match=f"job job-1 is {state}: ") as raised:
+        await backend.compute.ensure_job(JobSpec("job-1", "tutorial-pool"))
+    assert "\n" not in str(raised.value)
+
+
+# --- tasks ------------------------------------------------------------------------------------------------
+
+
+async def test_add_tasks_sends_one_collection_of_100(http: Http, backend: AzureBackend) -> None:
+    tasks = [task(n) for n in range(100)]
+    http.batch(
+        "POST",
+        "/jobs/job-1/addtaskcollection",
+        payload={"value": [{"status": "success", "taskId": t.task_id} for t in reversed(tasks)]},
+    )
+
+    results = await backend.compute.add_tasks("job-1", tasks)
+
+    assert [r.task_id for r in results] == [t.task_id for t in tasks]
+    assert {r.status for r in results} == {AddStatus.ADDED}
+    [sent] = http.sent()
+    assert (sent.method, sent.path, sent.query) == (
+        "POST",
+        "/jobs/job-1/addtaskcollection",
+        {"api-version": API},
+    )
+    body = sent.json()
+    assert len(body["value"]) == 100
+    assert body["value"][7] == {
+        "id": "task-007",
+        "commandLine": "ffmpeg -i in7.mp4 out7.mp3",
+        "resourceFiles": [
+            {"httpUrl": "https://store.blob.core.windows.net/in/in7.mp4?sig=x", "filePath": "in7.mp4"}
+        ],
+        "outputFiles": [
+            {
+                "filePattern": "*.mp3",
+                "destination": {
+                    "container": {
+                        "containerUrl": "https://store.blob.core.windows.net/out?sp=cw&sig=y",
+                        "path": "task-007",
+                    }
+                },
+                "uploadOptions": {"uploadCondition": "tasksuccess"},
+            }
+        ],
+        "constraints": {"maxWallClockTime": "PT01H00M00S", "maxTaskRetryCount": 2, "retentionTime": "P1D"},
+    }
+
+
+async def test_add_tasks_reports_each_task_of_a_partial_result(http: Http, backend: AzureBackend) -> None:
+    def error(code: str) -> dict[str, object]:
+        return {"code": code, "message": {"lang": "en-US", "value": f"{code} happened"}}
+
+    http.batch(
+        "POST",
+        "/jobs/job-1/addtaskcollection",
+        payload={
+            "value": [
+                {"status": "success", "taskId": "task-000"},
+                {"status": "clienterror", "taskId": "task-001", "error": error("TaskExists")},
+                {"status": "servererror", "taskId": "task-002", "error": error("ServerBusy")},
+                {"status": "clienterror", "taskId": "task-003", "error": error("InvalidPropertyValue")},
+            ]
+        },
+    )
+
+    results = await backend.compute.add_tasks("job-1", [task(n) for n in range(5)])
+
+    assert [(r.task_id, r.status, r.error_code) for r in results] == [
+        ("task-000", AddStatus.ADDED, None),
+        ("task-001", AddStatus.EXISTS, "TaskExists"),
+        ("task-002", AddStatus.SERVER_ERROR, "ServerBusy"),
+        ("task-003", AddStatus.CLIENT_ERROR, "InvalidPropertyValue"),
+        ("task-004", AddStatus.SERVER_ERROR, "NoResult"),
+    ]
+    assert results[3].message == "InvalidPropertyValue happened"
+
+
+async def test_too_large_collection_raises_request_too_large(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("POST", "/jobs/job-1/addtaskcollection", 413, "RequestBodyTooLarge")
+
+    with pytest.raises(RequestTooLargeError, match="413 RequestBodyTooLarge"):
+        await backend.compute.add_tasks("job-1", [task(0)])
+    assert len(http.sent()) == 1
+
+
+async def test_throttling_is_retried_by_the_sdk_then_raised_with_retry_after(
+    http: Http, backend: AzureBackend, retry_sleeps: list[float]
+) -> None:
+    http.batch_error(
+        "POST",
+        "/jobs/job-1/addtaskcollection",
+        429,
+        "TooManyRequests",
+        headers={"Retry-After": "7"},
+        repeat=True,
+    )
+
+    with pytest.raises(TransientBackendError) as raised:
+        await backend.compute.add_tasks("job-1", [task(0)])
+
+    assert raised.value.retry_after == 7.0
+    assert raised.value.code == "TooManyRequests"
+    # retry_total=2: the SDK tried three times, waiting as the service asked; no retry loop of ours on top.
+    assert len(http.sent()) == 3
+    assert retry_sleeps == [7.0, 7.0]
+
+
+async def test_server_error_after_sdk_retries_is_transient(
+    http: Http, backend: AzureBackend, retry_sleeps: list[float]
+) -> None:
+    http.batch_error("GET", "/jobs/job-1/taskcounts", 500, "InternalError", repeat=True)
+
+    with pytest.raises(TransientBackendError, match=r"500 InternalError: InternalError message$") as raised:
+        await backend.compute.task_counts("job-1")
+
+    assert raised.value.retry_after is None
+    assert len(http.sent()) == 3
+    assert retry_sleeps  # the SDK's backoff went through the patched, instant sleep
+
+
+async def test_task_counts(http: Http, backend: AzureBackend) -> None:
+    counts = {"active": 3, "running": 2, "completed": 5, "succeeded": 4, "failed": 1}
+    slots = {"active": 3, "running": 2, "completed": 5, "succeeded": 4, "failed": 1}
+    http.batch("GET", "/jobs/job-1/taskcounts", payload={"taskCounts": counts, "taskSlotCounts": slots})
+
+    assert await backend.compute.task_counts("job-1") == TaskCounts(3, 2, 5, 4, 1)
+
+
+async def test_list_tasks_filters_selects_and_follows_pages(http: Http, backend: AzureBackend) -> None:
+    since = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    next_link = (
+        "https://acct.westeurope.batch.azure.com/jobs/job-1/tasks?api-version=2025-06-01&$skiptoken=abc"
+        "&$filter=stateTransitionTime%20ge%20datetime'2030-01-02T03:04:05.678Z'"
+        "&$select=id,state,stateTransitionTime,executionInfo,nodeInfo"
+    )
+    http.batch(
+        "GET",
+        "/jobs/job-1/tasks",
+        payload={
+            "value": [
+                {
+                    "id": "a",
+                    "state": "running",
+                    "stateTransitionTime": "2030-01-02T03:05:00Z",
+                    "nodeInfo": {"nodeId": "n1"},
+                }
+            ],
+            "odata.nextLink": next_link,
+        },
+    )
+    completed = {
+        "id": "b",
+        "state": "completed",
+        "stateTransitionTime": "2030-01-02T03:06:00Z",
+        "executionInfo": {
+            "startTime": "2030-01-02T03:05:00Z",
+            "endTime": "2030-01-02T03:06:00Z",
+            "exitCode": 1,
+            "retryCount": 2,
+            "requeueCount": 1,
+            "result": "failure",
+            "failureInfo": {"category": "usererror", "code": "FailureExitCode", "message": "exit code 1"},
+        },
+    }
+    http.batch("GET", "/jobs/job-1/tasks", payload={"value": [completed]})
+
+    views = await backend.compute.list_tasks("job-1", changed_since=since)
+
+    first, second = http.sent()
+    assert first.query == {
+        "api-version": API,
+        "$filter": "stateTransitionTime ge datetime'2030-01-02T03:04:05.678Z'",
+        "$select": "id,state,stateTransitionTime,executionInfo,nodeInfo",
+    }
+    assert second.query["$skiptoken"] == "abc"
+    assert [(v.task_id, v.state, v.node_id) for v in views] == [
+        ("a", TaskState.RUNNING, "n1"),
+        ("b", TaskState.COMPLETED, None),
+    ]
+    failed = views[1]
+    assert (failed.exit_code, failed.result, failed.retry_count, failed.requeue_count) == (
+        1,
+        TaskResult.FAILURE,
+        2,
+        1,
+    )
+    assert failed.failure is not None
+    assert failed.failure.code == "FailureExitCode"
+    assert failed.state_transition_time == datetime(2030, 1, 2, 3, 6, tzinfo=UTC)
+
+
+async def test_list_all_tasks_sends_no_filter(http: Http, backend: AzureBackend) -> None:
+    http.batch("GET", "/jobs/job-1/tasks", payload={"value": []})
+
+    assert await backend.compute.list_tasks("job-1") == []
+    assert "$filter" not in http.sent()[0].query
+
+
+async def test_read_task_file(http: Http, backend: AzureBackend) -> None:
+    http.add(
+        "https://acct.westeurope.batch.azure.com/jobs/job-1/tasks/t1/files/stderr.txt?api-version=2025-06-01",
+        body=b"ffmpeg: no such file\n",
+        content_type="application/octet-stream",
+    )
+    http.batch_error("GET", "/jobs/job-1/tasks/t2/files/stderr.txt", 404, "FileNotFound")
+
+    assert await backend.compute.read_task_file("job-1", "t1", "stderr.txt") == b"ffmpeg: no such file\n"
+    # Streamed downloads lose the service's error code (the SDK parses the body before reading it).
+    with pytest.raises(NotFoundError, match="404"):
+        await backend.compute.read_task_file("job-1", "t2", "stderr.txt")
+
+
+# --- credentials ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "AuthenticationFailed"), (403, "AuthenticationFailed")])
+async def test_bad_credentials_are_one_clear_line_without_secrets(
+    http: Http, backend: AzureBackend, caplog: pytest.LogCaptureFixture, status: int, code: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    http.batch_error("GET", "/jobs/job-1/taskcounts", status, code)
+
+    with pytest.raises(AuthenticationError) as raised:
+        await backend.compute.task_counts("job-1")
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"credentials refused ({status} {code})" in message
+    sent = http.sent()[0]
+    signature = sent.headers["authorization"].split(":", 1)[1]
+    for secret in (BATCH_KEY, signature):
+        assert secret not in message
+        assert secret not in caplog.text
+    assert len(http.sent()) == 1  # never retried
