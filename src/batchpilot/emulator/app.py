@@ -1,0 +1,507 @@
+"""The HTTP face of the emulator: routes of the Batch REST subset, SharedKey checks, fault injection.
+
+`create_app(config)` returns an aiohttp application whose start-up opens the runtime that executes tasks
+and whose clean-up stops it (killing running tasks). `running(config)` serves it on a TCP port for the
+duration of an `async with`; `serve(config)` does so until cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import anyio
+import structlog
+from aiohttp import web
+
+from .auth import verify
+from .config import EmulatorConfig
+from .faults import Fault, FaultInjector, RequestKind
+from .query import parse_filter, parse_max_results, parse_select, parse_skip_token
+from .runner import Runtime
+from .state import (
+    Account,
+    Job,
+    JobState,
+    Node,
+    NodeState,
+    OnAllTasksComplete,
+    Pool,
+    PoolState,
+    ServiceError,
+    Task,
+    node_id_for,
+)
+from .stats import Stats
+from .wire import (
+    accepted,
+    counts_json,
+    created,
+    error_response,
+    invalid_property,
+    job_json,
+    json_response,
+    missing_property,
+    node_json,
+    pool_json,
+    read_json,
+    required_str,
+    rfc1123,
+    select,
+    task_json,
+    task_spec,
+)
+
+log = structlog.get_logger(__name__)
+
+# Batch's limits on one add-collection request.
+MAX_BODY_BYTES = 1024 * 1024
+MAX_TASKS_PER_COLLECTION = 100
+# aiohttp refuses larger bodies itself, with a plain-text error; the emulator checks its own limit instead.
+_CLIENT_MAX_SIZE = 16 * MAX_BODY_BYTES
+_POOL_OR_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunningEmulator:
+    """A served emulator: what a client needs to reach it."""
+
+    endpoint: str
+    account: str
+    key: str
+    port: int
+
+    @property
+    def stats_url(self) -> str:
+        return f"{self.endpoint}/_emulator/stats"
+
+
+class Emulator:
+    """The composition root: account state, runtime, fault dice and statistics behind one set of routes."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.account = Account()
+        self.stats = Stats()
+        self.faults = FaultInjector(config.faults)
+        self.runtime = Runtime(config, self.account, self.stats, self.faults, _utcnow)
+        self._kinds: dict[tuple[str, str], RequestKind] = {}
+
+    def routes(self) -> list[tuple[str, str, RequestKind, Handler]]:
+        return [
+            ("POST", "/pools", RequestKind.POOL_ADD, self.add_pool),
+            ("GET", "/pools", RequestKind.POOL_LIST, self.list_pools),
+            ("GET", "/pools/{pool_id}", RequestKind.POOL_GET, self.get_pool),
+            ("HEAD", "/pools/{pool_id}", RequestKind.POOL_EXISTS, self.pool_exists),
+            ("DELETE", "/pools/{pool_id}", RequestKind.POOL_DELETE, self.delete_pool),
+            ("GET", "/pools/{pool_id}/nodes", RequestKind.NODE_LIST, self.list_nodes),
+            ("POST", "/jobs", RequestKind.JOB_ADD, self.add_job),
+            ("GET", "/jobs", RequestKind.JOB_LIST, self.list_jobs),
+            ("GET", "/jobs/{job_id}", RequestKind.JOB_GET, self.get_job),
+            ("PATCH", "/jobs/{job_id}", RequestKind.JOB_UPDATE, self.update_job),
+            ("DELETE", "/jobs/{job_id}", RequestKind.JOB_DELETE, self.delete_job),
+            ("POST", "/jobs/{job_id}/terminate", RequestKind.JOB_TERMINATE, self.terminate_job),
+            ("GET", "/jobs/{job_id}/taskcounts", RequestKind.TASK_COUNTS, self.task_counts),
+            ("POST", "/jobs/{job_id}/tasks", RequestKind.TASK_ADD, self.add_task),
+            ("GET", "/jobs/{job_id}/tasks", RequestKind.TASK_LIST, self.list_tasks),
+            (
+                "POST",
+                "/jobs/{job_id}/addtaskcollection",
+                RequestKind.TASK_ADD_COLLECTION,
+                self.add_collection,
+            ),
+            ("GET", "/jobs/{job_id}/tasks/{task_id}", RequestKind.TASK_GET, self.get_task),
+            ("GET", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
+            ("HEAD", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
+        ]
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self.middleware], client_max_size=_CLIENT_MAX_SIZE)
+        for method, path, kind, handler in self.routes():
+            resource = app.router.add_resource(path)
+            resource.add_route(method, handler)
+            self._kinds[(method, resource.canonical)] = kind
+        app.router.add_get("/_emulator/stats", self.get_stats)
+        app.cleanup_ctx.append(self.lifespan)
+        return app
+
+    async def lifespan(self, _app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await self.runtime.open(stack)
+            started = anyio.Event()
+            # aiohttp starts and cleans up in different tasks, so the runtime's task group lives in a task of
+            # its own, joined below before the clients it uses are closed.
+            supervisor = asyncio.create_task(self.runtime.supervise(started))
+            await started.wait()
+            try:
+                yield
+            finally:
+                self.runtime.stop()
+                await supervisor
+
+    # --- middleware: statistics, auth, faults, errors ---------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_emulator/"):
+            return await handler(request)
+        resource = request.match_info.route.resource
+        kind = self._kinds.get((request.method, resource.canonical if resource else ""), RequestKind.OTHER)
+        self.stats.requests[kind] += 1
+        self.stats.bytes_received += request.content_length or 0
+        response = await self._answer(request, handler, kind)
+        self.stats.statuses[response.status] += 1
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            self.stats.bytes_sent += len(response.body)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler, kind: RequestKind) -> web.StreamResponse:
+        faults = self.config.faults
+        if faults.latency_ms:
+            await anyio.sleep(faults.latency_ms / 1000)
+        if not self._authentic(request):
+            return error_response(
+                ServiceError(
+                    403,
+                    "AuthenticationFailed",
+                    "Server failed to authenticate the request. Make sure the value of the Authorization "
+                    "header is formed correctly including the signature.",
+                )
+            )
+        fault = self.faults.request_fault(kind)
+        if fault is Fault.THROTTLE:
+            retry_after = {"Retry-After": str(faults.retry_after_s)}
+            return error_response(
+                ServiceError(429, "TooManyRequests", "The server is busy; retry later.", headers=retry_after)
+            )
+        if fault is Fault.SERVER_ERROR:
+            return error_response(ServiceError(500, "InternalServerError", "An injected internal error."))
+        try:
+            if "api-version" not in request.query:
+                raise ServiceError(
+                    400, "MissingRequiredQueryParameter", "The api-version parameter is missing."
+                )
+            response = await handler(request)
+        except ServiceError as error:
+            return error_response(error)
+        except web.HTTPNotFound:
+            return error_response(
+                ServiceError(404, "InvalidUri", f"The requested URI {request.path} is not valid.")
+            )
+        except web.HTTPMethodNotAllowed:
+            return error_response(
+                ServiceError(405, "UnsupportedHttpVerb", f"{request.method} is not supported.")
+            )
+        if self.faults.drop_after_apply(kind) and request.transport is not None:
+            # The change is applied; the client never hears so, as when a connection breaks in flight.
+            request.transport.abort()
+        return response
+
+    def _authentic(self, request: web.Request) -> bool:
+        return verify(
+            request.headers.get("Authorization"),
+            method=request.method,
+            raw_path=request.rel_url.raw_path,
+            raw_query=request.rel_url.raw_query_string,
+            headers=request.headers,
+            account=self.config.account,
+            key=self.config.key,
+        )
+
+    async def get_stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.stats.to_json(self.faults.fired))
+
+    # --- pools ------------------------------------------------------------------------------------------
+
+    async def add_pool(self, request: web.Request) -> web.Response:
+        body = read_json(await request.read())
+        pool_id = _checked_id(body, "id")
+        required_str(body, "vmSize")
+        if body.get("enableAutoScale"):
+            raise invalid_property("enableAutoScale", True)
+        dedicated = _count(body, "targetDedicatedNodes")
+        spot = _count(body, "targetLowPriorityNodes")
+        slots = _count(body, "taskSlotsPerNode", default=1)
+        if slots < 1:
+            raise invalid_property("taskSlotsPerNode", slots)
+        now = _utcnow()
+        nodes = [
+            Node(node_id_for(pool_id, index, index < dedicated), index < dedicated, NodeState.STARTING, now)
+            for index in range(dedicated + spot)
+        ]
+        pool = Pool(pool_id, body, now, slots, nodes)
+        self.account.add_pool(pool)
+        self.runtime.pool_added(pool)
+        return created(f"{_base(request)}/pools/{pool_id}")
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        fields = parse_select(request.query.get("$select"))
+        pools = [select(pool_json(pool, _base(request)), fields) for pool in self.account.pools.values()]
+        return json_response({"value": pools})
+
+    async def get_pool(self, request: web.Request) -> web.Response:
+        pool = self.account.pool(request.match_info["pool_id"])
+        body = select(pool_json(pool, _base(request)), parse_select(request.query.get("$select")))
+        return json_response(body)
+
+    async def pool_exists(self, request: web.Request) -> web.Response:
+        exists = request.match_info["pool_id"].lower() in self.account.pools
+        return web.Response(status=200 if exists else 404)
+
+    async def delete_pool(self, request: web.Request) -> web.Response:
+        pool = self.account.pool(request.match_info["pool_id"])
+        if pool.state is PoolState.DELETING:
+            raise ServiceError(409, "PoolBeingDeleted", "The specified pool has been marked for deletion.")
+        self.runtime.pool_deleted(pool)
+        return accepted()
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        pool = self.account.pool(request.match_info["pool_id"])
+        fields = parse_select(request.query.get("$select"))
+        nodes = [select(node_json(pool, node, _base(request)), fields) for node in pool.nodes]
+        return json_response({"value": nodes})
+
+    # --- jobs -------------------------------------------------------------------------------------------
+
+    async def add_job(self, request: web.Request) -> web.Response:
+        body = read_json(await request.read())
+        job_id = _checked_id(body, "id")
+        pool_info = body.get("poolInfo") or {}
+        if "autoPoolSpecification" in pool_info:
+            raise invalid_property("poolInfo.autoPoolSpecification", "auto pools are not emulated")
+        pool_id = pool_info.get("poolId")
+        if not pool_id:
+            raise missing_property("poolInfo.poolId")
+        job = Job(job_id, pool_id, body, _utcnow(), _on_all_tasks_complete(body))
+        self.account.add_job(job)
+        self.runtime.job_settings_changed(job)
+        return created(f"{_base(request)}/jobs/{job_id}")
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        fields = parse_select(request.query.get("$select"))
+        jobs = [select(job_json(job, _base(request)), fields) for job in self.account.jobs.values()]
+        return json_response({"value": jobs})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        return json_response(
+            select(job_json(job, _base(request)), parse_select(request.query.get("$select")))
+        )
+
+    async def update_job(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        body = read_json(await request.read())
+        if "onAllTasksComplete" in body:
+            job.on_all_tasks_complete = _on_all_tasks_complete(body)
+            job.body["onAllTasksComplete"] = body["onAllTasksComplete"]
+        self.runtime.job_settings_changed(job)
+        return web.Response(status=200)
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        if job.state is JobState.DELETING:
+            raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
+        self.runtime.job_ended(job, JobState.DELETING)
+        return accepted()
+
+    async def terminate_job(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        if job.state is JobState.COMPLETED:
+            raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
+        if job.state is JobState.DELETING:
+            raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
+        self.runtime.job_ended(job, JobState.COMPLETED)
+        return accepted()
+
+    async def task_counts(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        return json_response(counts_json(self.runtime.counts(job)))
+
+    # --- tasks ------------------------------------------------------------------------------------------
+
+    async def add_task(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        body = read_json(await request.read())
+        task = job.add_task(task_spec(body), body, _utcnow())
+        self.runtime.tasks_added(job, [task])
+        return created(f"{_base(request)}/jobs/{job.job_id}/tasks/{task.task_id}")
+
+    async def add_collection(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        raw = await request.read()
+        if len(raw) > MAX_BODY_BYTES:
+            raise _too_large(f"The request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}.")
+        items = read_json(raw).get("value")
+        if not isinstance(items, list):
+            raise missing_property("value")
+        if len(items) > MAX_TASKS_PER_COLLECTION:
+            raise _too_large(
+                f"The collection has {len(items)} tasks; the limit is {MAX_TASKS_PER_COLLECTION}."
+            )
+        if job.state is not JobState.ACTIVE:
+            raise ServiceError(
+                409, "JobCompleted", f"The job {job.job_id} is {job.state}; no tasks can be added."
+            )
+        now = _utcnow()
+        results: list[dict[str, Any]] = []
+        added = []
+        for item in items:
+            task_id = item.get("id") if isinstance(item, dict) else None
+            try:
+                if not isinstance(item, dict):
+                    raise invalid_property("value", item)
+                task = job.add_task(task_spec(item), item, now)
+            except ServiceError as error:
+                status = "clienterror" if error.status < 500 else "servererror"
+                message = {"lang": "en-US", "value": error.message}
+                results.append(
+                    {"status": status, "taskId": task_id, "error": {"code": error.code, "message": message}}
+                )
+                continue
+            added.append(task)
+            results.append(
+                {
+                    "status": "success",
+                    "taskId": task.task_id,
+                    "eTag": f'"{task.seq}-{task.version}"',
+                    "lastModified": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "location": f"{_base(request)}/jobs/{job.job_id}/tasks/{task.task_id}",
+                }
+            )
+        self.runtime.tasks_added(job, added)
+        return json_response({"value": results})
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        query = request.query
+        matches = parse_filter(query.get("$filter"))
+        fields = parse_select(query.get("$select"))
+        limit = parse_max_results(query.get("maxresults"))
+        page: list[Task] = []
+        more = False
+        for task in job.tasks_after(parse_skip_token(query.get("$skiptoken"))):
+            if not matches(task):
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(task)
+        body: dict[str, Any] = {"value": [select(task_json(task, _base(request)), fields) for task in page]}
+        if more:
+            # The SDK follows the link as given, so everything that shaped this page travels in it.
+            params = {
+                name: query[name]
+                for name in ("api-version", "$filter", "$select", "maxresults")
+                if name in query
+            }
+            params["$skiptoken"] = str(page[-1].seq)
+            link = f"{_base(request)}{request.path}?{urlencode(params, quote_via=quote)}"
+            body["odata.nextLink"] = link
+        return json_response(body)
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        task = self.account.job(request.match_info["job_id"]).task(request.match_info["task_id"])
+        return json_response(
+            select(task_json(task, _base(request)), parse_select(request.query.get("$select")))
+        )
+
+    async def task_file(self, request: web.Request) -> web.Response:
+        task = self.account.job(request.match_info["job_id"]).task(request.match_info["task_id"])
+        name = request.match_info["name"]
+        missing = ServiceError(404, "FileNotFound", f"The specified file {name} does not exist.")
+        if task.task_dir is None:
+            raise missing
+        path = (task.task_dir / name).resolve()
+        if not path.is_relative_to(task.task_dir.resolve()):
+            raise missing
+        try:
+            stat = await anyio.Path(path).stat()
+            content = b"" if request.method == "HEAD" else await anyio.Path(path).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise missing from None
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "ocp-batch-file-isdirectory": "false",
+            "ocp-batch-file-url": str(request.url),
+            "ocp-creation-time": rfc1123(modified),
+            "Last-Modified": rfc1123(modified),
+        }
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(stat.st_size)
+        return web.Response(body=content, headers=headers)
+
+
+def create_app(config: EmulatorConfig) -> web.Application:
+    return Emulator(config).build()
+
+
+@asynccontextmanager
+async def running(config: EmulatorConfig) -> AsyncIterator[RunningEmulator]:
+    """Serve the emulator on `config.host:config.port` (0: a free port) for the body of the `async with`."""
+    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        port = _bound_port(runner)
+        endpoint = f"http://{config.host}:{port}"
+        log.info("emulator.listening", endpoint=endpoint, account=config.account)
+        yield RunningEmulator(endpoint=endpoint, account=config.account, key=config.key, port=port)
+    finally:
+        await runner.cleanup()
+
+
+async def serve(config: EmulatorConfig) -> None:
+    """Serve until cancelled."""
+    async with running(config):
+        await anyio.sleep_forever()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("the emulator is not listening on a TCP port")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _base(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _checked_id(body: dict[str, Any], field: str) -> str:
+    value = required_str(body, field)
+    if not _POOL_OR_JOB_ID.match(value):
+        raise invalid_property(field, value)
+    return value
+
+
+def _count(body: dict[str, Any], field: str, *, default: int = 0) -> int:
+    value = body.get(field, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise invalid_property(field, value)
+    return value
+
+
+def _on_all_tasks_complete(body: dict[str, Any]) -> OnAllTasksComplete:
+    value = body.get("onAllTasksComplete", "noaction")
+    try:
+        return OnAllTasksComplete(str(value).lower())
+    except ValueError:
+        raise invalid_property("onAllTasksComplete", value) from None
+
+
+def _too_large(message: str) -> ServiceError:
+    return ServiceError(413, "RequestBodyTooLarge", message)

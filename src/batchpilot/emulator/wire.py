@@ -1,0 +1,329 @@
+"""Batch's JSON on the wire: bodies in (task definitions) and out (pools, nodes, jobs, tasks, errors).
+
+Shapes follow the REST API the SDK's models read: camelCase names, ISO 8601 times in UTC, ISO 8601
+durations, and errors as `{"code", "message": {"lang", "value"}}` with an OData JSON content type (the SDK
+cannot decode an error body served as anything else).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from ..spec import OutputFile, ResourceFile, TaskConstraints, TaskSpec, UploadCondition
+from .state import Counts, Job, Node, Pool, ServiceError, Task
+
+CONTENT_TYPE = "application/json;odata=minimalmetadata"
+# What Batch reports for a task that set no limits: "unlimited" wall clock, retained for 7 days.
+_UNLIMITED = "P10675199DT2H48M5.4775807S"
+_DEFAULT_RETENTION = "P7D"
+_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DURATION = re.compile(
+    r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def json_response(
+    body: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        headers={"Content-Type": CONTENT_TYPE, "DataServiceVersion": "3.0", **(headers or {})},
+    )
+
+
+def error_response(error: ServiceError) -> web.Response:
+    body = {"code": error.code, "message": {"lang": "en-US", "value": error.message}}
+    return json_response(body, status=error.status, headers=error.headers)
+
+
+def created(location: str) -> web.Response:
+    """201 with no body, as Batch answers the creation of a pool, job or single task."""
+    return web.Response(status=201, headers={"Location": location, "DataServiceId": location})
+
+
+def accepted() -> web.Response:
+    return web.Response(status=202)
+
+
+def iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rfc1123(at: datetime) -> str:
+    return at.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def parse_duration(text: str, field: str) -> timedelta:
+    match = _DURATION.match(text)
+    if match is None or text in ("P", "PT"):
+        raise invalid_property(field, text)
+    parts = {name: float(value) for name, value in match.groupdict().items() if value is not None}
+    return timedelta(**parts)
+
+
+def format_duration(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    days, seconds = divmod(seconds, 86400)
+    text = f"P{int(days)}D" if days else "P"
+    return text + (f"T{seconds:g}S" if seconds or not days else "")
+
+
+def invalid_property(field: str, value: object) -> ServiceError:
+    return ServiceError(400, "InvalidPropertyValue", f"The value {value!r} of {field} is not valid.")
+
+
+def missing_property(field: str) -> ServiceError:
+    return ServiceError(400, "MissingRequiredProperty", f"The required property {field} is missing.")
+
+
+def read_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServiceError(400, "InvalidRequestBody", f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ServiceError(400, "InvalidRequestBody", "The request body must be a JSON object.")
+    return body
+
+
+def required_str(body: Mapping[str, Any], field: str) -> str:
+    value = body.get(field)
+    if value is None:
+        raise missing_property(field)
+    if not isinstance(value, str) or not value:
+        raise invalid_property(field, value)
+    return value
+
+
+def task_spec(body: Mapping[str, Any]) -> TaskSpec:
+    """A task definition (TaskAddParameter) as the executor's TaskSpec; unsupported sources are refused."""
+    task_id = required_str(body, "id")
+    if not _TASK_ID.match(task_id):
+        raise invalid_property("id", task_id)
+    resources = []
+    for item in body.get("resourceFiles") or ():
+        url = item.get("httpUrl")
+        if not url:
+            # Only httpUrl is staged; container sources would need a storage account the emulator lacks.
+            raise invalid_property("resourceFiles.httpUrl", url)
+        resources.append(ResourceFile(url=url, file_path=item.get("filePath") or url.rsplit("/", 1)[-1]))
+    outputs = []
+    for item in body.get("outputFiles") or ():
+        container = (item.get("destination") or {}).get("container") or {}
+        condition = (item.get("uploadOptions") or {}).get("uploadCondition", "tasksuccess")
+        try:
+            upload_condition = UploadCondition(str(condition).lower())
+        except ValueError:
+            raise invalid_property("outputFiles.uploadOptions.uploadCondition", condition) from None
+        outputs.append(
+            OutputFile(
+                file_pattern=required_str(item, "filePattern"),
+                container_url=required_str(container, "containerUrl"),
+                path=container.get("path") or "",
+                upload_condition=upload_condition,
+            )
+        )
+    constraints = body.get("constraints") or {}
+    wall_clock = constraints.get("maxWallClockTime")
+    retention = constraints.get("retentionTime")
+    return TaskSpec(
+        task_id=task_id,
+        command_line=required_str(body, "commandLine"),
+        resource_files=tuple(resources),
+        output_files=tuple(outputs),
+        constraints=TaskConstraints(
+            max_wall_clock=parse_duration(wall_clock, "maxWallClockTime") if wall_clock else None,
+            max_task_retry_count=int(constraints.get("maxTaskRetryCount") or 0),
+            retention=parse_duration(retention, "retentionTime") if retention else None,
+        ),
+        display_name=body.get("displayName"),
+        environment=tuple(
+            (env["name"], env.get("value") or "") for env in body.get("environmentSettings") or ()
+        ),
+    )
+
+
+def select(body: dict[str, Any], fields: frozenset[str] | None) -> dict[str, Any]:
+    if fields is None:
+        return body
+    return {name: value for name, value in body.items() if name in fields}
+
+
+def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def _time(at: datetime | None) -> str | None:
+    return iso(at) if at else None
+
+
+def pool_json(pool: Pool, base_url: str) -> dict[str, Any]:
+    dedicated = sum(1 for node in pool.nodes if node.dedicated)
+    steady = pool.allocation_state == "steady"
+    passthrough: dict[str, Any] = {
+        name: pool.body[name]
+        for name in (
+            "displayName",
+            "virtualMachineConfiguration",
+            "startTask",
+            "metadata",
+            "networkConfiguration",
+        )
+        if name in pool.body
+    }
+    return _drop_none(
+        {
+            "id": pool.pool_id,
+            "url": f"{base_url}/pools/{pool.pool_id}",
+            "eTag": f'"{pool.pool_id}-{pool.state}-{pool.allocation_state}"',
+            "lastModified": iso(pool.creation_time),
+            "creationTime": iso(pool.creation_time),
+            "state": pool.state.value,
+            "stateTransitionTime": iso(pool.state_transition_time),
+            "allocationState": pool.allocation_state.value,
+            "allocationStateTransitionTime": iso(pool.allocation_state_transition_time),
+            "vmSize": pool.body.get("vmSize", "standard_a1_v2"),
+            "targetDedicatedNodes": dedicated,
+            "targetLowPriorityNodes": len(pool.nodes) - dedicated,
+            "currentDedicatedNodes": dedicated if steady else 0,
+            "currentLowPriorityNodes": len(pool.nodes) - dedicated if steady else 0,
+            "enableAutoScale": False,
+            "enableInterNodeCommunication": False,
+            "taskSlotsPerNode": pool.task_slots_per_node,
+            "taskSchedulingPolicy": {"nodeFillType": "spread"},
+            **passthrough,
+        }
+    )
+
+
+def node_json(pool: Pool, node: Node, base_url: str) -> dict[str, Any]:
+    return {
+        "id": node.node_id,
+        "url": f"{base_url}/pools/{pool.pool_id}/nodes/{node.node_id}",
+        "state": node.state.value,
+        "schedulingState": "enabled",
+        "stateTransitionTime": iso(node.state_transition_time),
+        "allocationTime": iso(pool.creation_time),
+        "ipAddress": "127.0.0.1",
+        "affinityId": f"TVM:{node.node_id}",
+        "vmSize": pool.body.get("vmSize", "standard_a1_v2"),
+        "totalTasksRun": node.total_tasks_run,
+        "runningTasksCount": node.running_tasks,
+        "runningTaskSlotsCount": node.running_tasks,
+        "totalTasksSucceeded": node.total_tasks_succeeded,
+        "isDedicated": node.dedicated,
+    }
+
+
+def job_json(job: Job, base_url: str) -> dict[str, Any]:
+    passthrough: dict[str, Any] = {
+        name: job.body[name]
+        for name in ("displayName", "priority", "constraints", "commonEnvironmentSettings", "metadata")
+        if name in job.body
+    }
+    return _drop_none(
+        {
+            "id": job.job_id,
+            "url": f"{base_url}/jobs/{job.job_id}",
+            "eTag": f'"{job.job_id}-{job.state}-{job.on_all_tasks_complete}"',
+            "lastModified": iso(job.state_transition_time),
+            "creationTime": iso(job.creation_time),
+            "state": job.state.value,
+            "stateTransitionTime": iso(job.state_transition_time),
+            "previousState": job.previous_state.value if job.previous_state else None,
+            "previousStateTransitionTime": _time(job.previous_state_transition_time),
+            "poolInfo": {"poolId": job.pool_id},
+            "onAllTasksComplete": job.on_all_tasks_complete.value,
+            "onTaskFailure": job.body.get("onTaskFailure", "noaction"),
+            "usesTaskDependencies": False,
+            "allowTaskPreemption": False,
+            "executionInfo": _drop_none(
+                {
+                    "startTime": iso(job.creation_time),
+                    "endTime": _time(job.end_time),
+                    "poolId": job.pool_id,
+                    "terminateReason": job.terminate_reason,
+                }
+            ),
+            **passthrough,
+        }
+    )
+
+
+def task_json(task: Task, base_url: str) -> dict[str, Any]:
+    constraints = task.spec.constraints
+    body: dict[str, Any] = {
+        "id": task.task_id,
+        "url": f"{base_url}/jobs/{task.job_id}/tasks/{task.task_id}",
+        "eTag": f'"{task.seq}-{task.version}"',
+        "lastModified": iso(task.state_transition_time),
+        "creationTime": iso(task.creation_time),
+        "state": task.state.value,
+        "stateTransitionTime": iso(task.state_transition_time),
+        "previousState": task.previous_state.value if task.previous_state else None,
+        "previousStateTransitionTime": _time(task.previous_state_transition_time),
+        "displayName": task.spec.display_name,
+        "commandLine": task.spec.command_line,
+        "resourceFiles": task.body.get("resourceFiles"),
+        "outputFiles": task.body.get("outputFiles"),
+        "environmentSettings": task.body.get("environmentSettings"),
+        "requiredSlots": 1,
+        "constraints": {
+            "maxWallClockTime": format_duration(constraints.max_wall_clock)
+            if constraints.max_wall_clock
+            else _UNLIMITED,
+            "retentionTime": format_duration(constraints.retention)
+            if constraints.retention
+            else _DEFAULT_RETENTION,
+            "maxTaskRetryCount": constraints.max_task_retry_count,
+        },
+    }
+    body["executionInfo"] = _drop_none(
+        {
+            "startTime": _time(task.start_time),
+            "endTime": _time(task.end_time),
+            "exitCode": task.exit_code,
+            "result": task.result.value if task.result else None,
+            "failureInfo": {
+                "category": task.failure.category,
+                "code": task.failure.code,
+                "message": task.failure.message,
+            }
+            if task.failure
+            else None,
+            "retryCount": task.retry_count,
+            "lastRetryTime": _time(task.last_retry_time),
+            "requeueCount": task.requeue_count,
+            "lastRequeueTime": _time(task.last_requeue_time),
+        }
+    )
+    if task.node_id is not None and task.pool_id is not None:
+        body["nodeInfo"] = {
+            "affinityId": f"TVM:{task.node_id}",
+            "nodeUrl": f"{base_url}/pools/{task.pool_id}/nodes/{task.node_id}",
+            "poolId": task.pool_id,
+            "nodeId": task.node_id,
+            "taskRootDirectory": f"workitems/{task.job_id}/job-1/{task.task_id}",
+            "taskRootDirectoryUrl": f"{base_url}/pools/{task.pool_id}/nodes/{task.node_id}/files/"
+            f"workitems/{task.job_id}/job-1/{task.task_id}",
+        }
+    return _drop_none(body)
+
+
+def counts_json(counts: Counts) -> dict[str, Any]:
+    values = {
+        "active": counts.active,
+        "running": counts.running,
+        "completed": counts.completed,
+        "succeeded": counts.succeeded,
+        "failed": counts.failed,
+    }
+    # Every emulated task takes one slot, so slot counts equal task counts.
+    return {"taskCounts": values, "taskSlotCounts": dict(values)}
