@@ -200,6 +200,12 @@ class Emulator:
             return error_response(
                 ServiceError(405, "UnsupportedHttpVerb", f"{request.method} is not supported.")
             )
+        except Exception:
+            # A bug in the emulator: logged with its traceback and answered as Batch would, never hidden.
+            log.exception("emulator.handler_failed", kind=kind.value, path=request.path)
+            return error_response(
+                ServiceError(500, "InternalServerError", "The emulator failed; see its log.")
+            )
         if self.faults.drop_after_apply(kind) and request.transport is not None:
             # The change is applied; the client never hears so, as when a connection breaks in flight.
             request.transport.abort()
@@ -318,7 +324,9 @@ class Emulator:
             raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
         if job.state is JobState.DELETING:
             raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
-        self.runtime.job_ended(job, JobState.COMPLETED)
+        raw = await request.read()
+        reason = read_json(raw).get("terminateReason") if raw else None
+        self.runtime.job_ended(job, JobState.COMPLETED, str(reason or "UserTerminate"))
         return accepted()
 
     async def task_counts(self, request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError
 from .faults import FaultConfig
 
 # The key of the emulator's default account: any base64 works; this one says what it is when decoded.
@@ -40,8 +41,8 @@ class EmulatorConfig:
 
     def __post_init__(self) -> None:
         if self.allocation_delay_s < 0 or self.deletion_delay_s < 0:
-            raise ValueError("delays must not be negative")
+            raise ConfigError("delays must not be negative")
         if self.simulate_s is not None:
             low, high = self.simulate_s
             if not 0 <= low <= high:
-                raise ValueError(f"simulated durations need 0 <= min <= max, got {low}..{high}")
+                raise ConfigError(f"simulated durations need 0 <= min <= max, got {low}..{high}")

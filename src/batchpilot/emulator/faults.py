@@ -12,6 +12,8 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+from ..errors import ConfigError
+
 
 class RequestKind(enum.StrEnum):
     """What a request does; faults are aimed at kinds and statistics are counted per kind."""
@@ -70,9 +72,9 @@ class FaultConfig:
         for name in ("rate_429", "rate_500", "drop_after_apply", "preempt"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+                raise ConfigError(f"{name} must be between 0 and 1, got {value}")
         if self.latency_ms < 0 or self.counts_lag_s < 0 or self.preempt_after_s < 0:
-            raise ValueError("latency, counts lag and preemption delay must not be negative")
+            raise ConfigError("latency, counts lag and preemption delay must not be negative")
 
 
 @dataclass(slots=True)

@@ -169,17 +169,17 @@ class Runtime:
         for task in tasks:
             send.send_nowait(task)
 
-    def job_ended(self, job: Job, state: JobState) -> None:
-        """Terminate (state completed) or delete (state deleting) a job, ending its running attempts."""
-        reason = EndReason.JOB_DELETED if state is JobState.DELETING else EndReason.JOB_TERMINATED
+    def job_ended(self, job: Job, state: JobState, reason: str = "UserTerminate") -> None:
+        """Terminate (state completed, with `reason`) or delete (state deleting) a job and its attempts."""
+        ending = EndReason.JOB_DELETED if state is JobState.DELETING else EndReason.JOB_TERMINATED
         for task, attempt in list(self._attempts.items()):
             if task.job_id.lower() == job.job_id.lower():
-                attempt.end(reason)
+                attempt.end(ending)
         if state is JobState.DELETING:
             job.set_state(JobState.DELETING, self._now())
             self._group().start_soon(self._forget_job, job)
         else:
-            job.finish("UserTerminate", self._now())
+            job.finish(reason, self._now())
 
     def job_settings_changed(self, job: Job) -> None:
         self._maybe_finish(job)
