@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert MP4 files to MP3 with ffmpeg, one task per file (the Azure Batch tutorial's job)",
         description=(
             "Upload the inputs, create or reuse the pool and job, add one task per input, watch them, and "
-            "fetch each task's MP3 as soon as it is done. Running the same command again resumes: unchanged inputs "
-            "are not uploaded again, existing tasks are not added again, outputs already in --out are kept."
+            "fetch each task's MP3 as soon as it is done. Running the same command again resumes: unchanged "
+            "inputs are not uploaded again, existing tasks are not added again, outputs already in --out are "
+            "kept."
         ),
     )
     run.add_argument("inputs", nargs="?", type=Path, metavar="INPUT_DIR", help="a folder of .mp4 files")

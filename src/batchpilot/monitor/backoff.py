@@ -32,7 +32,7 @@ class BackoffPolicy:
         """The un-jittered interval after a poll: reset on change, otherwise grow up to the cap."""
         if previous is None or changed:
             return self.initial
-        return min(previous * self.factor, self.cap)
+        return max(self.initial, min(previous * self.factor, self.cap))
 
     def delay(self, base: float, *, unit: float, retry_after: float | None = None) -> float:
         """The time to wait: `base` jittered by `unit` (a draw in [0, 1)), at least any Retry-After."""
