@@ -82,8 +82,8 @@ class PoolSpec:
     vm_size: str = "STANDARD_A1_v2"
     image: ImageReference = ImageReference()
     node_agent_sku_id: str = "batch.node.ubuntu 20.04"
-    dedicated_nodes: int = 0
-    spot_nodes: int = 5
+    dedicated_nodes: int = 1
+    spot_nodes: int = 0
     task_slots_per_node: int = 1
     start_task: StartTask | None = None
 

@@ -48,4 +48,5 @@ class LocalBackend:
         assert self._task_group is not None
         # Workers wait on their queues forever; closing the backend stops them (and kills running tasks).
         self._task_group.cancel_scope.cancel()
+        self.compute.close()
         return await self._task_group.__aexit__(exc_type, exc, tb)

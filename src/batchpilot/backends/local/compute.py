@@ -121,6 +121,12 @@ class LocalCompute:
         """Workers run in the backend's task group, so they end when the backend closes."""
         self._task_group = task_group
 
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.queue.close()
+        self._pools.clear()
+        self._jobs.clear()
+
     # --- pools and jobs -------------------------------------------------------------------------------
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:

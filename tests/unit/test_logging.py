@@ -1,0 +1,71 @@
+"""The log chain: JSON lines with stable keys, and no secret in any line, ours or the SDKs'."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from batchpilot.backends.base import FailureInfo
+from batchpilot.events import TaskFailed
+from batchpilot.logging import configure_logging, register_secrets
+from batchpilot.subscribers.log import LogSubscriber, event_fields
+
+KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0wMTIzNDU2Nzg5"
+
+
+@pytest.fixture
+def json_log():
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_each_event_is_one_json_line_with_stable_keys(json_log):
+    failure = FailureInfo("usererror", "FailureExitCode", "exit 1")
+    await LogSubscriber()(
+        TaskFailed(run_id="r1", job_id="j1", task_id="t1", exit_code=1, failure=failure, duration_s=0.5)
+    )
+    (line,) = lines(json_log)
+    assert line["event"] == "task_failed"
+    assert line["level"] == "warning"
+    assert (line["run_id"], line["job_id"], line["task_id"], line["exit_code"]) == ("r1", "j1", "t1", 1)
+    assert line["failure_code"] == "FailureExitCode"
+    assert line["timestamp"].endswith("Z")
+
+
+def test_secrets_are_redacted_in_our_lines_exceptions_and_stdlib_loggers(json_log):
+    register_secrets([KEY])
+    log = structlog.get_logger("test")
+    url = "https://acct.blob.core.windows.net/c/b?sv=2024&sp=r&sig=abc%2Fdef%3D&se=2026"
+    log.info("uploaded", url=url, detail=f"key is {KEY}")
+    try:
+        raise RuntimeError(f"failed with AccountKey={KEY};EndpointSuffix=x")
+    except RuntimeError:
+        log.exception("boom")
+    logging.getLogger("azure.core.test").warning("request to %s with key %s", url, KEY)
+    text = json_log.getvalue()
+    assert KEY not in text
+    assert "abc%2Fdef" not in text
+    assert "sig=REDACTED" in text
+    assert len(lines(json_log)) == 3
+
+
+def test_event_fields_flatten_enums_and_paths():
+    fields = event_fields(
+        TaskFailed(run_id="r", job_id="j", task_id="t", exit_code=None, failure=None, duration_s=None)
+    )
+    assert fields == {
+        "run_id": "r", "job_id": "j", "task_id": "t", "exit_code": None, "failure": None, "duration_s": None,
+        "stderr_tail": "",
+    }  # fmt: skip

@@ -1,0 +1,133 @@
+"""The polling loop over a fake Compute and a fake clock: what it asks for, and when."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from batchpilot.backends.base import TaskCounts, TaskResult, TaskState
+from batchpilot.errors import TransientBackendError
+from batchpilot.events import Event, TaskSucceeded
+from batchpilot.monitor.backoff import BackoffPolicy
+from batchpilot.monitor.poller import Poller, PollSettings
+from batchpilot.monitor.state import TaskTracker
+from tests.helpers import FakeClock, FakeCompute, at
+
+A, R, C = TaskState.ACTIVE, TaskState.RUNNING, TaskState.COMPLETED
+SETTINGS = PollSettings(
+    backoff=BackoffPolicy(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
+    reconcile_every=timedelta(seconds=30),
+    skew=timedelta(seconds=2),
+)
+
+
+def make(compute: FakeCompute, clock: FakeClock, expected: list[str]) -> tuple[Poller, list[Event]]:
+    events: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        events.append(event)
+
+    tracker = TaskTracker("run", "job", expected)
+    return Poller(compute, tracker, publish, settings=SETTINGS, clock=clock, draw=lambda: 0.5), events
+
+
+async def test_probes_first_lists_only_when_counts_move_and_backs_off_while_idle():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("t", A, 0)
+    script = {4.0: lambda: compute.set("t", R, 5), 50.0: lambda: compute.set("t", C, 51, exit_code=0)}
+    elapsed = 0.0
+
+    def advance(seconds: float) -> None:
+        nonlocal elapsed
+        before, elapsed = elapsed, elapsed + seconds
+        for when, change in script.items():
+            if before < when <= elapsed:
+                change()
+
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ["t"])
+    await poller.run()
+    assert [e.kind for e in events if isinstance(e, TaskSucceeded)] == ["task_succeeded"]
+    # The interval grows while nothing moves and resets when something does: never a fixed loop.
+    assert clock.sleeps[:3] == [1.0, 2.0, 4.0]
+    assert 8.0 in clock.sleeps
+    assert poller.stats.probes > poller.stats.listings
+    assert len(set(clock.sleeps)) > 1
+
+
+async def test_incremental_listing_uses_the_watermark_minus_skew_and_full_reconcile_is_periodic():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("a", R, 10)
+    compute.set("b", A, 0)
+    ticks = iter(range(1000))
+
+    def advance(_: float) -> None:
+        n = next(ticks)
+        if n == 2:
+            compute.set("a", C, 20, exit_code=0)
+        if n == 40:
+            compute.set("b", C, 200, exit_code=0)
+
+    clock.on_sleep = advance
+    poller, _ = make(compute, clock, ["a", "b"])
+    await poller.run()
+    listings = compute.calls_named("list_tasks")
+    assert listings[0] is None  # the first look is a full one
+    incremental = [since for since in listings if since is not None]
+    assert incremental, "changes after the first look are listed incrementally"
+    assert incremental[0] == at(8)  # the watermark (t=10) minus the skew (2 s)
+    assert poller.stats.full_listings >= 2  # periodic reconcile
+
+
+async def test_lagging_counts_are_caught_by_the_periodic_reconcile():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("t", R, 1)
+    frozen = TaskCounts(running=1)
+    compute.counts_override = frozen  # counts never move
+
+    def advance(_: float) -> None:
+        compute.set("t", C, 2, exit_code=0, result=TaskResult.SUCCESS)
+
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ["t"])
+    await poller.run()
+    assert any(isinstance(e, TaskSucceeded) for e in events)
+    assert poller.stats.full_listings == 2
+    assert sum(clock.sleeps) >= SETTINGS.reconcile_every.total_seconds()
+
+
+async def test_a_failed_poll_changes_no_task_and_honours_retry_after():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("t", R, 1)
+    failures = [TransientBackendError("throttled", retry_after=12.0)]
+    original = compute.task_counts
+
+    async def flaky(job_id: str) -> TaskCounts:
+        if failures and compute.calls_named("list_tasks"):
+            raise failures.pop()
+        return await original(job_id)
+
+    compute.task_counts = flaky
+
+    def advance(_: float) -> None:
+        if not failures:
+            compute.set("t", C, 30, exit_code=0)
+
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ["t"])
+    await poller.run()
+    assert 12.0 in clock.sleeps
+    assert poller.stats.failed_polls == 1
+    assert [e.kind for e in events].count("task_failed") == 0
+    assert poller._tracker.done
+
+
+@pytest.mark.parametrize("expected", [[], ["x"]])
+async def test_a_job_already_complete_needs_one_look(expected):
+    compute, clock = FakeCompute(), FakeClock()
+    for task_id in expected:
+        compute.set(task_id, C, 1, exit_code=0)
+    poller, _ = make(compute, clock, expected)
+    await poller.run()
+    assert clock.sleeps == []
