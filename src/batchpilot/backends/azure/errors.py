@@ -8,6 +8,7 @@ key, connection string or SAS signature can travel in an exception.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,6 +40,9 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 def service_code(exc: HttpResponseError) -> str | None:
     """The service's error code: Batch puts it in `error.code`, Storage in `error_code`."""
     code = getattr(exc, "error_code", None)
+    # Storage sets a StorageErrorCode member (a str Enum whose str() is the member name) for known codes.
+    if isinstance(code, enum.Enum):
+        code = code.value
     if isinstance(code, str) and code:
         return code
     if exc.error is not None and exc.error.code:
