@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
 
+import anyio
 import pytest
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import ResourceNotFoundError
 
-from .support import add_tasks, completed, job_options, pool_options, shell_task
+from .conftest import EmulatorFactory
+from .support import add_tasks, batch_client, completed, eventually, job_options, pool_options, shell_task
 
 
 async def read_file(client: BatchClient, job_id: str, task_id: str, name: str) -> str:
@@ -112,3 +116,54 @@ async def test_tasks_run_fifo_within_the_pool_slots(client: BatchClient) -> None
     # Two slots: the third task starts only after one of the first two has ended.
     assert starts[2] >= min(ends[:2])
     assert len({task.node_info.node_id for task in tasks if task.node_info}) == 1
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def running_pid(pid_file: Path) -> int:
+    """The pid a task wrote on start; it then execs into a long sleep."""
+
+    async def probe() -> int | None:
+        path = anyio.Path(pid_file)
+        text = await path.read_text() if await path.exists() else ""
+        return int(text) if text.strip() else None
+
+    return await eventually(probe)
+
+
+async def test_deleting_the_pool_kills_and_requeues_running_tasks(
+    start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    with start_emulator() as emulator:
+        async with batch_client(emulator) as client:
+            await client.create_pool(pool_options("p"))
+            await client.create_job(job_options("j", "p"))
+            await add_tasks(client, "j", [shell_task("t", f"echo $$ > {pid_file}; exec sleep 30")])
+            pid = await running_pid(pid_file)
+            await (await client.begin_delete_pool("p", polling_interval=1)).result()
+
+            task = await client.get_task("j", "t")
+            assert task.state == "active"
+            assert task.execution_info is not None
+            assert task.execution_info.requeue_count == 1
+            assert not alive(pid)
+
+
+async def test_stopping_the_emulator_kills_running_tasks(
+    start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    with start_emulator() as emulator:
+        async with batch_client(emulator) as client:
+            await client.create_pool(pool_options("p"))
+            await client.create_job(job_options("j", "p"))
+            await add_tasks(client, "j", [shell_task("t", f"echo $$ > {pid_file}; exec sleep 30")])
+            pid = await running_pid(pid_file)
+    assert not alive(pid)

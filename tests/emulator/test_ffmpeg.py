@@ -41,7 +41,7 @@ async def test_ffmpeg_task_reads_from_and_writes_to_azurite(
     outputs = blobs.get_container_client("ffmpeg-output")
     await inputs.create_container()
     await outputs.create_container()
-    await inputs.upload_blob(mp4.name, mp4.read_bytes())
+    await inputs.upload_blob(mp4.name, await anyio.Path(mp4).read_bytes())
     expiry = datetime.now(UTC) + timedelta(hours=1)
     blob_sas = generate_blob_sas(
         AZURITE_ACCOUNT, "ffmpeg-input", mp4.name, account_key=AZURITE_KEY,
