@@ -195,9 +195,6 @@ class Runtime:
             snapshot = self._snapshots[job] = _Snapshot(now, job.counts.copy())
         return snapshot.counts
 
-    def workdir(self) -> Path:
-        return self._workdir
-
     # --- pools and slots --------------------------------------------------------------------------------
 
     def _group(self) -> TaskGroup:

@@ -217,9 +217,6 @@ class Job:
         start = bisect.bisect_right(self._seqs, seq)
         return itertools.islice(self._by_seq, start, None)
 
-    def all_tasks(self) -> list[Task]:
-        return list(self._by_seq)
-
     def transition(self, task: Task, state: TaskState, at: datetime) -> None:
         """Move a task to `state`, keeping the job's counts in step."""
         self._count(task, -1)
