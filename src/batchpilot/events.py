@@ -294,7 +294,9 @@ class EventBus:
     async def drain(self) -> None:
         """Wait until every subscriber has handled every event published so far, including their own."""
         while busy := next((inbox for inbox in self._inboxes if inbox.pending), None):
-            busy.idle = anyio.Event()
+            # Several runs may drain at once: they share one event per inbox, renewed only once it fired.
+            if busy.idle is None or busy.idle.is_set():
+                busy.idle = anyio.Event()
             await busy.idle.wait()
 
     def queue_depths(self) -> dict[str, int]:

@@ -124,21 +124,20 @@ async def test_a_subscriber_with_concurrency_handles_events_at_once():
 
 async def test_events_stream_yields_everything_until_the_bus_closes():
     received: list[Event] = []
-    async with anyio.create_task_group() as group:
-        async with EventBus() as bus:
-            stream = bus.stream()
+    async with anyio.create_task_group() as group, EventBus() as bus:
+        stream = bus.stream()
 
-            async def consume() -> None:
-                async for event in stream:
-                    received.append(event)
+        async def consume() -> None:
+            async for event in stream:
+                received.append(event)
 
-            group.start_soon(consume)
-            started = RunStarted(
-                run_id="r", workload="w", job_id="j", pool_id="p", input_count=1, input_container="i",
-                output_container="o", download_to=None, cleanup=CleanupPolicy(),
-            )  # fmt: skip
-            await bus.publish(started)
-            await bus.publish(succeeded(1))
+        group.start_soon(consume)
+        started = RunStarted(
+            run_id="r", workload="w", job_id="j", pool_id="p", input_count=1, input_container="i",
+            output_container="o", download_to=None, cleanup=CleanupPolicy(),
+        )  # fmt: skip
+        await bus.publish(started)
+        await bus.publish(succeeded(1))
     assert [event.kind for event in received] == ["run_started", "task_succeeded"]
 
 
@@ -152,3 +151,24 @@ def test_events_are_frozen_and_carry_utc_times():
     assert event.at.tzinfo is not None
     with pytest.raises(AttributeError):
         event.task_id = "x"  # type: ignore[misc]
+
+
+async def test_concurrent_drains_all_return():
+    gate = Recorder(gate=anyio.Event())
+    finished = 0
+    async with EventBus() as bus:
+        bus.subscribe(gate)
+        await bus.publish(succeeded(1))
+
+        async def drain() -> None:
+            nonlocal finished
+            await bus.drain()
+            finished += 1
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(drain)
+            group.start_soon(drain)
+            await anyio.wait_all_tasks_blocked()
+            assert finished == 0
+            gate.gate.set()
+    assert finished == 2

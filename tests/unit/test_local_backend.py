@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import timedelta
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -62,7 +62,8 @@ async def test_stage_in_run_stage_out_by_pattern_and_condition(tmp_path: Path):
         task = TaskSpec(
             "t1",
             f"{PY} -c \"import pathlib; t = pathlib.Path('in.txt').read_text(); "
-            f"pathlib.Path('a.up').write_text(t.upper()); pathlib.Path('b.up').write_text('b'); print('said')\"",
+            "pathlib.Path('a.up').write_text(t.upper()); "
+            "pathlib.Path('b.up').write_text('b'); print('said')\"",
             resource_files=(
                 ResourceFile(await storage.blob_url("in", "in.txt", Permission.READ, HOUR), "in.txt"),
             ),
@@ -160,8 +161,9 @@ async def test_slots_bound_parallelism(tmp_path: Path):
         running = tmp_path / "running"
         running.mkdir()
         script = (
-            "import os, time, pathlib; d = pathlib.Path(os.environ['RUNNING_DIR']); me = d / os.environ['AZ_BATCH_TASK_ID'];"
-            " me.touch(); n = len(list(d.iterdir())); time.sleep(0.3); me.unlink(); print(n)"
+            "import os, time, pathlib; d = pathlib.Path(os.environ['RUNNING_DIR']);"
+            " me = d / os.environ['AZ_BATCH_TASK_ID']; me.touch(); n = len(list(d.iterdir()));"
+            " time.sleep(0.3); me.unlink(); print(n)"
         )
         tasks = [
             TaskSpec(f"t{i}", f"{PY} -c {shlex.quote(script)}", environment=(("RUNNING_DIR", str(running)),))
@@ -184,7 +186,7 @@ async def test_a_restarted_backend_finds_its_job_and_requeues_the_task_cut_short
         await first.compute.ensure_job(JobSpec("job", "pool"))
         await first.compute.add_tasks("job", [TaskSpec("long", command), TaskSpec("queued", "true")])
         with anyio.fail_after(30):
-            while not started.exists():
+            while not started.exists():  # noqa: ASYNC110 - another process makes the file; no event to await
                 await anyio.sleep(0.02)
     # Closing the backend killed the running task; on disk it is queued again, like a preempted task.
     async with LocalBackend(root) as second:

@@ -139,10 +139,12 @@ async def test_persistent_failure_gives_up_with_a_reason_per_task():
 
 
 async def test_client_errors_are_reported_not_retried():
-    compute = FakeCompute(
-        add_results=lambda batch: [AddTaskResult(t.task_id, AddStatus.CLIENT_ERROR, "InvalidPropertyValue", "bad")
-                                   for t in batch]
-    )  # fmt: skip
+    def reject(batch):
+        return [
+            AddTaskResult(t.task_id, AddStatus.CLIENT_ERROR, "InvalidPropertyValue", "bad") for t in batch
+        ]
+
+    compute = FakeCompute(add_results=reject)
     report = await Submitter(compute).submit("job", tasks(2))
     assert len(compute.calls_named("add_tasks")) == 1
     assert [r.error_code for r in report.rejected] == ["InvalidPropertyValue"] * 2

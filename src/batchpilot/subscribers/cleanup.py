@@ -52,7 +52,7 @@ class Cleanup:
         if policy.delete_job:
             await self._delete(run, "job", run.job_id, self._backend.compute.delete_job)
         else:
-            await self._keep(run, "job", run.job_id, "kept so that running the same command again does nothing")
+            await self._keep(run, "job", run.job_id, "kept, so running the same command again does nothing")
         if policy.delete_pool:
             await self._delete(run, "pool", run.pool_id, self._backend.compute.delete_pool)
         else:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -163,11 +164,12 @@ class LocalCompute:
         directory = self._root / "jobs" / spec.job_id
         job = _Job(spec, directory)
         existed = await anyio.Path(directory / "job.json").is_file()
+        # Registered before its tasks are queued: a worker drops tasks of jobs it does not know (deleted).
+        self._jobs[spec.job_id] = job
         if existed:
             await self._resume(job)
         else:
             await _write_json(directory / "job.json", {"job_id": spec.job_id, "pool_id": spec.pool_id})
-        self._jobs[spec.job_id] = job
         return Ensured(spec.job_id, created=not existed)
 
     async def _resume(self, job: _Job) -> None:
@@ -343,7 +345,7 @@ class LocalCompute:
 async def _write_json(path: Path, data: dict[str, Any]) -> None:
     def sync() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # concurrent writers never collide
         temporary.write_text(json.dumps(data))
         os.replace(temporary, path)
 

@@ -1,0 +1,122 @@
+"""batchpilot embedded in an async application: `async with`, `async for` events, a workload as data."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import anyio
+
+from batchpilot import (
+    CleanupPolicy,
+    Event,
+    LocalBackend,
+    Orchestrator,
+    OutputDownloaded,
+    PoolSpec,
+    RunFinished,
+    TaskSucceeded,
+    TaskTemplate,
+    Workload,
+)
+
+PY = shlex.quote(sys.executable)
+
+
+async def test_outputs_are_fetched_as_each_task_succeeds_not_at_the_end(tmp_path: Path):
+    # Task "b" finishes only once task "a"'s output is already downloaded. Were downloads left to the end of
+    # the run, "b" would give up after 20 s and fail.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    gate = tmp_path / "out" / "a.out"
+    (inputs / "a.txt").write_text("")
+    (inputs / "b.txt").write_text(str(gate))
+    script = (
+        "import pathlib, sys, time\n"
+        "gate = pathlib.Path(sys.argv[1]).read_text(); deadline = time.time() + 20\n"
+        "while gate and not pathlib.Path(gate).exists():\n"
+        "    time.sleep(0.02); assert time.time() < deadline, 'no early download'\n"
+        "pathlib.Path(sys.argv[2] + '.out').write_text('done')"
+    )
+    workload = Workload(
+        name="embedded",
+        inputs=(inputs / "a.txt", inputs / "b.txt"),
+        template=TaskTemplate(
+            command=f"{PY} -c {shlex.quote(script)} {{input}} {{stem}}", outputs=("{stem}.out",)
+        ),
+        pool=PoolSpec("embedded-pool", dedicated_nodes=2),
+        download_to=tmp_path / "out",
+        cleanup=CleanupPolicy(delete_job=True, delete_pool=True),
+    )
+    seen: list[Event] = []
+    async with Orchestrator(LocalBackend(tmp_path / "state")) as orchestrator:
+        events = orchestrator.events()
+
+        async def watch() -> None:
+            async for event in events:
+                seen.append(event)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            summary = await orchestrator.run(workload)
+            group.cancel_scope.cancel()
+    assert summary.ok, summary
+    assert (summary.tasks, summary.succeeded, summary.downloaded) == (2, 2, 2)
+    order = [(type(e).__name__, getattr(e, "task_id", "")[:1]) for e in seen]
+    assert order.index(("OutputDownloaded", "a")) < order.index(("TaskSucceeded", "b"))
+    assert isinstance(seen[-1], RunFinished) or any(isinstance(e, RunFinished) for e in seen)
+    assert (tmp_path / "out" / "b.out").read_text() == "done"
+    kinds = {e.kind for e in seen}
+    assert {
+        "run_started",
+        "pool_ready",
+        "job_ready",
+        "tasks_submitted",
+        "task_succeeded",
+        "output_downloaded",
+    } <= kinds
+    assert sum(isinstance(e, TaskSucceeded) for e in seen) == 2
+    assert sum(isinstance(e, OutputDownloaded) for e in seen) == 2
+    deleted = {(e.resource, e.resource_id) for e in seen if e.kind == "resource_deleted"}
+    assert deleted == {
+        ("container", workload.input_container),
+        ("job", workload.job_id),
+        ("pool", "embedded-pool"),
+    }
+
+
+async def test_a_custom_subscriber_receives_the_run_and_two_workloads_run_concurrently(tmp_path: Path):
+    received: list[str] = []
+
+    async def mine(event: Event) -> None:
+        received.append(event.kind)
+
+    def workload(name: str) -> Workload:
+        folder = tmp_path / name
+        folder.mkdir()
+        for n in range(3):
+            (folder / f"{name}{n}.txt").write_text(name)
+        return Workload(
+            name=name,
+            inputs=tuple(sorted(folder.iterdir())),
+            template=TaskTemplate(command="/bin/cp {input} {stem}.copy", outputs=("{stem}.copy",)),
+            pool=PoolSpec("shared-pool", dedicated_nodes=2),
+            download_to=tmp_path / "out" / name,
+        )
+
+    results = {}
+    async with Orchestrator(LocalBackend(tmp_path / "state"), subscribers=[mine]) as orchestrator:
+
+        async def run(w: Workload) -> None:
+            results[w.name] = await orchestrator.run(w)
+
+        async with anyio.create_task_group() as group:
+            for name in ("first", "second"):
+                group.start_soon(run, workload(name))
+    assert all(summary.ok for summary in results.values())
+    assert received.count("run_finished") == 2
+    assert received.count("task_succeeded") == 6
+    assert sorted(p.name for p in (tmp_path / "out" / "second").iterdir()) == [
+        f"second{n}.copy" for n in range(3)
+    ]
