@@ -20,12 +20,16 @@ import anyio
 import structlog
 
 from . import __version__
+from .backends.azure import AzureBackend
+from .backends.azure.check import check as azure_check
 from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
+from .config import AzureSettings
+from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError
 from .events import RunSummary, Subscriber
-from .logging import configure_logging, default_format, redact_text
+from .logging import configure_logging, default_format, redact_text, register_secrets
 from .spec import CleanupPolicy, PoolSpec, Workload, batch_id
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
@@ -99,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="where the MP3s are written")
     run.add_argument("--name", help="run name; the job id derives from it (default: from the input folder)")
     run.add_argument(
-        "--nodes",
-        type=_positive_int,
-        metavar="N",
-        help="dedicated nodes (local: parallel slots; default: cores)",
-    )
+        "--nodes", type=_positive_int, metavar="N",
+        help="dedicated nodes (local: parallel slots, default: the machine's cores; Azure default: 0)",
+    )  # fmt: skip
     run.add_argument(
-        "--spot-nodes", type=_non_negative_int, default=0, metavar="N", help="spot nodes (Azure)"
-    )
+        "--spot-nodes", type=_non_negative_int, default=0, metavar="N",
+        help="spot nodes (Azure; with neither flag, the tutorial's pool of 5 spot nodes)",
+    )  # fmt: skip
+    run.add_argument("--vm-size", default="STANDARD_A1_v2", help="node size on Azure (default: %(default)s)")
     run.add_argument(
         "--task-slots", type=_positive_int, default=1, metavar="N", help="tasks per node at once"
     )
@@ -120,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-inputs", action="store_true", help="keep the input container after success")
     run.add_argument("--delete-job", action="store_true", help="delete the job after success")
     run.add_argument("--delete-pool", action="store_true", help="delete the pool after success")
-    _add_common(run)
+    _add_backend_options(run)
+    _add_log_options(run)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -130,18 +135,57 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--job", help="job id to delete")
     cleanup.add_argument("--pool", help="pool id to delete")
     cleanup.add_argument("--container", action="append", default=[], help="storage container to delete")
-    _add_common(cleanup)
+    _add_backend_options(cleanup)
+    _add_log_options(cleanup)
+
+    check = commands.add_parser(
+        "check",
+        help="validate the backend's settings and reach its services, creating nothing",
+        description="Validate settings and reachability of Batch and Storage without creating anything.",
+    )
+    _add_backend_options(check)
+    _add_log_options(check)
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="serve a local Azure Batch emulator (for tests and trying the Azure path offline)",
+        description=(
+            "An Azure Batch REST emulator on loopback that the real azure-batch SDK can talk to. Tasks run "
+            "on this machine with the bundled ffmpeg on PATH; start tasks are skipped. Pair it with Azurite "
+            "(scripts/azurite start) for Blob Storage."
+        ),
+    )
+    emulator_cli.add_arguments(emulator)
+    _add_log_options(emulator)
     return parser
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--backend", choices=["local"], default="local", help="where tasks run (default: local)"
-    )
+        "--backend", choices=["local", "azure"], default="local",
+        help="local: subprocesses on this machine (default); azure: Azure Batch and Blob Storage",
+    )  # fmt: skip
     parser.add_argument(
         "--state-dir", type=Path, metavar="DIR",
         help=f"local backend's folder for pools, jobs and containers (default: {default_root()})",
     )  # fmt: skip
+    azure = parser.add_argument_group(
+        "Azure settings",
+        "Flags win over the environment (AZURE_BATCH_ENDPOINT, AZURE_BATCH_ACCOUNT, AZURE_BATCH_ACCESS_KEY, "
+        "AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY), which win over "
+        "batchpilot.toml. Keys are read from the environment or the file only: a key on a command line "
+        "ends up in shell history and in `ps`. Without keys, Entra ID (DefaultAzureCredential) is used.",
+    )
+    azure.add_argument(
+        "--config", type=Path, metavar="FILE", help="settings file (default: ./batchpilot.toml)"
+    )
+    azure.add_argument("--batch-endpoint", metavar="URL", help="https://ACCOUNT.REGION.batch.azure.com")
+    azure.add_argument("--batch-account", metavar="NAME", help="Batch account name")
+    azure.add_argument("--storage-account", metavar="NAME", help="Storage account name")
+    azure.add_argument("--storage-blob-endpoint", metavar="URL", help="Blob endpoint (for Azurite)")
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format", choices=["console", "json"],
         help="console lines, or JSON lines for log shippers (default: console on a terminal, JSON otherwise)",
@@ -159,13 +203,18 @@ class _Outcome:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        configure_logging(
-            fmt=args.log_format, level=args.log_level, log_file=_checked_log_file(args.log_file)
-        )
-        if args.command == "run":
-            return _finish_run(anyio.run(_run, args))
-        anyio.run(_cleanup, args)
-        return EXIT_OK
+        try:
+            configure_logging(
+                fmt=args.log_format, level=args.log_level, log_file=_checked_log_file(args.log_file)
+            )
+            if args.command == "run":
+                return _finish_run(anyio.run(_run, args))
+            commands = {"cleanup": _cleanup, "check": _check, "emulator": emulator_cli.run_from_args}
+            anyio.run(commands[args.command], args)
+            return EXIT_OK
+        except BaseExceptionGroup as group:
+            # Task groups wrap what their tasks raise; the user is owed the one error that explains it.
+            raise _first_leaf(group) from None
     except ConfigError as exc:
         _say(f"batchpilot: error: {exc}")
         return EXIT_USAGE
@@ -220,7 +269,23 @@ def _state_root(args: argparse.Namespace) -> Path:
     return args.state_dir if args.state_dir is not None else default_root()
 
 
+def _azure_settings(args: argparse.Namespace) -> AzureSettings:
+    settings = AzureSettings.load(
+        {
+            "batch.endpoint": args.batch_endpoint,
+            "batch.account": args.batch_account,
+            "storage.account": args.storage_account,
+            "storage.blob_endpoint": args.storage_blob_endpoint,
+        },
+        toml_path=args.config,
+    )
+    register_secrets(settings.secrets)
+    return settings
+
+
 def _backend(args: argparse.Namespace) -> Backend:
+    if args.backend == "azure":
+        return AzureBackend(_azure_settings(args))
     root = _state_root(args)
     return LocalBackend(root, tool_dirs=[ffmpeg.tool_dir(root)])
 
@@ -244,16 +309,23 @@ async def _run(args: argparse.Namespace) -> _Outcome:
         folder = args.inputs.resolve()
         default_name = batch_id("ffmpeg", folder.name, unique_by=str(folder))
     name = args.name or default_name
-    nodes = args.nodes or os.cpu_count() or 1
+    if args.backend == "azure" and args.nodes is None and args.spot_nodes == 0:
+        dedicated, spot = 0, 5  # the tutorial's pool: five spot nodes
+    else:
+        dedicated, spot = (
+            args.nodes or (os.cpu_count() or 1 if args.backend == "local" else 0),
+            args.spot_nodes,
+        )
     workload = Workload(
         name=name,
         inputs=inputs,
         template=ffmpeg.TEMPLATE,
         pool=PoolSpec(
             batch_id("batchpilot", args.backend, "pool"),
-            dedicated_nodes=nodes,
-            spot_nodes=args.spot_nodes,
+            dedicated_nodes=dedicated,
+            spot_nodes=spot,
             task_slots_per_node=args.task_slots,
+            vm_size=args.vm_size,
             start_task=ffmpeg.START_TASK,
         ),
         download_to=out,
@@ -270,6 +342,15 @@ async def _run(args: argparse.Namespace) -> _Outcome:
     ) as orchestrator:
         summary = await orchestrator.run(workload)
     return _Outcome(summary, out)
+
+
+async def _check(args: argparse.Namespace) -> None:
+    if args.backend != "azure":
+        root = _state_root(args)
+        _say(f"local backend: state in {root}; ffmpeg at {ffmpeg.find_ffmpeg()}; {os.cpu_count()} cores")
+        return
+    for line in await azure_check(_azure_settings(args)):
+        _say(line)
 
 
 async def _cleanup(args: argparse.Namespace) -> None:

@@ -44,6 +44,7 @@ from .events import (
     FailedTask,
     InputUploaded,
     JobReady,
+    NodesReady,
     PoolReady,
     RunFinished,
     RunStarted,
@@ -108,7 +109,7 @@ class Orchestrator:
         self._clock = clock or SystemClock()
         self._stack = AsyncExitStack()
         self._bus = EventBus()
-        self._downloader = OutputDownloader(self._backend.storage, self._bus.publish)
+        self._downloader = OutputDownloader(self._backend, self._bus.publish)
         self.poll_stats: dict[str, object] = {}
 
     @property
@@ -206,20 +207,27 @@ class Orchestrator:
         async def submitted(results: Sequence[AddTaskResult]) -> None:
             await self._publish_submitted(run_id, workload.job_id, results, tally)
 
-        submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
-        await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
-        tracker = TaskTracker(
-            run_id, workload.job_id, [i.task_id for i in staged if i.task_id not in tally.failed]
-        )
-
         async def publish(event: Event) -> None:
             self._note(event, tally)
             await self._bus.publish(event)
 
-        poller = Poller(compute, tracker, publish, settings=self._settings.poll, clock=self._clock)
-        await poller.run()
-        self.poll_stats[run_id] = poller.stats
+        async with anyio.create_task_group() as group:
+            # Tasks queue while nodes come up; a pool that cannot get nodes fails the run instead of
+            # letting it wait for its timeout.
+            group.start_soon(self._watch_nodes, run_id, workload.pool.pool_id)
+            submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
+            await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
+            expected = [item.task_id for item in staged if item.task_id not in tally.failed]
+            tracker = TaskTracker(run_id, workload.job_id, expected)
+            poller = Poller(compute, tracker, publish, settings=self._settings.poll, clock=self._clock)
+            await poller.run()
+            self.poll_stats[run_id] = poller.stats
+            group.cancel_scope.cancel()
         return len(staged)
+
+    async def _watch_nodes(self, run_id: str, pool_id: str) -> None:
+        nodes = await self._backend.compute.wait_for_nodes(pool_id)
+        await self._bus.publish(NodesReady(run_id=run_id, pool_id=pool_id, nodes=nodes))
 
     async def _ensure_pool_and_job(self, run_id: str, workload: Workload, job_ready: list[Ensured]) -> None:
         pool = await self._backend.compute.ensure_pool(workload.pool)

@@ -69,6 +69,15 @@ class PoolReady(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodesReady(Event):
+    """The pool has nodes that can run tasks (on Azure this can take minutes after PoolReady)."""
+
+    kind: ClassVar[str] = "nodes_ready"
+    pool_id: str
+    nodes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobReady(Event):
     kind: ClassVar[str] = "job_ready"
     job_id: str

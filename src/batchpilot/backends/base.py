@@ -120,6 +120,11 @@ class Compute(Protocol):
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured: ...
 
+    async def wait_for_nodes(self, pool_id: str) -> int:
+        """Return once the pool has nodes that can run tasks (how many). Raise BackendError when it cannot
+        get any (quota, allocation failure, start task failed). Unbounded: the caller sets a deadline."""
+        ...
+
     async def ensure_job(self, spec: JobSpec) -> Ensured: ...
 
     async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from ..backends.base import BlobInfo, Storage
+from ..backends.base import Backend, BlobInfo
 from ..errors import BackendError
 from ..events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
 from ..files import md5_of
@@ -37,8 +37,9 @@ class _Run:
 
 
 class OutputDownloader:
-    def __init__(self, storage: Storage, publish: Publish) -> None:
-        self._storage = storage
+    def __init__(self, backend: Backend, publish: Publish) -> None:
+        # The backend, not its storage: a backend's clients exist only once it is opened.
+        self._backend = backend
         self._publish = publish
         self._runs: dict[str, _Run] = {}
         self._tallies: dict[str, DownloadTally] = {}
@@ -59,7 +60,7 @@ class OutputDownloader:
     async def _fetch_task(self, run_id: str, run: _Run, task_id: str) -> None:
         prefix = f"{task_id}/"
         try:
-            blobs = await self._storage.list_blobs(run.container, prefix)
+            blobs = await self._backend.storage.list_blobs(run.container, prefix)
         except BackendError as exc:
             self.tally(run_id).failed += 1
             await self._failed(run_id, run, task_id, prefix, exc)
@@ -69,7 +70,7 @@ class OutputDownloader:
             try:
                 skipped = await _already_there(blob, dest)
                 if not skipped:
-                    await self._storage.download(run.container, blob.name, dest)
+                    await self._backend.storage.download(run.container, blob.name, dest)
             except (BackendError, OSError) as exc:
                 self.tally(run_id).failed += 1
                 await self._failed(run_id, run, task_id, blob.name, exc)

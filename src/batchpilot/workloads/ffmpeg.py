@@ -11,14 +11,13 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
 from ..errors import ConfigError, ToolNotFoundError
-from ..spec import PoolSpec, StartTask, TaskTemplate
+from ..spec import StartTask, TaskTemplate
 
 INPUT_SUFFIXES = (".mp4",)
 TEMPLATE = TaskTemplate(
@@ -60,15 +59,6 @@ def tool_dir(cache: Path) -> Path:
         temporary.symlink_to(binary)
         os.replace(temporary, link)
     return folder
-
-
-def tutorial_pool(
-    pool_id: str, *, dedicated: int = 0, spot: int = 5, vm_size: str = "STANDARD_A1_v2"
-) -> PoolSpec:
-    """The tutorial's pool: Ubuntu 20.04, five spot nodes of Standard_A1_v2, ffmpeg installed at start."""
-    return PoolSpec(
-        pool_id, vm_size=vm_size, dedicated_nodes=dedicated, spot_nodes=spot, start_task=START_TASK
-    )
 
 
 def discover_inputs(folder: Path) -> tuple[Path, ...]:
@@ -140,7 +130,3 @@ def media_info(path: Path, *, ffmpeg: Path | None = None) -> MediaInfo:
         duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     audio = _AUDIO.search(text)
     return MediaInfo(duration, audio.group(1) if audio else None, ": Video:" in text)
-
-
-def describe_inputs(paths: Sequence[Path]) -> str:
-    return f"{len(paths)} MP4 file{'s' if len(paths) != 1 else ''}"

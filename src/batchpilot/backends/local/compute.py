@@ -144,6 +144,12 @@ class LocalCompute:
             self._start_pool(spec)
         return Ensured(spec.pool_id, created=not existed, warnings=warnings)
 
+    async def wait_for_nodes(self, pool_id: str) -> int:
+        try:
+            return self._pools[pool_id].spec.total_slots  # local slots exist as soon as the pool does
+        except KeyError:
+            raise NotFoundError(f"pool {pool_id!r} not found", code="PoolNotFound") from None
+
     def _start_pool(self, spec: PoolSpec) -> None:
         if self._task_group is None:
             raise RuntimeError("the local backend must be opened with `async with` before use")
