@@ -59,6 +59,9 @@ class FakeCompute:
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         return Ensured(spec.pool_id, created=True)
 
+    async def wait_for_nodes(self, pool_id: str) -> int:
+        return 1
+
     async def ensure_job(self, spec: JobSpec) -> Ensured:
         return Ensured(spec.job_id, created=True)
 

@@ -103,6 +103,8 @@ class TaskStateChanged(Event):
     node_id: str | None = None
     exit_code: int | None = None
     failure: FailureInfo | None = None
+    retry_count: int = 0
+    requeue_count: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

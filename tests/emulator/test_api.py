@@ -13,8 +13,8 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.core.rest import HttpRequest
 
 from batchpilot.emulator import RunningEmulator
+from tests.conftest import EmulatorFactory
 
-from .conftest import EmulatorFactory
 from .support import (
     add_tasks,
     batch_client,

@@ -12,7 +12,8 @@ from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import ResourceNotFoundError
 
-from .conftest import EmulatorFactory
+from tests.conftest import EmulatorFactory
+
 from .support import add_tasks, batch_client, completed, eventually, job_options, pool_options, shell_task
 
 

@@ -10,8 +10,8 @@ from azure.core.pipeline import PipelineResponse
 
 from batchpilot.emulator import FaultConfig, RequestKind
 from batchpilot.emulator.faults import Fault, FaultInjector
+from tests.conftest import EmulatorFactory
 
-from .conftest import EmulatorFactory
 from .support import (
     add_tasks,
     batch_client,

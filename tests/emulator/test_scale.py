@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 from azure.batch import models as m
 
-from .conftest import EmulatorFactory
+from tests.conftest import EmulatorFactory
+
 from .support import add_tasks, batch_client, completed, job_options, pool_options, stats
 
 TASKS = 2000

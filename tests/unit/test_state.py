@@ -76,6 +76,9 @@ def test_preemption_emits_requeue_then_the_task_can_still_succeed():
     requeued = events[0]
     assert isinstance(requeued, TaskRequeued)
     assert (requeued.previous, requeued.requeue_count) == (R, 1)
+    changed = events[1]
+    assert isinstance(changed, TaskStateChanged)
+    assert (changed.previous, changed.state, changed.requeue_count) == (R, A, 1)
     assert not tracker.done
     events = tracker.observe([view("t", C, 3, exit_code=0)], at=at(3))
     assert kinds(events) == ["TaskStateChanged", "TaskSucceeded"]

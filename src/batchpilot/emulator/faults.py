@@ -83,6 +83,7 @@ class FaultInjector:
 
     config: FaultConfig
     fired: dict[Fault, int] = field(default_factory=dict)
+    _preemptions_decided: int = field(default=0, init=False)
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,9 +106,14 @@ class FaultInjector:
 
     def preempts(self, job_id: str, task_id: str, requeue_count: int) -> bool:
         """Whether this attempt is preempted. Only a task's first attempt is, so every task completes."""
-        if requeue_count > 0 or self.config.preempt == 0.0 or self._exhausted(Fault.PREEMPT):
+        if requeue_count > 0 or self.config.preempt == 0.0:
             return False
-        return task_random(self.config.seed, "preempt", job_id, task_id).random() < self.config.preempt
+        # The budget counts preemptions decided, not landed: several tasks start before the first one lands.
+        if self.config.budget is not None and self._preemptions_decided >= self.config.budget:
+            return False
+        chosen = task_random(self.config.seed, "preempt", job_id, task_id).random() < self.config.preempt
+        self._preemptions_decided += chosen
+        return chosen
 
     def record(self, fault: Fault) -> None:
         """Count a fault that happened; preemption is counted when it lands, not when it is decided."""

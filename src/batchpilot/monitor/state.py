@@ -140,6 +140,8 @@ class TaskTracker:
                 node_id=seen.node_id,
                 exit_code=seen.exit_code,
                 failure=seen.failure,
+                retry_count=seen.retry_count,
+                requeue_count=seen.requeue_count,
             )
         )
         if seen.state is TaskState.COMPLETED:

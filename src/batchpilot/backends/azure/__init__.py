@@ -11,9 +11,12 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
+import structlog
 from azure.batch.aio import BatchClient
 from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.pipeline import PipelineResponse
 from azure.storage.blob.aio import BlobServiceClient
 
 from ...config import AzureSettings
@@ -21,7 +24,25 @@ from .auth import Credentials
 from .compute import AzureCompute
 from .storage import AzureStorage, Clock, _utc_now
 
-__all__ = ("AzureBackend", "AzureCompute", "AzureStorage")
+__all__ = ("AzureBackend", "AzureCompute", "AzureStorage", "log_retryable_response")
+
+_log = structlog.get_logger("batchpilot.azure")
+_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def log_retryable_response(response: PipelineResponse[Any, Any]) -> None:
+    """Called by the SDK pipelines after every attempt: the SDKs retry throttling and server errors on their
+    own and say nothing, so each one is logged here. The path only: a query may carry a SAS."""
+    status = response.http_response.status_code
+    if status in _RETRYABLE:
+        request = response.http_request
+        _log.warning(
+            "service_retryable_response",
+            method=request.method,
+            path=urlsplit(request.url).path,
+            status=status,
+            retry_after=response.http_response.headers.get("Retry-After"),
+        )
 
 
 class AzureBackend:
@@ -67,7 +88,9 @@ class AzureBackend:
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
-            options: dict[str, Any] = {} if self._retry_total is None else {"retry_total": self._retry_total}
+            options: dict[str, Any] = {"raw_response_hook": log_retryable_response}
+            if self._retry_total is not None:
+                options["retry_total"] = self._retry_total
             credentials = Credentials(self._settings, stack, self._token_credential)
             batch = await stack.enter_async_context(
                 BatchClient(self._settings.batch.endpoint, await credentials.batch(), **options)

@@ -1,0 +1,161 @@
+"""`batchpilot run --backend azure` end to end: the real azure-batch and azure-storage-blob SDKs over real
+HTTP, against the Batch emulator and Azurite, with real ffmpeg. Faults injected at the emulator."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import anyio
+from azure.storage.blob import BlobServiceClient
+
+from batchpilot.emulator import RunningEmulator
+from batchpilot.emulator.faults import FaultConfig
+from tests.conftest import EmulatorFactory
+from tests.e2e.conftest import cli_command, cli_env
+from tests.e2e.test_cli import assert_playable_mp3, leftovers
+from tests.emulator.support import AZURITE_KEY, Azurite
+
+JOB = "batchpilot-ffmpeg-sample-5"
+
+
+def azure_env(home: Path, emulator: RunningEmulator, azurite: Azurite) -> dict[str, str]:
+    return cli_env(
+        home,
+        AZURE_BATCH_ENDPOINT=emulator.endpoint,
+        AZURE_BATCH_ACCOUNT=emulator.account,
+        AZURE_BATCH_ACCESS_KEY=emulator.key,
+        AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string,
+    )
+
+
+def run_azure(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli_command("run", "--backend", "azure", "--sample", "5", "--out", str(out), *extra),
+        env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def events(result: subprocess.CompletedProcess[str]) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def emulator_stats(emulator: RunningEmulator) -> dict:
+    async def fetch() -> dict:
+        async with aiohttp.ClientSession() as session, session.get(emulator.stats_url) as response:
+            return await response.json()
+
+    return anyio.run(fetch)
+
+
+def containers(azurite: Azurite) -> set[str]:
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        return {container.name for container in service.list_containers()}
+
+
+def delete_run_containers(azurite: Azurite) -> None:
+    """Azurite lives for the whole session: each test starts without this job's containers."""
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        for container in service.list_containers(name_starts_with=JOB):
+            service.delete_container(container.name)
+
+
+def assert_no_secret(result: subprocess.CompletedProcess[str], emulator: RunningEmulator) -> None:
+    text = result.stdout + result.stderr
+    assert emulator.key not in text
+    assert AZURITE_KEY not in text
+    assert "sig=" not in text.replace("sig=REDACTED", "")
+
+
+def test_the_tutorial_flow_on_azure(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    out = tmp_path / "out"
+    with start_emulator() as emulator:
+        result = run_azure(azure_env(home, emulator, azurite), out)
+        stats = emulator_stats(emulator)
+    assert result.returncode == 0, result.stderr
+    mp3s = sorted(out.glob("*.mp3"))
+    assert len(mp3s) == 5
+    for mp3 in mp3s:
+        assert_playable_mp3(mp3)
+    assert f"{JOB}-input" not in containers(azurite)  # deleted, as in the tutorial
+    assert f"{JOB}-output" in containers(azurite)
+    kinds = [event["event"] for event in events(result)]
+    assert kinds.count("task_succeeded") == 5
+    assert "nodes_ready" in kinds
+    assert stats["requests"]["task.addcollection"] == 1  # five tasks, one collection
+    assert_no_secret(result, emulator)
+
+
+def test_faults_are_retried_and_every_task_is_added_once(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    out = tmp_path / "out"
+    faults = FaultConfig(
+        seed=3, rate_429=0.3, retry_after_s=1, rate_500=0.2, drop_after_apply=1.0, preempt=1.0,
+        preempt_after_s=0.01, budget=1,
+    )  # fmt: skip
+    with start_emulator(faults=faults) as emulator:
+        result = run_azure(azure_env(home, emulator, azurite), out)
+        stats = emulator_stats(emulator)
+    assert result.returncode == 0, result.stderr
+    assert len(list(out.glob("*.mp3"))) == 5
+    for mp3 in out.glob("*.mp3"):
+        assert_playable_mp3(mp3)
+    assert stats["faults"] == {"dropped_after_apply": 1, "preempted": 1, "server_error": 1, "throttled": 1}
+    lines = events(result)
+    retried = {line["status"] for line in lines if line["event"] == "service_retryable_response"}
+    assert retried == {429, 500}
+    assert any(line["event"] == "add_tasks_retry" for line in lines)  # the dropped add-collection, sent again
+    # The preempted task ran twice; whether the monitor saw it between runs depends on timing, its count not.
+    completed = [
+        line for line in lines if line["event"] == "task_state_changed" and line["state"] == "completed"
+    ]
+    assert sorted(line["requeue_count"] for line in completed) == [0, 0, 0, 0, 1]
+    submitted = [line for line in lines if line["event"] == "tasks_submitted"]
+    assert sum(line["added"] + line["existing"] for line in submitted) == 5
+    assert sum(line["existing"] for line in submitted) == 5  # the retry found the applied request's tasks
+    assert_no_secret(result, emulator)
+
+
+def test_a_killed_orchestrator_is_resumed_by_the_same_command(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    out = tmp_path / "out"
+    # Slow node allocation keeps the tasks queued, so the orchestrator dies with all of them in flight.
+    with start_emulator(allocation_delay_s=2.0) as emulator:
+        env = azure_env(home, emulator, azurite)
+        log = tmp_path / "killed.log"
+        args = cli_command("run", "--backend", "azure", "--sample", "5", "--out", str(out))
+        with (
+            log.open("w") as stdout,
+            subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE) as first,
+        ):
+            deadline = time.monotonic() + 60
+            try:
+                while '"tasks_submitted"' not in log.read_text():
+                    assert time.monotonic() < deadline, "the first run never submitted"
+                    assert first.poll() is None
+                    time.sleep(0.05)
+                first.send_signal(signal.SIGKILL)  # no chance to clean up anything
+                first.wait(timeout=30)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+        resumed = run_azure(env, out)
+        stats = emulator_stats(emulator)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "5 already in the job and skipped" in resumed.stderr
+    assert "0 added" in resumed.stderr
+    assert len(list(out.glob("*.mp3"))) == 5
+    assert leftovers(out) == []
+    assert stats["requests"]["task.addcollection"] == 1  # the second run added nothing
+    assert stats["tasks_completed"] == 5
