@@ -198,6 +198,7 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
 class _Outcome:
     summary: RunSummary
     out: Path
+    backend: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,7 +342,7 @@ async def _run(args: argparse.Namespace) -> _Outcome:
         _backend(args), subscribers=_subscribers(args), settings=settings
     ) as orchestrator:
         summary = await orchestrator.run(workload)
-    return _Outcome(summary, out)
+    return _Outcome(summary, out, args.backend)
 
 
 async def _check(args: argparse.Namespace) -> None:
@@ -370,12 +371,12 @@ async def _cleanup(args: argparse.Namespace) -> None:
 
 
 def _finish_run(outcome: _Outcome) -> int:
-    for line in summary_lines(outcome.summary, outcome.out):
+    for line in summary_lines(outcome.summary, outcome.out, outcome.backend):
         _say(line)
     return EXIT_OK if outcome.summary.ok else EXIT_FAILED
 
 
-def summary_lines(summary: RunSummary, out: Path) -> list[str]:
+def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
     verdict = "done" if summary.ok else ("TIMED OUT" if summary.timed_out else "FAILED")
     lines = [
         f"batchpilot: {verdict}: {summary.succeeded} of {summary.tasks} tasks succeeded"
@@ -395,7 +396,9 @@ def summary_lines(summary: RunSummary, out: Path) -> list[str]:
         )
     elif not summary.ok:
         lines.append(
-            "  the job is kept: run the same command again to resume, or `batchpilot cleanup --job ...`"
+            "  the job is kept: fix or replace the failed inputs and run the same command again (changed"
+            " inputs get new tasks), or remove it:"
+            f" batchpilot cleanup --backend {backend} --job {summary.job_id}"
         )
     return lines
 
