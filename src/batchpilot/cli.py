@@ -28,7 +28,7 @@ from .config import AzureSettings
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError
-from .events import RunSummary, Subscriber
+from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
 from .spec import CleanupPolicy, PoolSpec, Workload, batch_id
 from .subscribers.log import LogSubscriber
@@ -199,6 +199,7 @@ class _Outcome:
     summary: RunSummary
     out: Path
     backend: str
+    kept: tuple[ResourceKept, ...]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,11 +339,16 @@ async def _run(args: argparse.Namespace) -> _Outcome:
         timeout=args.timeout,
     )
     settings = EngineSettings(upload_concurrency=args.concurrency)
-    async with Orchestrator(
-        _backend(args), subscribers=_subscribers(args), settings=settings
-    ) as orchestrator:
+    kept: list[ResourceKept] = []
+
+    async def note_kept(event: Event) -> None:
+        if isinstance(event, ResourceKept):
+            kept.append(event)
+
+    subscribers = [*_subscribers(args), note_kept]
+    async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
         summary = await orchestrator.run(workload)
-    return _Outcome(summary, out, args.backend)
+    return _Outcome(summary, out, args.backend, tuple(kept))
 
 
 async def _check(args: argparse.Namespace) -> None:
@@ -373,6 +379,10 @@ async def _cleanup(args: argparse.Namespace) -> None:
 def _finish_run(outcome: _Outcome) -> int:
     for line in summary_lines(outcome.summary, outcome.out, outcome.backend):
         _say(line)
+    # Pools cost money for as long as they have nodes: what the run leaves behind is said, with its remedy.
+    for kept in outcome.kept:
+        if kept.resource == "pool":
+            _say(f"  kept:    pool {kept.resource_id}: {kept.reason}. Delete it now: {kept.delete_command}")
     return EXIT_OK if outcome.summary.ok else EXIT_FAILED
 
 

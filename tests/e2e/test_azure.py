@@ -90,6 +90,7 @@ def test_the_tutorial_flow_on_azure(
     assert kinds.count("task_succeeded") == 5
     assert "nodes_ready" in kinds
     assert stats["requests"]["task.addcollection"] == 1  # five tasks, one collection
+    assert "Delete it now: batchpilot cleanup --backend azure --pool batchpilot-azure-pool" in result.stderr
     assert_no_secret(result, emulator)
 
 

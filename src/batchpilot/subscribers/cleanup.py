@@ -56,7 +56,12 @@ class Cleanup:
         if policy.delete_pool:
             await self._delete(run, "pool", run.pool_id, self._backend.compute.delete_pool)
         else:
-            await self._keep(run, "pool", run.pool_id, "kept for the next run (cleanup policy)")
+            await self._keep(
+                run,
+                "pool",
+                run.pool_id,
+                "kept for the next run; --delete-pool removes it after a run that succeeds",
+            )
 
     async def _delete(
         self, run: RunStarted, kind: str, resource_id: str, delete: Callable[[str], Awaitable[None]]
