@@ -190,7 +190,10 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=["console", "json"],
         help="console lines, or JSON lines for log shippers (default: console on a terminal, JSON otherwise)",
     )  # fmt: skip
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"],
+        help="stdout level (default: info, or warning under a progress bar); --log-file always gets info",
+    )  # fmt: skip
     parser.add_argument("--log-file", type=Path, metavar="FILE", help="also write JSON log lines to FILE")
 
 
@@ -207,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             configure_logging(
-                fmt=args.log_format, level=args.log_level, log_file=_checked_log_file(args.log_file)
+                fmt=args.log_format, level=_log_level(args), log_file=_checked_log_file(args.log_file)
             )
             if args.command == "run":
                 return _finish_run(anyio.run(_run, args))
@@ -292,9 +295,22 @@ def _backend(args: argparse.Namespace) -> Backend:
     return LocalBackend(root, tool_dirs=[ffmpeg.tool_dir(root)])
 
 
+def _shows_progress(args: argparse.Namespace) -> bool:
+    return (
+        args.command == "run"
+        and sys.stderr.isatty()
+        and (args.log_format or default_format(sys.stdout)) == "console"
+    )
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    # On a terminal the progress bar tells the story; a line per task state would bury it.
+    return str(args.log_level or ("warning" if _shows_progress(args) else "info"))
+
+
 def _subscribers(args: argparse.Namespace) -> list[Subscriber]:
     subscribers: list[Subscriber] = [LogSubscriber()]
-    if sys.stderr.isatty() and (args.log_format or default_format(sys.stdout)) == "console":
+    if _shows_progress(args):
         subscribers.append(ProgressDisplay())
     return subscribers
 

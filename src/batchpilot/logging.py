@@ -79,18 +79,23 @@ def configure_logging(
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
-    handlers: list[logging.Handler] = [_handler(logging.StreamHandler(stream), renderer)]
+    console = _handler(logging.StreamHandler(stream), renderer)
+    console.setLevel(level.upper())
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        handlers.append(
-            _handler(logging.FileHandler(log_file, encoding="utf-8"), structlog.processors.JSONRenderer())
+        # The file is for log shippers: it keeps every event, whatever the console shows.
+        to_file = _handler(
+            logging.FileHandler(log_file, encoding="utf-8"), structlog.processors.JSONRenderer()
         )
+        to_file.setLevel(min(logging.INFO, console.level))
+        handlers.append(to_file)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()
     for handler in handlers:
         root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(min(handler.level for handler in handlers))
     # The SDKs log every HTTP request at INFO; keep their warnings and errors only.
     for noisy in ("azure", "azure.core.pipeline.policies.http_logging_policy", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -69,3 +69,20 @@ def test_event_fields_flatten_enums_and_paths():
         "run_id": "r", "job_id": "j", "task_id": "t", "exit_code": None, "failure": None, "duration_s": None,
         "stderr_tail": "",
     }  # fmt: skip
+
+
+def test_the_log_file_keeps_info_when_the_console_shows_warnings_only(tmp_path):
+    stream, log_file = io.StringIO(), tmp_path / "run.log"
+    try:
+        configure_logging(fmt="json", level="warning", stream=stream, log_file=log_file)
+        log = structlog.get_logger("test")
+        log.info("task_succeeded", task_id="t1")
+        log.warning("task_failed", task_id="t2")
+    finally:
+        structlog.reset_defaults()
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    assert [line["event"] for line in lines(stream)] == ["task_failed"]
+    in_file = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    assert in_file == ["task_succeeded", "task_failed"]

@@ -10,9 +10,9 @@ from typing import Any
 import structlog
 
 from ..backends.base import FailureInfo
-from ..events import Event, OutputDownloadFailed, ResourceKept, RunFinished, TaskFailed, TaskRequeued
+from ..events import Event, OutputDownloadFailed, RunFinished, TaskFailed, TaskRequeued
 
-_WARNINGS = (TaskFailed, TaskRequeued, OutputDownloadFailed, ResourceKept)
+_WARNINGS = (TaskFailed, TaskRequeued, OutputDownloadFailed)
 
 
 def event_fields(event: Event) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def _plain(value: Any) -> Any:
 
 
 class LogSubscriber:
-    """Logs every event: warnings for failures, requeues and resources left running; info otherwise."""
+    """Logs every event: warnings for failures and requeues, an error for a failed run; info otherwise."""
 
     def __init__(self, logger: Any = None) -> None:
         self._log = logger or structlog.get_logger("batchpilot")
