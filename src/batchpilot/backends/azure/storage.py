@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -152,22 +153,13 @@ class AzureStorage:
             create=Permission.CREATE in permissions,
         )
         url = self._service.get_container_client(container).url
-        if self._settings.account_key is not None:
-            sas = generate_container_sas(
-                self._settings.account,
-                container,
-                account_key=self._settings.account_key,
-                permission=sas_permission,
-                expiry=expires,
-            )
-        else:
-            sas = generate_container_sas(
-                self._settings.account,
-                container,
-                user_delegation_key=await self._delegation_key(expires),
-                permission=sas_permission,
-                expiry=expires,
-            )
+        sas = generate_container_sas(
+            self._settings.account,
+            container,
+            permission=sas_permission,
+            expiry=expires,
+            **await self._signer(expires),
+        )
         return f"{url}?{sas}"
 
     async def blob_url(
@@ -182,25 +174,21 @@ class AzureStorage:
             write=Permission.WRITE in permissions,
         )
         url = self._service.get_blob_client(container, blob_name).url
-        if self._settings.account_key is not None:
-            sas = generate_blob_sas(
-                self._settings.account,
-                container,
-                blob_name,
-                account_key=self._settings.account_key,
-                permission=sas_permission,
-                expiry=expires,
-            )
-        else:
-            sas = generate_blob_sas(
-                self._settings.account,
-                container,
-                blob_name,
-                user_delegation_key=await self._delegation_key(expires),
-                permission=sas_permission,
-                expiry=expires,
-            )
+        sas = generate_blob_sas(
+            self._settings.account,
+            container,
+            blob_name,
+            permission=sas_permission,
+            expiry=expires,
+            **await self._signer(expires),
+        )
         return f"{url}?{sas}"
+
+    async def _signer(self, sas_expires: datetime) -> dict[str, Any]:
+        """What signs a SAS: the account key, or (with Entra ID) a user-delegation key."""
+        if self._settings.account_key is not None:
+            return {"account_key": self._settings.account_key}
+        return {"user_delegation_key": await self._delegation_key(sas_expires)}
 
     async def delete_container(self, container: str) -> None:
         with translated(f"delete container {container}", self._secrets):
