@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
@@ -24,13 +24,16 @@ from .backends.azure import AzureBackend
 from .backends.azure.check import check as azure_check
 from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
+from .backends.local.executor import container_runtime
+from .cli_workload import add_workload_arguments, resolve_workload
 from .config import AzureSettings
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
-from .errors import BatchpilotError, ConfigError
+from .errors import BatchpilotError, ConfigError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
-from .spec import CleanupPolicy, PoolSpec, Workload, batch_id
+from .plan import plan_lines, stage_inputs
+from .spec import CleanupPolicy
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
 from .workloads import ffmpeg
@@ -85,44 +88,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="convert MP4 files to MP3 with ffmpeg, one task per file (the Azure Batch tutorial's job)",
+        help="run a workload: one task per input (--workload FILE, --command, or the ffmpeg tutorial's job)",
         description=(
             "Upload the inputs, create or reuse the pool and job, add one task per input, watch them, and "
-            "fetch each task's MP3 as soon as it is done. Running the same command again resumes: unchanged "
-            "inputs are not uploaded again, existing tasks are not added again, outputs already in --out are "
-            "kept."
+            "fetch each task's outputs as soon as it is done. Running the same command again resumes: "
+            "unchanged inputs are not uploaded again, existing tasks are not added again, outputs already in "
+            "--out are kept. Without --workload or --command, INPUT_DIR (or --sample N) runs the shipped "
+            "ffmpeg example: MP4 to MP3, the Azure Batch tutorial's job."
         ),
     )
-    run.add_argument("inputs", nargs="?", type=Path, metavar="INPUT_DIR", help="a folder of .mp4 files")
+    _add_workload_arguments(run)
     run.add_argument(
-        "--sample", type=_positive_int, metavar="N", help="generate N short MP4s and use them as input"
-    )
-    run.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="where the MP3s are written")
-    run.add_argument("--name", help="run name; the job id derives from it (default: from the input folder)")
-    run.add_argument(
-        "--nodes", type=_positive_int, metavar="N",
-        help="dedicated nodes (local: parallel slots, default: the machine's cores; Azure default: 0)",
+        "--out", type=Path, metavar="OUT_DIR",
+        help="where the outputs are written (default: the workload file's download_to)",
     )  # fmt: skip
-    run.add_argument(
-        "--spot-nodes", type=_non_negative_int, default=0, metavar="N",
-        help="spot nodes (Azure; with neither flag, the tutorial's pool of 5 spot nodes)",
-    )  # fmt: skip
-    run.add_argument("--vm-size", default="STANDARD_A1_v2", help="node size on Azure (default: %(default)s)")
-    run.add_argument(
-        "--task-slots", type=_positive_int, default=1, metavar="N", help="tasks per node at once"
-    )
     run.add_argument(
         "--concurrency", type=_positive_int, default=16, metavar="N", help="uploads in flight (default: 16)"
     )
-    run.add_argument(
-        "--timeout", type=_duration, default=timedelta(hours=1), metavar="DURATION",
-        help="give up after this long, leaving everything in place to resume (default: 1h)",
-    )  # fmt: skip
     run.add_argument("--keep-inputs", action="store_true", help="keep the input container after success")
     run.add_argument("--delete-job", action="store_true", help="delete the job after success")
     run.add_argument("--delete-pool", action="store_true", help="delete the pool after success")
     _add_backend_options(run)
     _add_log_options(run)
+
+    plan = commands.add_parser(
+        "plan",
+        help="show what `run` would upload, create and submit, creating nothing",
+        description=(
+            "Print the pool, job, inputs to upload, task ids and the first commands exactly as `run` with "
+            "the same arguments would use them. Inputs are read (task ids depend on their content); nothing "
+            "is created."
+        ),
+    )
+    _add_workload_arguments(plan)
+    plan.add_argument("--out", type=Path, metavar="OUT_DIR", help="where `run` would write the outputs")
+    _add_backend_options(plan)
+    _add_log_options(plan)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     emulator_cli.add_arguments(emulator)
     _add_log_options(emulator)
     return parser
+
+
+def _add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workload_arguments(
+        parser, positive_int=_positive_int, non_negative_int=_non_negative_int, duration=_duration
+    )
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -211,7 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.command == "run":
                 return _finish_run(anyio.run(_run, args))
-            commands = {"cleanup": _cleanup, "check": _check, "emulator": emulator_cli.run_from_args}
+            commands = {
+                "plan": _plan,
+                "cleanup": _cleanup,
+                "check": _check,
+                "emulator": emulator_cli.run_from_args,
+            }
             anyio.run(commands[args.command], args)
             return EXIT_OK
         except BaseExceptionGroup as group:
@@ -289,7 +301,16 @@ def _backend(args: argparse.Namespace) -> Backend:
     if args.backend == "azure":
         return AzureBackend(_azure_settings(args))
     root = _state_root(args)
-    return LocalBackend(root, tool_dirs=[ffmpeg.tool_dir(root)])
+    return LocalBackend(root, tool_dirs=_tool_dirs(root))
+
+
+def _tool_dirs(root: Path) -> list[Path]:
+    """The bundled ffmpeg, first on the tasks' PATH, so the shipped example (or any command calling ffmpeg)
+    runs without installing it; a workload that needs no ffmpeg runs without it too."""
+    try:
+        return [ffmpeg.tool_dir(root)]
+    except ToolNotFoundError:
+        return []
 
 
 def _shows_progress(args: argparse.Namespace) -> bool:
@@ -313,43 +334,21 @@ def _subscribers(args: argparse.Namespace) -> list[Subscriber]:
 
 
 async def _run(args: argparse.Namespace) -> _Outcome:
-    if (args.inputs is None) == (args.sample is None):
-        raise ConfigError("give either INPUT_DIR or --sample N (not both, not neither)")
-    out = _writable_folder(args.out)
-    if args.sample is not None:
-        inputs = await ffmpeg.make_samples(args.sample, _state_root(args) / "samples")
-        default_name = f"ffmpeg-sample-{args.sample}"
-    else:
-        inputs = ffmpeg.discover_inputs(args.inputs)
-        folder = args.inputs.resolve()
-        default_name = batch_id("ffmpeg", folder.name, unique_by=str(folder))
-    name = args.name or default_name
-    if args.backend == "azure" and args.nodes is None and args.spot_nodes == 0:
-        dedicated, spot = 0, 5  # the tutorial's pool: five spot nodes
-    else:
-        dedicated, spot = (
-            args.nodes or (os.cpu_count() or 1 if args.backend == "local" else 0),
-            args.spot_nodes,
-        )
-    workload = Workload(
-        name=name,
-        inputs=inputs,
-        template=ffmpeg.TEMPLATE,
-        pool=PoolSpec(
-            batch_id("batchpilot", args.backend, "pool"),
-            dedicated_nodes=dedicated,
-            spot_nodes=spot,
-            task_slots_per_node=args.task_slots,
-            vm_size=args.vm_size,
-            start_task=ffmpeg.START_TASK,
-        ),
+    workload = await resolve_workload(args, _state_root(args))
+    destination: Path | None = args.out or workload.download_to
+    if destination is None:
+        raise ConfigError("give --out DIR: where the outputs are written (or download_to in the workload)")
+    out = _writable_folder(destination)
+    cleanup = workload.cleanup
+    workload = replace(
+        workload,
         download_to=out,
+        # The flags add to what the workload file asks for; they never undo a deletion it asks for.
         cleanup=CleanupPolicy(
-            delete_input_container=not args.keep_inputs,
-            delete_job=args.delete_job,
-            delete_pool=args.delete_pool,
+            delete_input_container=cleanup.delete_input_container and not args.keep_inputs,
+            delete_job=cleanup.delete_job or args.delete_job,
+            delete_pool=cleanup.delete_pool or args.delete_pool,
         ),
-        timeout=args.timeout,
     )
     settings = EngineSettings(upload_concurrency=args.concurrency)
     kept: list[ResourceKept] = []
@@ -362,6 +361,18 @@ async def _run(args: argparse.Namespace) -> _Outcome:
     async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
         summary = await orchestrator.run(workload)
     return _Outcome(summary, out, args.backend, tuple(kept))
+
+
+async def _plan(args: argparse.Namespace) -> None:
+    workload = await resolve_workload(args, _state_root(args))
+    if args.out is not None:
+        workload = replace(workload, download_to=args.out)
+    if args.backend == "local" and workload.pool.container_images:
+        container_runtime()  # the same check `run` makes before it creates anything
+    staged = await stage_inputs(workload)
+    sizes = [(await anyio.Path(path).stat()).st_size for path in workload.inputs]
+    for line in plan_lines(workload, staged, sizes, backend=args.backend):
+        print(line)
 
 
 async def _check(args: argparse.Namespace) -> None:

@@ -302,7 +302,10 @@ class Orchestrator:
             )
             outputs = [
                 OutputFile(
-                    pattern, output_url, _output_path(item.task_id, pattern), UploadCondition.TASK_SUCCESS
+                    template.in_working_dir(pattern),
+                    output_url,
+                    _output_path(item.task_id, pattern),
+                    UploadCondition.TASK_SUCCESS,
                 )
                 for pattern in template.render_outputs(values)
             ]
@@ -321,6 +324,7 @@ class Orchestrator:
                     constraints=template.constraints,
                     display_name=item.path.name[:1024],
                     environment=workload.environment,
+                    container=template.container,
                 )
             )
         return tasks

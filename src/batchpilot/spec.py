@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import posixpath
 import re
 import shlex
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -75,8 +76,25 @@ class StartTask:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerSettings:
+    """Run a task inside a container image, as Batch's TaskContainerSettings: `run_options` are extra
+    arguments to the container runtime's `run` (e.g. `--network none`)."""
+
+    image: str
+    run_options: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.image.strip():
+            raise ConfigError("the container image name is empty; give an image such as python:3.12-slim")
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
-    """A pool of nodes. On the local backend only the slot count (nodes x task slots) matters."""
+    """A pool of nodes. On the local backend only the slot count (nodes x task slots) matters.
+
+    `container_images` gives the pool a container configuration (Batch pulls these images onto each node
+    when it starts); tasks that name a container image need it.
+    """
 
     pool_id: str
     vm_size: str = "STANDARD_A1_v2"
@@ -86,6 +104,7 @@ class PoolSpec:
     spot_nodes: int = 0
     task_slots_per_node: int = 1
     start_task: StartTask | None = None
+    container_images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dedicated_nodes < 0 or self.spot_nodes < 0:
@@ -164,26 +183,40 @@ class TaskSpec:
     constraints: TaskConstraints = TaskConstraints()
     display_name: str | None = None
     environment: tuple[tuple[str, str], ...] = ()
+    container: ContainerSettings | None = None
 
 
 # --- the declarative workload -----------------------------------------------------------------------------
 
-PLACEHOLDERS = frozenset({"input", "input_name", "stem", "task_id"})
+PLACEHOLDERS = frozenset({"input", "input_name", "stem", "output_dir", "task_id"})
 
 
 @dataclass(frozen=True, slots=True)
 class TaskTemplate:
-    """A command line with placeholders, and the output files it leaves in its working directory.
+    """A command line with placeholders, and the output files it leaves in its output directory.
 
     Placeholders: `{input}` (the staged input's path, relative to the working dir), `{input_name}` (its
-    original file name), `{stem}` (that name without its extension), `{task_id}`. Values are shell-quoted.
+    original file name), `{stem}` (that name without its extension), `{output_dir}` (where the command should
+    write its outputs, relative to the working dir), `{task_id}`. Values are shell-quoted.
+
+    `outputs` are file patterns relative to `output_dir`. With the default `"."` that is the working dir
+    itself; any other folder is created before the command runs (through `/bin/sh`, since Batch runs the
+    command line without a shell), so the command can write into it straight away.
     """
 
     command: str
     outputs: tuple[str, ...]
     constraints: TaskConstraints = TaskConstraints()
+    output_dir: str = "."
+    container: ContainerSettings | None = None
 
     def __post_init__(self) -> None:
+        normalized = posixpath.normpath(self.output_dir) if self.output_dir else ""
+        if not normalized or normalized.startswith(("/", "../")) or normalized == "..":
+            raise ConfigError(
+                f"output_dir {self.output_dir!r} must be a folder inside the task's working dir, like 'out'"
+            )
+        object.__setattr__(self, "output_dir", normalized)
         unknown = sorted(set(template_fields(self.command)) - PLACEHOLDERS)
         if unknown:
             allowed = ", ".join("{" + name + "}" for name in sorted(PLACEHOLDERS))
@@ -194,10 +227,22 @@ class TaskTemplate:
                 raise ConfigError(f"unknown placeholder {{{unknown_out[0]}}} in output pattern {pattern!r}")
 
     def render_command(self, values: Mapping[str, str]) -> str:
-        return self.command.format_map({key: shlex.quote(value) for key, value in values.items()})
+        quoted = {key: shlex.quote(value) for key, value in {**values, "output_dir": self.output_dir}.items()}
+        command = self.command.format_map(quoted)
+        if self.output_dir == ".":
+            return command
+        # `$0` is the folder, `"$@"` the user's command, split as Batch splits it: no second quoting layer.
+        return f'/bin/sh -c \'mkdir -p "$0" && exec "$@"\' {shlex.quote(self.output_dir)} {command}'
 
     def render_outputs(self, values: Mapping[str, str]) -> tuple[str, ...]:
-        return tuple(pattern.format_map(values) for pattern in self.outputs)
+        """Output patterns relative to the output dir, i.e. as the files land in the download folder."""
+        return tuple(
+            pattern.format_map({**values, "output_dir": self.output_dir}) for pattern in self.outputs
+        )
+
+    def in_working_dir(self, pattern: str) -> str:
+        """A rendered output pattern as Batch matches it: relative to the task's working dir."""
+        return pattern if self.output_dir == "." else posixpath.join(self.output_dir, pattern)
 
 
 def template_fields(text: str) -> list[str]:
@@ -248,6 +293,12 @@ class Workload:
             object.__setattr__(self, "input_container", container_name(self.job_id, "input"))
         if not self.output_container:
             object.__setattr__(self, "output_container", container_name(self.job_id, "output"))
+        container = self.template.container
+        if container is not None and container.image not in self.pool.container_images:
+            # Batch runs a container task only on a pool configured for containers; the image is named there
+            # too, so that nodes pull it once when they start instead of on each task.
+            images = (*self.pool.container_images, container.image)
+            object.__setattr__(self, "pool", replace(self.pool, container_images=images))
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,13 +112,13 @@ def test_corrupt_and_empty_inputs_fail_only_their_own_tasks(batchpilot: Run, tmp
     ("args", "needle"),
     [
         (["run", "{tmp}/nowhere", "--out", "{tmp}/out"], "does not exist"),
-        (["run", "{tmp}/empty", "--out", "{tmp}/out"], "no .mp4 files"),
+        (["run", "{tmp}/empty", "--out", "{tmp}/out"], "no files matching *.mp4 in"),
         (["run", "--sample", "1", "--out", "{tmp}/afile/out"], "cannot write to --out"),
         (
             ["run", "--sample", "1", "--out", "{tmp}/out", "--frobnicate"],
             "unrecognized arguments: --frobnicate",
         ),
-        (["run", "--out", "{tmp}/out"], "give either INPUT_DIR or --sample N"),
+        (["run", "--out", "{tmp}/out"], "nothing to run: give INPUT_DIR, --sample N"),
         (["run", "--sample", "0", "--out", "{tmp}/out"], "must be 1 or more"),
         (["run", "--sample", "1", "--out", "{tmp}/out", "--timeout", "soon"], "not a duration"),
         (["bogus"], "invalid choice: 'bogus'"),

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..spec import OutputFile, ResourceFile, TaskConstraints, TaskSpec, UploadCondition
+from ..spec import ContainerSettings, OutputFile, ResourceFile, TaskConstraints, TaskSpec, UploadCondition
 from .state import Counts, Job, Node, Pool, ServiceError, Task
 
 CONTENT_TYPE = "application/json;odata=minimalmetadata"
@@ -130,6 +130,11 @@ def task_spec(body: Mapping[str, Any]) -> TaskSpec:
                 upload_condition=upload_condition,
             )
         )
+    container = None
+    if settings := body.get("containerSettings"):
+        container = ContainerSettings(
+            image=required_str(settings, "imageName"), run_options=settings.get("containerRunOptions") or ""
+        )
     constraints = body.get("constraints") or {}
     wall_clock = constraints.get("maxWallClockTime")
     retention = constraints.get("retentionTime")
@@ -147,6 +152,7 @@ def task_spec(body: Mapping[str, Any]) -> TaskSpec:
         environment=tuple(
             (env["name"], env.get("value") or "") for env in body.get("environmentSettings") or ()
         ),
+        container=container,
     )
 
 
@@ -274,6 +280,7 @@ def task_json(task: Task, base_url: str) -> dict[str, Any]:
         "resourceFiles": task.body.get("resourceFiles"),
         "outputFiles": task.body.get("outputFiles"),
         "environmentSettings": task.body.get("environmentSettings"),
+        "containerSettings": task.body.get("containerSettings"),
         "requiredSlots": 1,
         "constraints": {
             "maxWallClockTime": format_duration(constraints.max_wall_clock)

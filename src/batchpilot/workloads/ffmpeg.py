@@ -1,4 +1,4 @@
-"""The tutorial's job: each MP4 input becomes an MP3 through ffmpeg, one task per input.
+"""What the tutorial's job needs around its workload file (ffmpeg.toml): ffmpeg itself, and sample MP4s.
 
 On Azure the nodes get ffmpeg from the tutorial's start task (apt-get). On this machine it comes with `pip
 install`: imageio-ffmpeg ships a static binary, which `tool_dir` exposes under the name `ffmpeg` so that the
@@ -17,14 +17,9 @@ from pathlib import Path
 import anyio
 
 from ..errors import ConfigError, ToolNotFoundError
-from ..spec import StartTask, TaskTemplate
 
-INPUT_SUFFIXES = (".mp4",)
-TEMPLATE = TaskTemplate(
-    command="ffmpeg -hide_banner -nostdin -loglevel error -y -i {input} -vn -codec:a libmp3lame {stem}.mp3",
-    outputs=("{stem}.mp3",),
-)
-START_TASK = StartTask('/bin/bash -c "apt-get update && apt-get install -y ffmpeg"')
+# The workload itself is data, shipped with the package; examples/ffmpeg.toml is its documented copy.
+WORKLOAD_FILE = Path(__file__).with_name("ffmpeg.toml")
 _FFMPEG_ENV = "BATCHPILOT_FFMPEG"
 
 
@@ -59,20 +54,6 @@ def tool_dir(cache: Path) -> Path:
         temporary.symlink_to(binary)
         os.replace(temporary, link)
     return folder
-
-
-def discover_inputs(folder: Path) -> tuple[Path, ...]:
-    """The MP4 files directly in `folder`, sorted; a clear error when there is nothing to do."""
-    if not folder.exists():
-        raise ConfigError(
-            f"input folder {folder} does not exist; give a folder of .mp4 files or use --sample N"
-        )
-    if not folder.is_dir():
-        raise ConfigError(f"{folder} is not a folder; give a folder of .mp4 files or use --sample N")
-    found = tuple(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES))
-    if not found:
-        raise ConfigError(f"no .mp4 files in {folder}; add some or use --sample N to generate them")
-    return found
 
 
 async def make_samples(count: int, folder: Path, *, seconds: float = 3.0) -> tuple[Path, ...]:

@@ -46,6 +46,11 @@ def pool_create_options(spec: PoolSpec) -> bm.BatchPoolCreateOptions:
                 version=spec.image.version,
             ),
             node_agent_sku_id=spec.node_agent_sku_id,
+            container_configuration=bm.BatchContainerConfiguration(
+                type=bm.ContainerType.DOCKER_COMPATIBLE, container_image_names=list(spec.container_images)
+            )
+            if spec.container_images
+            else None,
         ),
         target_dedicated_nodes=spec.dedicated_nodes,
         target_low_priority_nodes=spec.spot_nodes,
@@ -130,6 +135,11 @@ def task_create_options(spec: TaskSpec) -> bm.BatchTaskCreateOptions:
         output_files=[_output_file(o) for o in spec.output_files] or None,
         environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in spec.environment] or None,
         constraints=_constraints(spec.constraints),
+        container_settings=bm.BatchTaskContainerSettings(
+            image_name=spec.container.image, container_run_options=spec.container.run_options or None
+        )
+        if spec.container is not None
+        else None,
     )
 
 

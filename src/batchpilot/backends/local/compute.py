@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ...errors import BackendError, NotFoundError, RequestTooLargeError
 from ...spec import (
+    ContainerSettings,
     JobSpec,
     OutputFile,
     PoolSpec,
@@ -49,7 +50,7 @@ from ..base import (
     TaskState,
     TaskView,
 )
-from .executor import Execution, Stager, execute
+from .executor import Execution, Stager, container_runtime, execute
 
 _log = structlog.get_logger("batchpilot.local")
 MAX_TASKS_PER_REQUEST = 100
@@ -131,6 +132,8 @@ class LocalCompute:
     # --- pools and jobs -------------------------------------------------------------------------------
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
+        if spec.container_images:
+            container_runtime()  # before anything exists: container tasks must never run on the host
         path = self._root / "pools" / f"{spec.pool_id}.json"
         warnings: tuple[str, ...] = ()
         existed = await anyio.Path(path).is_file()
@@ -411,6 +414,7 @@ def _task_from_json(data: dict[str, Any]) -> _Task:
         ),
         display_name=raw["display_name"],
         environment=tuple((key, value) for key, value in raw["environment"]),
+        container=ContainerSettings(**raw["container"]) if raw.get("container") else None,
     )
     return _Task(
         spec=spec,

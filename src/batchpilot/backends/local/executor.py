@@ -5,9 +5,11 @@
     <task_dir>/stderr.txt
 
 The command line is split like a shell would split it but run without one, as Batch does on Linux; a user
-who wants a shell writes `/bin/bash -c "..."`. Files move through a `Stager`, so the same executor serves the
-local backend (file:// URLs) and the emulator (http URLs of Azurite). Cancellation kills the whole process
-group before returning, so no task outlives its orchestrator.
+who wants a shell writes `/bin/bash -c "..."`. A task with container settings runs through docker or podman,
+with its working directory mounted at the same path and set as the container's working dir, as Batch does;
+without either runtime it fails rather than run on the host. Files move through a `Stager`, so the same
+executor serves the local backend (file:// URLs) and the emulator (http URLs of Azurite). Cancellation kills
+the whole process group before returning, so no task outlives its orchestrator.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,10 +30,37 @@ from typing import Protocol
 import anyio
 from anyio.abc import Process
 
-from ...spec import OutputFile, TaskSpec
+from ...errors import ToolNotFoundError
+from ...spec import ContainerSettings, OutputFile, TaskSpec
 from ..base import FailureInfo
 
 _KILL_GRACE_SECONDS = 3.0
+CONTAINER_RUNTIMES = ("docker", "podman")
+
+
+def container_runtime() -> str:
+    """The container runtime on PATH (docker, else podman); ToolNotFoundError when there is none."""
+    for name in CONTAINER_RUNTIMES:
+        if found := shutil.which(name):
+            return found
+    raise ToolNotFoundError(
+        "the workload runs in a container image, but neither docker nor podman is on PATH; install one, "
+        "or remove the container image to run the command on this machine"
+    )
+
+
+def container_argv(
+    runtime: str, container: ContainerSettings, argv: Sequence[str], workdir: Path, env_names: Iterable[str]
+) -> list[str]:
+    """The runtime's command line for one task. Environment values are passed by name only (`-e NAME`,
+    read from the runtime's own environment), so they never show in `ps`."""
+    mount = str(workdir)
+    env_flags = [flag for name in sorted(env_names) for flag in ("-e", name)]
+    return [
+        runtime, "run", "--rm", "--init",
+        "--volume", f"{mount}:{mount}", "--workdir", mount,
+        *env_flags, *shlex.split(container.run_options), container.image, *argv,
+    ]  # fmt: skip
 
 
 class Stager(Protocol):
@@ -125,6 +154,13 @@ async def _run(
         return None, FailureInfo("usererror", "CommandLineInvalid", f"cannot parse the command line: {exc}")
     if not argv:
         return None, FailureInfo("usererror", "CommandLineInvalid", "the command line is empty")
+    if spec.container is not None:
+        try:
+            runtime = container_runtime()
+        except ToolNotFoundError as exc:
+            return None, FailureInfo("usererror", "ContainerRuntimeNotFound", str(exc))
+        task_env = [name for name in env if name.startswith("AZ_BATCH_")] + [n for n, _ in spec.environment]
+        argv = container_argv(runtime, spec.container, argv, workdir, task_env)
     limit = spec.constraints.max_wall_clock.total_seconds() if spec.constraints.max_wall_clock else None
     with (task_dir / "stdout.txt").open("wb") as stdout, (task_dir / "stderr.txt").open("wb") as stderr:
         try:

@@ -1,0 +1,89 @@
+"""`batchpilot plan`: what a run of a workload would upload, create and submit, without creating anything.
+
+The inputs are hashed (read-only) because task ids depend on their content; everything else is derived from
+the workload as the engine derives it, so the ids and commands shown are the ones a run will use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+
+from .files import md5_of
+from .spec import StagedInput, TaskConstraints, Workload
+
+SHOWN_TASKS = 3
+
+
+async def stage_inputs(workload: Workload, *, concurrency: int = 16) -> list[StagedInput]:
+    """Each input with its md5 and task id, in the workload's order."""
+    limiter = anyio.CapacityLimiter(concurrency)
+    staged: dict[Path, StagedInput] = {}
+
+    async def stage(path: Path) -> None:
+        md5 = await anyio.to_thread.run_sync(md5_of, path, limiter=limiter)
+        staged[path] = StagedInput.for_path(path, md5)
+
+    async with anyio.create_task_group() as group:
+        for path in workload.inputs:
+            group.start_soon(stage, path)
+    return [staged[path] for path in workload.inputs]
+
+
+def plan_lines(
+    workload: Workload, staged: Sequence[StagedInput], sizes: Sequence[int], *, backend: str
+) -> list[str]:
+    """The plan as lines for a terminal. Pure: `sizes` are the inputs' sizes in bytes, in order."""
+    pool, template = workload.pool, workload.template
+    image = pool.image
+    lines = [
+        f"plan for workload {workload.name!r} on the {backend} backend (nothing has been created)",
+        f"  pool:    {pool.pool_id} (created if absent): {pool.dedicated_nodes} dedicated + {pool.spot_nodes}"
+        f" spot nodes x {pool.task_slots_per_node} task slots, {pool.vm_size},"
+        f" {image.publisher}/{image.offer}/{image.sku}/{image.version}",
+    ]
+    if pool.start_task is not None:
+        lines.append(f"           start task: {pool.start_task.command_line}")
+    if pool.container_images:
+        lines.append(f"           container images: {', '.join(pool.container_images)}")
+    lines += [
+        f"  job:     {workload.job_id} (created if absent)",
+        f"  upload:  {len(staged)} inputs, {_size(sum(sizes))}, to container {workload.input_container}"
+        " (unchanged ones are skipped)",
+        f"  tasks:   {len(staged)}, one per input; {_constraints(template.constraints)}",
+    ]
+    if template.container is not None:
+        options = f" with {template.container.run_options!r}" if template.container.run_options else ""
+        lines.append(f"           in container {template.container.image}{options}")
+    for item in staged[:SHOWN_TASKS]:
+        lines.append(f"    {item.task_id}: {template.render_command(item.template_values())}")
+    if len(staged) > SHOWN_TASKS:
+        lines.append(f"    ... and {len(staged) - SHOWN_TASKS} more")
+    patterns = ", ".join(template.in_working_dir(pattern) for pattern in template.outputs) or "none"
+    destination = workload.download_to if workload.download_to is not None else "(no --out given)"
+    lines.append(f"  outputs: {patterns} -> container {workload.output_container} -> {destination}")
+    return lines
+
+
+def _constraints(constraints: TaskConstraints) -> str:
+    return (
+        f"max wall clock {_duration(constraints.max_wall_clock)},"
+        f" max retries {constraints.max_task_retry_count},"
+        f" retention {_duration(constraints.retention, 'the service default (7 days)')}"
+    )
+
+
+def _duration(value: timedelta | None, unset: str = "unlimited") -> str:
+    return unset if value is None else f"{value.total_seconds():g} s"
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"

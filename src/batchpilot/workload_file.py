@@ -1,0 +1,404 @@
+"""Workload files: the `[workload]` table of a TOML file, read into the same frozen dataclasses as the API.
+
+    [workload]
+    name = "gzip-logs"                   # the job id derives from it (default: the file's name)
+    inputs = "logs/*.log"                # a glob, relative to this file's folder
+    command = "gzip -k {input}"          # placeholders: {input} {input_name} {stem} {output_dir} {task_id}
+    outputs = ["{input_name}.gz"]        # file patterns relative to output_dir, fetched to download_to
+
+The optional tables `[workload.pool]`, `[workload.constraints]`, `[workload.container]` and
+`[workload.cleanup]` hold the rest (see `KEYS`). Every mistake is one `ConfigError` line naming the file, the
+line and the key: TOML syntax errors carry tomllib's own position, semantic ones the line where the key is
+written (found by scanning the text, since tomllib keeps no positions). The same reader serves `--command`
+one-offs, with the flag named instead of a line.
+
+Reading is blocking (the file, and the glob that finds the inputs): call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .spec import (
+    PLACEHOLDERS,
+    CleanupPolicy,
+    ContainerSettings,
+    ImageReference,
+    PoolSpec,
+    StartTask,
+    TaskConstraints,
+    TaskTemplate,
+    Workload,
+    template_fields,
+)
+
+TABLE = "workload"
+
+# Every key a workload file may hold, by table; anything else is a mistake worth naming (a typo would
+# otherwise be silently ignored).
+KEYS: Mapping[str, frozenset[str]] = {
+    "workload": frozenset(
+        {
+            "name", "inputs", "command", "outputs", "output_dir", "download_to", "timeout", "environment",
+            "pool", "constraints", "container", "cleanup",
+        }
+    ),
+    "workload.pool": frozenset(
+        {
+            "id", "vm_size", "image", "node_agent_sku_id", "dedicated_nodes", "spot_nodes",
+            "task_slots_per_node", "start_task",
+        }
+    ),
+    "workload.pool.image": frozenset({"publisher", "offer", "sku", "version"}),
+    "workload.pool.start_task": frozenset(
+        {"command_line", "run_elevated", "wait_for_success", "max_retries"}
+    ),
+    "workload.constraints": frozenset({"max_wall_clock", "max_retries", "retention"}),
+    "workload.container": frozenset({"image", "run_options"}),
+    "workload.cleanup": frozenset({"delete_input_container", "delete_job", "delete_pool"}),
+}  # fmt: skip
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_KEY_LINE = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+_TABLE_LINE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """What a run uses for anything the workload does not say: the CLI fills these per backend."""
+
+    name: str
+    pool: PoolSpec
+    timeout: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where the workload's text came from, to point at a key: a file and its text, or a flag."""
+
+    origin: str
+    text: str = ""
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        line = _line_of(self.text, key) if self.text else None
+        where = f"{self.origin}:{line}" if line else self.origin
+        return ConfigError(f"{where}: {key}: {problem}")
+
+
+def read_workload_table(path: Path) -> dict[str, Any] | None:
+    """The `[workload]` table of a TOML file, or None when the file has none. Raises ConfigError if the file
+    cannot be read or is not TOML."""
+    text = _read_text(path)
+    table = _parse(text, str(path)).get(TABLE)
+    return table if isinstance(table, dict) else None
+
+
+def load_workload(
+    path: Path, defaults: Defaults, *, inputs: tuple[Path, ...] | None = None, inputs_from: Path | None = None
+) -> Workload:
+    """The workload in `path`'s `[workload]` table. `inputs` replaces the file's inputs outright (generated
+    samples); `inputs_from` (a folder or a glob from the command line) replaces where they are looked for,
+    a folder keeping the file's file-name pattern (`*.mp4`)."""
+    text = _read_text(path)
+    document = _parse(text, str(path))
+    if not isinstance(document.get(TABLE), dict):
+        raise ConfigError(f"{path}: no [{TABLE}] table; start the workload with a line `[{TABLE}]`")
+    source = _Source(str(path), text)
+    return _build(document[TABLE], source, path.parent, defaults, inputs, inputs_from)
+
+
+def one_off_workload(
+    command: str, outputs: tuple[str, ...], inputs_from: Path, defaults: Defaults
+) -> Workload:
+    """`batchpilot run INPUTS --command '...' --outputs '*.mp3'`: the same rules as a file, named by flag."""
+    table: dict[str, Any] = {"command": command, "outputs": list(outputs)}
+    return _build(table, _Source("--command/--outputs"), Path.cwd(), defaults, None, inputs_from)
+
+
+# --- building -----------------------------------------------------------------------------------------------
+
+
+def _build(
+    table: dict[str, Any],
+    source: _Source,
+    base: Path,
+    defaults: Defaults,
+    inputs: tuple[Path, ...] | None,
+    inputs_from: Path | None,
+) -> Workload:
+    reader = _Reader(source)
+    reader.check_keys(TABLE, table)
+    template = _template(table, reader)
+    pool = _pool(reader.table(table, "workload.pool"), reader, defaults.pool)
+    if template.container is not None and not pool.container_images:
+        pool = replace(pool, container_images=(template.container.image,))
+    pattern = reader.string(table, "workload.inputs", required=inputs is None and inputs_from is None)
+    if inputs is None:
+        inputs = _find_inputs(pattern, base, inputs_from, source)
+    download_to = reader.string(table, "workload.download_to")
+    cleanup = reader.table(table, "workload.cleanup")
+    environment = reader.table(table, "workload.environment", check=False)
+    for key, value in environment.items():
+        if not isinstance(value, str):
+            raise source.error(f"workload.environment.{key}", f"must be a string, not {_kind(value)}")
+    timeout = reader.duration(table, "workload.timeout")
+    return Workload(
+        name=reader.string(table, "workload.name") or defaults.name,
+        inputs=inputs,
+        template=template,
+        pool=pool,
+        download_to=(base / download_to) if download_to else None,
+        cleanup=CleanupPolicy(
+            delete_input_container=reader.boolean(cleanup, "workload.cleanup.delete_input_container", True),
+            delete_job=reader.boolean(cleanup, "workload.cleanup.delete_job", False),
+            delete_pool=reader.boolean(cleanup, "workload.cleanup.delete_pool", False),
+        ),
+        timeout=timeout or defaults.timeout,
+        environment=tuple(sorted(environment.items())),
+    )
+
+
+def _template(table: dict[str, Any], reader: _Reader) -> TaskTemplate:
+    command = reader.string(table, "workload.command", required=True)
+    outputs = reader.strings(table, "workload.outputs")
+    allowed = ", ".join("{" + name + "}" for name in sorted(PLACEHOLDERS))
+    # Checked here, key by key, so the message points at the line; TaskTemplate checks again for the API.
+    for key, text in [("workload.command", command)] + [("workload.outputs", p) for p in outputs]:
+        try:
+            unknown = sorted(set(template_fields(text)) - PLACEHOLDERS)
+        except ConfigError as exc:
+            raise reader.source.error(key, str(exc)) from None
+        if unknown:
+            raise reader.source.error(key, f"unknown placeholder {{{unknown[0]}}}; use one of {allowed}")
+    limits = reader.table(table, "workload.constraints")
+    container = reader.table(table, "workload.container")
+    image = reader.string(container, "workload.container.image", required=bool(container))
+    try:
+        return TaskTemplate(
+            command=command,
+            outputs=outputs,
+            output_dir=reader.string(table, "workload.output_dir") or ".",
+            constraints=TaskConstraints(
+                max_wall_clock=reader.duration(limits, "workload.constraints.max_wall_clock"),
+                max_task_retry_count=reader.integer(limits, "workload.constraints.max_retries", 0, minimum=0)
+                or 0,
+                retention=reader.duration(limits, "workload.constraints.retention"),
+            ),
+            container=ContainerSettings(
+                image, reader.string(container, "workload.container.run_options") or ""
+            )
+            if container
+            else None,
+        )
+    except ConfigError as exc:
+        raise reader.source.error("workload.output_dir", str(exc)) from None
+
+
+def _pool(table: dict[str, Any], reader: _Reader, default: PoolSpec) -> PoolSpec:
+    image = reader.table(table, "workload.pool.image")
+    dedicated = reader.integer(table, "workload.pool.dedicated_nodes", None, minimum=0)
+    spot = reader.integer(table, "workload.pool.spot_nodes", None, minimum=0)
+    if dedicated is None and spot is None:
+        dedicated, spot = default.dedicated_nodes, default.spot_nodes
+    try:
+        return PoolSpec(
+            pool_id=reader.string(table, "workload.pool.id") or default.pool_id,
+            vm_size=reader.string(table, "workload.pool.vm_size") or default.vm_size,
+            image=ImageReference(
+                publisher=reader.string(image, "workload.pool.image.publisher") or default.image.publisher,
+                offer=reader.string(image, "workload.pool.image.offer") or default.image.offer,
+                sku=reader.string(image, "workload.pool.image.sku") or default.image.sku,
+                version=reader.string(image, "workload.pool.image.version") or default.image.version,
+            )
+            if image
+            else default.image,
+            node_agent_sku_id=reader.string(table, "workload.pool.node_agent_sku_id")
+            or default.node_agent_sku_id,
+            # One count given means the other is zero: a default added to it would be a surprise bill.
+            dedicated_nodes=dedicated or 0,
+            spot_nodes=spot or 0,
+            task_slots_per_node=reader.integer(
+                table, "workload.pool.task_slots_per_node", default.task_slots_per_node, minimum=1
+            )
+            or 1,
+            start_task=_start_task(table, reader) or default.start_task,
+        )
+    except ConfigError as exc:
+        raise reader.source.error("workload.pool", str(exc)) from None
+
+
+def _start_task(pool: dict[str, Any], reader: _Reader) -> StartTask | None:
+    key = "workload.pool.start_task"
+    value = pool.get("start_task")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return StartTask(value)
+    table = reader.table(pool, key)
+    return StartTask(
+        command_line=reader.string(table, f"{key}.command_line", required=True),
+        run_elevated=reader.boolean(table, f"{key}.run_elevated", True),
+        wait_for_success=reader.boolean(table, f"{key}.wait_for_success", True),
+        max_task_retry_count=reader.integer(table, f"{key}.max_retries", 1, minimum=0) or 0,
+    )
+
+
+def _find_inputs(pattern: str, base: Path, inputs_from: Path | None, source: _Source) -> tuple[Path, ...]:
+    if inputs_from is not None:
+        if inputs_from.is_dir():
+            # A folder on the command line keeps the workload's file-name pattern (`*.mp4`), or takes all.
+            name_pattern = Path(pattern).name if pattern else "*"
+            where = f"matching {name_pattern} in {inputs_from}"
+            found = _files(str(inputs_from.joinpath(name_pattern)))
+        elif glob.has_magic(str(inputs_from)):
+            where, found = f"matching {inputs_from}", _files(str(inputs_from))
+        elif inputs_from.is_file():
+            where, found = str(inputs_from), (inputs_from,)
+        else:
+            raise ConfigError(f"input folder {inputs_from} does not exist; give a folder, a file or a glob")
+        if not found:
+            raise ConfigError(f"no files {where}; add some, or give other inputs")
+        return found
+    found = _files(pattern if Path(pattern).is_absolute() else str(base / pattern))
+    if not found:
+        raise source.error("workload.inputs", f"no files match {pattern!r} (relative to {base})")
+    return found
+
+
+def _files(pattern: str) -> tuple[Path, ...]:
+    return tuple(sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()))
+
+
+# --- reading values -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """Typed access to a TOML table's values; each wrong type or unknown key becomes one line."""
+
+    source: _Source
+
+    def check_keys(self, name: str, table: Mapping[str, Any]) -> None:
+        allowed = KEYS[name]
+        for key in table:
+            if key not in allowed:
+                raise self.source.error(
+                    f"{name}.{key}", f"unknown key; [{name}] takes {', '.join(sorted(allowed))}"
+                )
+
+    def table(self, parent: Mapping[str, Any], key: str, *, check: bool = True) -> dict[str, Any]:
+        value = parent.get(_last(key))
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.source.error(key, f"must be a table, not {_kind(value)}")
+        if check:
+            self.check_keys(key, value)
+        return value
+
+    def string(self, table: Mapping[str, Any], key: str, *, required: bool = False) -> str:
+        value = table.get(_last(key))
+        if value is None:
+            if required:
+                raise self.source.error(key, "missing; it is required")
+            return ""
+        if not isinstance(value, str) or (required and not value.strip()):
+            raise self.source.error(key, f"must be a non-empty string, not {_kind(value)}")
+        return value
+
+    def strings(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        value = table.get(_last(key), [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise self.source.error(key, 'must be a list of file patterns, like ["*.gz"]')
+        return tuple(value)
+
+    def integer(self, table: Mapping[str, Any], key: str, default: int | None, *, minimum: int) -> int | None:
+        value = table.get(_last(key))
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.source.error(key, f"must be a whole number of at least {minimum}, not {value!r}")
+        return value
+
+    def boolean(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(_last(key), default)
+        if not isinstance(value, bool):
+            raise self.source.error(key, f"must be true or false, not {value!r}")
+        return value
+
+    def duration(self, table: Mapping[str, Any], key: str) -> timedelta | None:
+        value = table.get(_last(key))
+        if value is None:
+            return None
+        seconds: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value)):
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if seconds is None or seconds <= 0:
+            raise self.source.error(
+                key, f'must be a duration like 90, "90s", "15m", "2h" or "1d", not {value!r}'
+            )
+        return timedelta(seconds=seconds)
+
+
+def _last(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _kind(value: object) -> str:
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list"}.get(
+        type(value), "a table" if isinstance(value, dict) else type(value).__name__
+    )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the workload file {path} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; workload files are TOML") from None
+
+
+def _parse(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line N, column M)".
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+
+
+def _line_of(text: str, dotted: str) -> int | None:
+    """The line where `dotted` (e.g. `workload.pool.vm_size`) is written; else where its parent is."""
+    lines: dict[str, int] = {}
+    current = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if table := _TABLE_LINE.match(line):
+            current = _normalize(table.group(1))
+            lines.setdefault(current, number)
+        elif key := _KEY_LINE.match(line):
+            full = f"{current}.{_normalize(key.group(1))}" if current else _normalize(key.group(1))
+            lines.setdefault(full, number)
+    while dotted:
+        if dotted in lines:
+            return lines[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return None
+
+
+def _normalize(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
