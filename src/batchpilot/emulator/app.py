@@ -161,6 +161,7 @@ class Emulator:
         self.stats.statuses[response.status] += 1
         if isinstance(response, web.Response) and isinstance(response.body, bytes):
             self.stats.bytes_sent += len(response.body)
+            self.stats.bytes_sent_by_kind[kind] += len(response.body)
         return response
 
     async def _answer(self, request: web.Request, handler: Handler, kind: RequestKind) -> web.StreamResponse:
