@@ -99,6 +99,14 @@ async def test_blob_sas_is_read_only_for_one_blob(key_backend: AzureBackend) -> 
     assert (query["sp"], query["sr"], query["se"]) == ("r", "b", "2030-01-01T12:30:00Z")
 
 
+@pytest.mark.parametrize("name", ["a b/c+d#e?.mp4", "ü~é%&=.mp4", "dir//x.mp4", "plain.mp4"])
+async def test_blob_urls_are_spelled_as_the_sdk_spells_them(key_backend: AzureBackend, name: str) -> None:
+    url = await key_backend.storage.blob_url("in-put", name, Permission.READ, timedelta(minutes=30))
+
+    expected = key_backend.storage.service.get_blob_client("in-put", name).url
+    assert url.split("?")[0] == expected
+
+
 async def test_blob_sas_refuses_list(key_backend: AzureBackend) -> None:
     with pytest.raises(ValueError, match="LIST applies to containers"):
         await key_backend.storage.blob_url("in", "a.mp4", Permission.LIST, timedelta(minutes=5))
