@@ -85,9 +85,12 @@ async def test_lagging_counts_are_caught_by_the_periodic_reconcile():
     compute.set("t", R, 1)
     frozen = TaskCounts(running=1)
     compute.counts_override = frozen  # counts never move
+    sleeps = iter(range(1000))
 
     def advance(_: float) -> None:
-        compute.set("t", C, 2, exit_code=0, result=TaskResult.SUCCESS)
+        # After the listing that follows news (the first look), so that only the reconcile can see it.
+        if next(sleeps) == 2:
+            compute.set("t", C, 2, exit_code=0, result=TaskResult.SUCCESS)
 
     clock.on_sleep = advance
     poller, events = make(compute, clock, ["t"])
@@ -95,6 +98,25 @@ async def test_lagging_counts_are_caught_by_the_periodic_reconcile():
     assert any(isinstance(e, TaskSucceeded) for e in events)
     assert poller.stats.full_listings == 2
     assert sum(clock.sleeps) >= SETTINGS.reconcile_every.total_seconds()
+
+
+async def test_a_listing_that_brought_news_is_followed_by_a_listing_not_a_probe():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("a", R, 1)
+    compute.set("b", R, 1)
+    steps = iter(range(1000))
+
+    def advance(_: float) -> None:
+        step = next(steps)
+        if step < 2:
+            compute.set("ab"[step], C, 2 + step, exit_code=0, result=TaskResult.SUCCESS)
+
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ["a", "b"])
+    await poller.run()
+    assert sum(isinstance(e, TaskSucceeded) for e in events) == 2
+    # The first look and both completions each brought news: one probe, three listings.
+    assert (poller.stats.probes, poller.stats.listings) == (1, 3)
 
 
 async def test_a_failed_poll_changes_no_task_and_honours_retry_after():

@@ -1,8 +1,9 @@
 """The polling loop: the only part of the monitor that does I/O.
 
-Each round costs one cheap probe (task counts). Tasks are listed only when the counts moved, and then only
-those whose state changed since the watermark (minus a skew margin, since clocks and pages disagree a little);
-a periodic full listing guards against counts that lag. The state machine turns listings into events; the
+Each round costs one cheap probe (task counts). Tasks are listed only when the counts moved, or, instead of
+the probe, right after a listing that brought news; and then only those whose state changed since the
+watermark (minus a skew margin, since clocks and pages disagree a little). A periodic full listing guards
+against counts that lag. The state machine turns listings into events; the
 schedule between rounds comes from the pure backoff policy. A failed poll changes no task: unknown is not
 failed.
 """
@@ -78,6 +79,7 @@ class Poller:
         self._draw = draw
         self._last_counts: TaskCounts | None = None
         self._last_full: datetime | None = None
+        self._busy = False
         self.stats = PollStats()
 
     async def run(self) -> None:
@@ -101,14 +103,20 @@ class Poller:
 
     async def _poll_once(self) -> bool:
         job_id = self._tracker.job_id
-        counts = await self._compute.task_counts(job_id)
-        self.stats.probes += 1
         now = self._clock.now()
         full_due = self._last_full is None or now - self._last_full >= self._settings.reconcile_every
-        moved = counts != self._last_counts
-        self._last_counts = counts
-        if not (moved or full_due):
-            return False
+        if self._busy and not full_due:
+            # The last listing brought news, so more is likely: a filtered listing costs no more than the
+            # probe would, and the probe would only say to list. The next quiet round probes again.
+            moved = False
+        else:
+            counts = await self._compute.task_counts(job_id)
+            self.stats.probes += 1
+            now = self._clock.now()
+            moved = counts != self._last_counts
+            self._last_counts = counts
+            if not (moved or full_due):
+                return False
         watermark = self._tracker.watermark
         since = None if full_due or watermark is None else watermark - self._settings.skew
         views = await self._compute.list_tasks(job_id, changed_since=since)
@@ -118,6 +126,7 @@ class Poller:
             self.stats.full_listings += 1
             self._last_full = now
         events = self._tracker.observe(views, at=now)
+        self._busy = bool(events)
         for event in events:
             if isinstance(event, TaskFailed):
                 event = replace(event, stderr_tail=await self._stderr_tail(event.task_id))
