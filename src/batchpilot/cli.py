@@ -32,8 +32,9 @@ from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
-from .plan import plan_lines, stage_inputs
-from .spec import CleanupPolicy
+from .plan import plan_lines
+from .spec import BlobInputs, CleanupPolicy
+from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
 from .workloads import ffmpeg
@@ -369,9 +370,12 @@ async def _plan(args: argparse.Namespace) -> None:
         workload = replace(workload, download_to=args.out)
     if args.backend == "local" and workload.pool.container_images:
         container_runtime()  # the same check `run` makes before it creates anything
-    staged = await stage_inputs(workload)
-    sizes = [(await anyio.Path(path).stat()).st_size for path in workload.inputs]
-    for line in plan_lines(workload, staged, sizes, backend=args.backend):
+    if isinstance(workload.inputs, BlobInputs):
+        async with _backend(args) as backend:  # listing blobs creates nothing
+            staged = await stage_inputs(workload, backend.storage)
+    else:
+        staged = await stage_inputs(workload, None)
+    for line in plan_lines(workload, staged, backend=args.backend):
         print(line)
 
 

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -54,10 +53,19 @@ from .events import (
     TasksSubmitted,
     TaskSucceeded,
 )
-from .files import md5_of
 from .monitor.poller import Clock, Poller, PollSettings, SystemClock
 from .monitor.state import TaskTracker
-from .spec import JobSpec, OutputFile, ResourceFile, StagedInput, TaskSpec, UploadCondition, Workload
+from .spec import (
+    BlobInputs,
+    JobSpec,
+    OutputFile,
+    ResourceFile,
+    StagedInput,
+    TaskSpec,
+    UploadCondition,
+    Workload,
+)
+from .staging import stage_inputs
 from .submit import Submitter
 from .subscribers.cleanup import Cleanup
 from .subscribers.download import OutputDownloader
@@ -145,8 +153,12 @@ class Orchestrator:
         """Carry `workload` through every stage; returns its summary (check `.ok`), raises on bad input."""
         if not workload.inputs:
             raise ConfigError("the workload has no inputs: give at least one input file")
-        run_id = uuid.uuid4().hex[:12]
         started = anyio.current_time()
+        # Before anything is created: an unreadable input or an empty container is the user's to fix first.
+        staged = await stage_inputs(
+            workload, self._backend.storage, concurrency=self._settings.upload_concurrency
+        )
+        run_id = uuid.uuid4().hex[:12]
         tally = _RunTally()
         with structlog.contextvars.bound_contextvars(run_id=run_id, job_id=workload.job_id):
             await self._bus.publish(
@@ -155,23 +167,22 @@ class Orchestrator:
                     workload=workload.name,
                     job_id=workload.job_id,
                     pool_id=workload.pool.pool_id,
-                    input_count=len(workload.inputs),
+                    input_count=len(staged),
                     input_container=workload.input_container,
                     output_container=workload.output_container,
                     download_to=workload.download_to,
                     cleanup=workload.cleanup,
                 )
             )
-            expected: int = len(workload.inputs)
             with anyio.move_on_after(workload.timeout.total_seconds()) as deadline:
-                expected = await self._stages(run_id, workload, tally)
+                await self._stages(run_id, workload, staged, tally)
             await self._bus.drain()
             downloads = self._downloader.tally(run_id)
             summary = RunSummary(
                 run_id=run_id,
                 job_id=workload.job_id,
                 workload=workload.name,
-                tasks=expected,
+                tasks=len(staged),
                 succeeded=len(tally.succeeded),
                 failed=tuple(tally.failed.values()),
                 uploaded=tally.uploaded,
@@ -189,12 +200,14 @@ class Orchestrator:
             await self._bus.drain()
         return summary
 
-    async def _stages(self, run_id: str, workload: Workload, tally: _RunTally) -> int:
+    async def _stages(
+        self, run_id: str, workload: Workload, staged: Sequence[StagedInput], tally: _RunTally
+    ) -> None:
         compute = self._backend.compute
         job_ready: list[Ensured] = []
         async with anyio.create_task_group() as group:
             group.start_soon(self._ensure_pool_and_job, run_id, workload, job_ready)
-            staged = await self._hash_inputs(workload)
+            group.start_soon(self._ensure_containers, workload)
         existing: dict[str, TaskView] = {}
         if not job_ready[0].created:
             existing = {view.task_id: view for view in await compute.list_tasks(workload.job_id)}
@@ -223,7 +236,6 @@ class Orchestrator:
             await poller.run()
             self.poll_stats[run_id] = poller.stats
             group.cancel_scope.cancel()
-        return len(staged)
 
     async def _watch_nodes(self, run_id: str, pool_id: str) -> None:
         nodes = await self._backend.compute.wait_for_nodes(pool_id)
@@ -240,47 +252,33 @@ class Orchestrator:
         job_ready.append(job)
         await self._bus.publish(JobReady(run_id=run_id, job_id=job.resource_id, created=job.created))
 
-    async def _hash_inputs(self, workload: Workload) -> list[StagedInput]:
-        limiter = anyio.CapacityLimiter(self._settings.upload_concurrency)
-        staged: dict[Path, StagedInput] = {}
-
-        async def stage(path: Path) -> None:
-            try:
-                md5 = await anyio.to_thread.run_sync(md5_of, path, limiter=limiter)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read input {path} ({exc.strerror}); fix its permissions or remove it"
-                ) from None
-            staged[path] = StagedInput.for_path(path, md5)
-
-        async with anyio.create_task_group() as group:
-            for path in workload.inputs:
-                group.start_soon(stage, path)
-        return [staged[path] for path in workload.inputs]
+    async def _ensure_containers(self, workload: Workload) -> None:
+        storage = self._backend.storage
+        if not isinstance(workload.inputs, BlobInputs):  # a user's input container is theirs to create
+            await storage.ensure_container(workload.input_container)
+        await storage.ensure_container(workload.output_container)
 
     async def _upload_inputs(
         self, run_id: str, workload: Workload, staged: Sequence[StagedInput], done: set[str], tally: _RunTally
     ) -> None:
         storage = self._backend.storage
-        await storage.ensure_container(workload.input_container)
-        await storage.ensure_container(workload.output_container)
         limiter = anyio.CapacityLimiter(self._settings.upload_concurrency)
 
         async def upload(item: StagedInput) -> None:
             skipped = True
-            if item.task_id not in done:
+            # Blob inputs are in storage already; a task that already ran needs no input.
+            if item.path is not None and item.task_id not in done:
                 async with limiter:
                     outcome = await storage.upload(
-                        workload.input_container, item.blob_name, item.path, item.md5_hex
+                        workload.input_container, item.blob_name, item.path, item.fingerprint
                     )
                 skipped = outcome is UploadOutcome.SKIPPED
             if skipped:
                 tally.upload_skipped += 1
             else:
                 tally.uploaded += 1
-            size = (await anyio.Path(item.path).stat()).st_size
             await self._bus.publish(
-                InputUploaded(run_id=run_id, blob_name=item.blob_name, size=size, skipped=skipped)
+                InputUploaded(run_id=run_id, blob_name=item.blob_name, size=item.size, skipped=skipped)
             )
 
         async with anyio.create_task_group() as group:
@@ -322,7 +320,7 @@ class Orchestrator:
                     resource_files=(ResourceFile(input_url, item.blob_name),),
                     output_files=tuple(outputs),
                     constraints=template.constraints,
-                    display_name=item.path.name[:1024],
+                    display_name=item.name[:1024],
                     environment=workload.environment,
                     container=template.container,
                 )

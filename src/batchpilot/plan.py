@@ -1,42 +1,21 @@
 """`batchpilot plan`: what a run of a workload would upload, create and submit, without creating anything.
 
-The inputs are hashed (read-only) because task ids depend on their content; everything else is derived from
-the workload as the engine derives it, so the ids and commands shown are the ones a run will use.
+The inputs are hashed or listed (read-only) because task ids depend on their content; everything else is
+derived from the workload as the engine derives it, so the ids and commands shown are the ones a run will use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
-import anyio
-
-from .files import md5_of
-from .spec import StagedInput, TaskConstraints, Workload
+from .spec import BlobInputs, StagedInput, TaskConstraints, Workload
 
 SHOWN_TASKS = 3
 
 
-async def stage_inputs(workload: Workload, *, concurrency: int = 16) -> list[StagedInput]:
-    """Each input with its md5 and task id, in the workload's order."""
-    limiter = anyio.CapacityLimiter(concurrency)
-    staged: dict[Path, StagedInput] = {}
-
-    async def stage(path: Path) -> None:
-        md5 = await anyio.to_thread.run_sync(md5_of, path, limiter=limiter)
-        staged[path] = StagedInput.for_path(path, md5)
-
-    async with anyio.create_task_group() as group:
-        for path in workload.inputs:
-            group.start_soon(stage, path)
-    return [staged[path] for path in workload.inputs]
-
-
-def plan_lines(
-    workload: Workload, staged: Sequence[StagedInput], sizes: Sequence[int], *, backend: str
-) -> list[str]:
-    """The plan as lines for a terminal. Pure: `sizes` are the inputs' sizes in bytes, in order."""
+def plan_lines(workload: Workload, staged: Sequence[StagedInput], *, backend: str) -> list[str]:
+    """The plan as lines for a terminal. Pure."""
     pool, template = workload.pool, workload.template
     image = pool.image
     lines = [
@@ -51,8 +30,7 @@ def plan_lines(
         lines.append(f"           container images: {', '.join(pool.container_images)}")
     lines += [
         f"  job:     {workload.job_id} (created if absent)",
-        f"  upload:  {len(staged)} inputs, {_size(sum(sizes))}, to container {workload.input_container}"
-        " (unchanged ones are skipped)",
+        _upload_line(workload, staged),
         f"  tasks:   {len(staged)}, one per input; {_constraints(template.constraints)}",
     ]
     if template.container is not None:
@@ -66,6 +44,15 @@ def plan_lines(
     destination = workload.download_to if workload.download_to is not None else "(no --out given)"
     lines.append(f"  outputs: {patterns} -> container {workload.output_container} -> {destination}")
     return lines
+
+
+def _upload_line(workload: Workload, staged: Sequence[StagedInput]) -> str:
+    size = _size(sum(item.size for item in staged))
+    if isinstance(workload.inputs, BlobInputs):
+        where = f"already in container {workload.input_container} (no upload)"
+        return f"  inputs:  {len(staged)} blobs, {size}, {where}"
+    where = f"to container {workload.input_container} (unchanged ones skipped)"
+    return f"  upload:  {len(staged)} inputs, {size}, {where}"
 
 
 def _constraints(constraints: TaskConstraints) -> str:

@@ -21,7 +21,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ConfigError
 
@@ -270,11 +270,22 @@ class CleanupPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class BlobInputs:
+    """Inputs already in Blob Storage: the blobs in `container` whose names start with `prefix`.
+
+    They are not uploaded, and the container is never deleted: it is the user's, not the run's.
+    """
+
+    container: str
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
-    """A set of local inputs, one task each from `template`, on `pool`; outputs fetched to `download_to`."""
+    """Inputs (local files, or blobs), one task each from `template`, on `pool`; outputs to `download_to`."""
 
     name: str
-    inputs: tuple[Path, ...]
+    inputs: tuple[Path, ...] | BlobInputs
     template: TaskTemplate
     pool: PoolSpec
     download_to: Path | None = None
@@ -289,7 +300,10 @@ class Workload:
         # Derived names are filled in here so that a Workload built by hand and one from the CLI agree.
         if not self.job_id:
             object.__setattr__(self, "job_id", batch_id("batchpilot", self.name))
-        if not self.input_container:
+        if isinstance(self.inputs, BlobInputs):
+            object.__setattr__(self, "input_container", self.inputs.container)
+            object.__setattr__(self, "cleanup", replace(self.cleanup, delete_input_container=False))
+        elif not self.input_container:
             object.__setattr__(self, "input_container", container_name(self.job_id, "input"))
         if not self.output_container:
             object.__setattr__(self, "output_container", container_name(self.job_id, "output"))
@@ -303,24 +317,37 @@ class Workload:
 
 @dataclass(frozen=True, slots=True)
 class StagedInput:
-    """An input after upload: where it came from, its blob, and the id of the task that will process it."""
+    """An input with its blob and the id of the task that will process it.
 
-    path: Path
+    `path` is the local file to upload, or None for an input that is already a blob (`BlobInputs`).
+    `fingerprint` identifies the content: the MD5, or the size where the store kept no MD5.
+    """
+
+    name: str
     blob_name: str
-    md5_hex: str
+    fingerprint: str
+    size: int
     task_id: str
+    path: Path | None = None
 
     @classmethod
-    def for_path(cls, path: Path, md5_hex: str) -> StagedInput:
+    def for_path(cls, path: Path, md5_hex: str, size: int) -> StagedInput:
         # The hash covers the content too: an input changed since the last run gets a new task, an unchanged
         # one resumes the task that exists.
         task_id = batch_id(path.stem, unique_by=f"{path.name}\0{md5_hex}")
-        return cls(path=path, blob_name=path.name, md5_hex=md5_hex, task_id=task_id)
+        return cls(path.name, path.name, md5_hex, size, task_id, path)
+
+    @classmethod
+    def for_blob(cls, blob_name: str, md5_hex: str | None, size: int) -> StagedInput:
+        name = PurePosixPath(blob_name).name
+        fingerprint = md5_hex or f"size-{size}"
+        task_id = batch_id(PurePosixPath(name).stem, unique_by=f"{blob_name}\0{fingerprint}")
+        return cls(name, blob_name, fingerprint, size, task_id)
 
     def template_values(self) -> dict[str, str]:
         return {
             "input": self.blob_name,
-            "input_name": self.path.name,
-            "stem": self.path.stem,
+            "input_name": self.name,
+            "stem": PurePosixPath(self.name).stem,
             "task_id": self.task_id,
         }

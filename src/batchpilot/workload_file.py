@@ -2,7 +2,8 @@
 
     [workload]
     name = "gzip-logs"                   # the job id derives from it (default: the file's name)
-    inputs = "logs/*.log"                # a glob, relative to this file's folder
+    inputs = "logs/*.log"                # a glob, relative to this file's folder, or blobs already in
+                                         # storage: { container = "raw-logs", prefix = "2024/" }
     command = "gzip -k {input}"          # placeholders: {input} {input_name} {stem} {output_dir} {task_id}
     outputs = ["{input_name}.gz"]        # file patterns relative to output_dir, fetched to download_to
 
@@ -29,6 +30,7 @@ from typing import Any
 from .errors import ConfigError
 from .spec import (
     PLACEHOLDERS,
+    BlobInputs,
     CleanupPolicy,
     ContainerSettings,
     ImageReference,
@@ -44,7 +46,10 @@ TABLE = "workload"
 
 # Every key a workload file may hold, by table; anything else is a mistake worth naming (a typo would
 # otherwise be silently ignored).
+_CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+
 KEYS: Mapping[str, frozenset[str]] = {
+    "workload.inputs": frozenset({"container", "prefix"}),
     "workload": frozenset(
         {
             "name", "inputs", "command", "outputs", "output_dir", "download_to", "timeout", "environment",
@@ -143,9 +148,13 @@ def _build(
     pool = _pool(reader.table(table, "workload.pool"), reader, defaults.pool)
     if template.container is not None and not pool.container_images:
         pool = replace(pool, container_images=(template.container.image,))
-    pattern = reader.string(table, "workload.inputs", required=inputs is None and inputs_from is None)
-    if inputs is None:
-        inputs = _find_inputs(pattern, base, inputs_from, source)
+    sources: tuple[Path, ...] | BlobInputs | None = inputs
+    if sources is None:
+        if isinstance(table.get("inputs"), dict) and inputs_from is None:
+            sources = _blob_inputs(reader.table(table, "workload.inputs"), reader)
+        else:
+            pattern = reader.string(table, "workload.inputs", required=inputs_from is None)
+            sources = _find_inputs(pattern, base, inputs_from, source)
     download_to = reader.string(table, "workload.download_to")
     cleanup = reader.table(table, "workload.cleanup")
     environment = reader.table(table, "workload.environment", check=False)
@@ -155,7 +164,7 @@ def _build(
     timeout = reader.duration(table, "workload.timeout")
     return Workload(
         name=reader.string(table, "workload.name") or defaults.name,
-        inputs=inputs,
+        inputs=sources,
         template=template,
         pool=pool,
         download_to=(base / download_to) if download_to else None,
@@ -167,6 +176,17 @@ def _build(
         timeout=timeout or defaults.timeout,
         environment=tuple(sorted(environment.items())),
     )
+
+
+def _blob_inputs(table: dict[str, Any], reader: _Reader) -> BlobInputs:
+    """`inputs = { container = "raw", prefix = "2024/" }`: blobs already in storage."""
+    container = reader.string(table, "workload.inputs.container", required=True)
+    if not _CONTAINER_NAME.fullmatch(container):
+        raise reader.source.error(
+            "workload.inputs.container",
+            "must be a container name: 3-63 lowercase letters, digits and hyphens",
+        )
+    return BlobInputs(container, reader.string(table, "workload.inputs.prefix"))
 
 
 def _template(table: dict[str, Any], reader: _Reader) -> TaskTemplate:

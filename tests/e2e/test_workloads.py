@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from azure.storage.blob import BlobServiceClient
+
 from tests.conftest import EmulatorFactory
 from tests.e2e.conftest import Run, cli_env
 from tests.e2e.test_azure import azure_env
@@ -130,3 +132,68 @@ def test_the_same_workload_file_on_the_azure_path(
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "note-2.upper").read_text() == "HELLO 2\n"
+
+
+BLOB_INPUTS = 'inputs = "texts/*.txt"'
+
+
+def blob_workload(folder: Path) -> Path:
+    """The upper-casing workload reading blobs already in the container "raw-notes" under "2024/"."""
+    path = workload_file(folder, UPPER + " {input} {output_dir}/{stem}.upper", inputs=0)
+    path.write_text(
+        path.read_text().replace(BLOB_INPUTS, 'inputs = { container = "raw-notes", prefix = "2024/" }')
+    )
+    return path
+
+
+def test_inputs_already_in_a_local_container(batchpilot: Run, tmp_path: Path, home: Path):
+    # On the local backend a container is a folder of the backend's storage.
+    container = home / "local" / "storage" / "raw-notes"
+    (container / "2024").mkdir(parents=True)
+    (container / "2023").mkdir()
+    for n in range(3):
+        (container / "2024" / f"note-{n}.txt").write_text(f"blob {n}\n")
+    (container / "2023" / "old.txt").write_text("not under the prefix\n")
+    out = tmp_path / "out"
+    result = batchpilot("run", "--workload", str(blob_workload(tmp_path)), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["note-0.upper", "note-1.upper", "note-2.upper"]
+    assert (out / "note-1.upper").read_text() == "BLOB 1\n"
+    assert "0 uploaded, 3 unchanged and skipped" in result.stderr
+    assert (container / "2024" / "note-0.txt").exists()  # the user's container outlives a successful run
+    deleted = [line for line in events(result) if line["event"] == "resource_deleted"]
+    assert deleted == []
+
+
+def test_a_missing_input_container_is_one_clear_line(batchpilot: Run, tmp_path: Path):
+    result = batchpilot("run", "--workload", str(blob_workload(tmp_path)), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "batchpilot: error: container 'raw-notes' under '2024/' does not exist;"
+        " check workload.inputs.container"
+    )
+
+
+def test_inputs_already_in_an_azure_container(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        container = service.get_container_client("raw-notes")
+        if not container.exists():
+            container.create_container()
+        for n in range(3):
+            container.upload_blob(f"2024/note-{n}.txt", f"azure blob {n}\n", overwrite=True)
+        container.upload_blob("2023/old.txt", "not under the prefix\n", overwrite=True)
+    out = tmp_path / "out"
+    with start_emulator() as emulator:
+        result = subprocess.run(
+            [sys.executable, "-m", "batchpilot.cli", "run", "--backend", "azure",
+             "--workload", str(blob_workload(tmp_path)), "--out", str(out)],
+            env=azure_env(home, emulator, azurite), capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["note-0.upper", "note-1.upper", "note-2.upper"]
+    assert (out / "note-2.upper").read_text() == "AZURE BLOB 2\n"
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        assert service.get_container_client("raw-notes").exists()

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from batchpilot.errors import ConfigError
 from batchpilot.spec import (
     BATCH_ID_MAX_LENGTH,
+    BlobInputs,
+    CleanupPolicy,
     PoolSpec,
     StagedInput,
     TaskTemplate,
@@ -58,10 +60,34 @@ def test_container_names_follow_blob_rules(name):
 
 
 def test_staged_input_task_id_depends_on_content_and_name():
-    first = StagedInput.for_path(Path("/in/a.mp4"), "0" * 32)
+    first = StagedInput.for_path(Path("/in/a.mp4"), "0" * 32, 10)
     assert first.task_id.startswith("a-")
-    assert StagedInput.for_path(Path("/in/a.mp4"), "1" * 32).task_id != first.task_id
-    assert StagedInput.for_path(Path("/other/a.mp4"), "0" * 32).task_id == first.task_id
+    assert StagedInput.for_path(Path("/in/a.mp4"), "1" * 32, 10).task_id != first.task_id
+    assert StagedInput.for_path(Path("/other/a.mp4"), "0" * 32, 10).task_id == first.task_id
+
+
+def test_blob_inputs_are_named_by_their_blob_and_fingerprinted_by_md5_or_size():
+    blob = StagedInput.for_blob("videos/2024/clip one.mp4", "ab" * 16, 100)
+    assert (blob.name, blob.blob_name, blob.path) == ("clip one.mp4", "videos/2024/clip one.mp4", None)
+    assert blob.task_id.startswith("clip-one-")
+    assert blob.template_values() == {
+        "input": "videos/2024/clip one.mp4", "input_name": "clip one.mp4", "stem": "clip one",
+        "task_id": blob.task_id,
+    }  # fmt: skip
+    same_name_elsewhere = StagedInput.for_blob("videos/2025/clip one.mp4", "ab" * 16, 100)
+    assert same_name_elsewhere.task_id != blob.task_id
+    no_md5 = StagedInput.for_blob("x.bin", None, 7)
+    assert no_md5.fingerprint == "size-7"
+    assert StagedInput.for_blob("x.bin", None, 8).task_id != no_md5.task_id
+
+
+def test_blob_inputs_use_the_users_container_and_never_delete_it():
+    workload = Workload(
+        name="w", inputs=BlobInputs("raw-videos", "2024/"), template=TaskTemplate("true", ()),
+        pool=PoolSpec("p"), cleanup=CleanupPolicy(delete_input_container=True),
+    )  # fmt: skip
+    assert workload.input_container == "raw-videos"
+    assert workload.cleanup.delete_input_container is False
 
 
 def test_template_rejects_unknown_placeholders_before_anything_runs():

@@ -11,7 +11,7 @@ from batchpilot.backends.local import executor
 from batchpilot.backends.local.compute import LocalCompute
 from batchpilot.backends.local.storage import FileStager
 from batchpilot.errors import ConfigError
-from batchpilot.spec import ContainerSettings, PoolSpec, TaskConstraints, TaskTemplate
+from batchpilot.spec import BlobInputs, ContainerSettings, PoolSpec, TaskConstraints, TaskTemplate
 from batchpilot.workload_file import Defaults, load_workload, one_off_workload
 from batchpilot.workloads import ffmpeg
 
@@ -107,6 +107,18 @@ def test_pool_and_container_settings(tmp_path: Path):
             ('environment = { LEVEL = "9" }', "environment = { LEVEL = 9 }"),
             "w.toml:7: workload.environment.LEVEL",
         ),
+        (
+            ('inputs = "logs/*.log"', 'inputs = { container = "Raw_Logs" }'),
+            "w.toml:3: workload.inputs.container: must be a container name",
+        ),
+        (
+            ('inputs = "logs/*.log"', 'inputs = { container = "raw", prefx = "a/" }'),
+            "w.toml:3: workload.inputs.prefx: unknown key",
+        ),
+        (
+            ('inputs = "logs/*.log"', 'inputs = { prefix = "a/" }'),
+            "w.toml:3: workload.inputs.container: missing",
+        ),
     ],
 )
 def test_mistakes_are_one_line_naming_key_and_line(tmp_path: Path, replace, expected):
@@ -159,3 +171,11 @@ async def test_local_pool_with_containers_is_refused_without_docker_or_podman(tm
     with pytest.raises(ConfigError, match="neither docker nor podman is on PATH"):
         await compute.ensure_pool(PoolSpec("p", container_images=("alpine:3",)))
     assert not (tmp_path / "pools").exists()  # nothing was created
+
+
+def test_inputs_can_be_blobs_already_in_a_container(tmp_path: Path):
+    text = GZIP.replace('inputs = "logs/*.log"', 'inputs = { container = "raw-logs", prefix = "2024/" }')
+    workload = load_workload(write(tmp_path, text), DEFAULTS)
+    assert workload.inputs == BlobInputs("raw-logs", "2024/")
+    assert workload.input_container == "raw-logs"
+    assert workload.cleanup.delete_input_container is False  # the user's container, never the run's

@@ -1,0 +1,59 @@
+"""Inputs to `StagedInput`s: local files hashed (their content decides their task ids), or blobs listed.
+
+Shared by `run` and `plan`, so that the ids and commands a plan shows are the ones a run uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+
+from .backends.base import Storage
+from .errors import ConfigError, NotFoundError
+from .files import md5_of
+from .spec import BlobInputs, StagedInput, Workload
+
+
+async def stage_inputs(
+    workload: Workload, storage: Storage | None, *, concurrency: int = 16
+) -> list[StagedInput]:
+    """Each input with its fingerprint and task id, in the workload's order. `storage` lists blob inputs."""
+    if isinstance(workload.inputs, BlobInputs):
+        if storage is None:
+            raise ConfigError("inputs in a storage container need a backend to list them")
+        return await _list_blobs(workload.inputs, storage)
+    return await _hash_files(workload.inputs, concurrency)
+
+
+async def _hash_files(paths: tuple[Path, ...], concurrency: int) -> list[StagedInput]:
+    limiter = anyio.CapacityLimiter(concurrency)
+    staged: dict[Path, StagedInput] = {}
+
+    def read(path: Path) -> StagedInput:
+        return StagedInput.for_path(path, md5_of(path), path.stat().st_size)
+
+    async def stage(path: Path) -> None:
+        try:
+            staged[path] = await anyio.to_thread.run_sync(read, path, limiter=limiter)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read input {path} ({exc.strerror}); fix its permissions or remove it"
+            ) from None
+
+    async with anyio.create_task_group() as group:
+        for path in paths:
+            group.start_soon(stage, path)
+    return [staged[path] for path in paths]
+
+
+async def _list_blobs(source: BlobInputs, storage: Storage) -> list[StagedInput]:
+    where = f"container {source.container!r}" + (f" under {source.prefix!r}" if source.prefix else "")
+    try:
+        blobs = await storage.list_blobs(source.container, source.prefix)
+    except NotFoundError:
+        raise ConfigError(f"{where} does not exist; check workload.inputs.container") from None
+    staged = [StagedInput.for_blob(blob.name, blob.md5_hex, blob.size) for blob in blobs]
+    if not staged:
+        raise ConfigError(f"no blobs in {where}; upload some, or check workload.inputs.prefix")
+    return staged
