@@ -209,3 +209,17 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, home:
         assert_playable_mp3(mp3)
     assert len(list(out.glob("*.mp3"))) == 3
     assert leftovers(out) == []
+
+
+def test_a_run_past_its_timeout_stops_says_so_and_leaves_no_task_running(tmp_path: Path, home: Path):
+    slow = tmp_path / "slow-ffmpeg"
+    slow.write_text(f'#!/bin/sh\ncase "$*" in *libmp3lame*) sleep 300 ;; esac\nexec {find_ffmpeg()} "$@"\n')
+    slow.chmod(0o755)
+    result = subprocess.run(
+        cli_command("run", "--sample", "2", "--out", str(tmp_path / "out"), "--timeout", "2s"),
+        env=cli_env(home, BATCHPILOT_FFMPEG=str(slow)), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "TIMED OUT: 0 of 2 tasks succeeded" in result.stderr
+    assert "run the same command again to resume" in result.stderr
+    assert _task_processes(home) == []
