@@ -1,0 +1,105 @@
+"""batchpilot's side: the Orchestrator embedded with the Azure backend and default EngineSettings.
+
+A subscriber notes the wall time of the last InputUploaded, the last TasksSubmitted and each task's
+TaskSucceeded. For the scenario whose inputs are already in storage, the storage's `upload` answers "skipped"
+without a request (the Orchestrator still hashes every input and signs a SAS for each task).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from batchpilot import Orchestrator
+from batchpilot.backends.azure import AzureBackend
+from batchpilot.backends.base import UploadOutcome
+from batchpilot.config import AzureSettings
+from batchpilot.events import Event, InputUploaded, TasksSubmitted, TaskSucceeded
+from batchpilot.spec import CleanupPolicy, PoolSpec, TaskTemplate, Workload
+
+from .common import TASK_COMMAND, SideConfig, SideResult
+
+
+class _Recorder:
+    def __init__(self, result: SideResult) -> None:
+        self._result = result
+
+    async def __call__(self, event: Event) -> None:
+        now = time.time()
+        if isinstance(event, InputUploaded):
+            self._result.uploaded = now
+        elif isinstance(event, TasksSubmitted):
+            self._result.submitted = now
+        elif isinstance(event, TaskSucceeded):
+            self._result.seen.setdefault(event.task_id, now)
+
+
+class _PreStagedStorage:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def upload(self, container: str, blob_name: str, source: Path, md5_hex: str) -> UploadOutcome:
+        return UploadOutcome.SKIPPED
+
+
+class _PreStagedBackend:
+    """The Azure backend with inputs counted as already uploaded."""
+
+    name = "azure"
+
+    def __init__(self, inner: AzureBackend) -> None:
+        self._inner = inner
+
+    @property
+    def compute(self) -> Any:
+        return self._inner.compute
+
+    @property
+    def storage(self) -> Any:
+        return _PreStagedStorage(self._inner.storage)
+
+    async def __aenter__(self) -> Self:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc, tb)
+
+
+async def run(config: SideConfig) -> SideResult:
+    result = SideResult(side="batchpilot")
+    settings = AzureSettings.load(
+        env={
+            "AZURE_BATCH_ENDPOINT": config.endpoint,
+            "AZURE_BATCH_ACCOUNT": config.account,
+            "AZURE_BATCH_ACCESS_KEY": config.key,
+            "AZURE_STORAGE_CONNECTION_STRING": config.storage_connection_string,
+        },
+        toml_path=None,
+    )
+    workload = Workload(
+        name=config.name,
+        inputs=tuple(Path(name) for name in config.inputs),
+        template=TaskTemplate(command=TASK_COMMAND, outputs=("{stem}.mp3",)),
+        pool=PoolSpec(f"{config.name}-pool", dedicated_nodes=config.nodes, task_slots_per_node=config.slots),
+        cleanup=CleanupPolicy(delete_input_container=False),
+        timeout=timedelta(hours=1),
+    )
+    azure = AzureBackend(settings)
+    backend: Any = azure if config.upload else _PreStagedBackend(azure)
+    async with Orchestrator(backend, subscribers=[_Recorder(result)]) as orchestrator:
+        result.started = time.time()
+        summary = await orchestrator.run(workload)
+        result.finished = max(result.seen.values(), default=time.time())
+    result.ok = summary.ok
+    if not summary.ok:
+        result.note = f"{summary.succeeded} succeeded, {len(summary.failed)} failed"
+    return result
