@@ -80,7 +80,7 @@ def _local_rows(local: dict[str, Any]) -> list[Row]:
     label = f"{local['count']} conversions, {local['cores']} cores, median of {local['repeats']} (s)"
     return [
         (label, b, p, f"{p / b:.2f}x of xargs"),
-        ("  batchpilot's run alone (RunStarted..RunFinished)", b, run, f"{run / b:.2f}x of xargs"),
+        ("  the run alone (RunStarted..RunFinished)", b, run, f"{run / b:.2f}x of xargs"),
     ]
 
 
@@ -238,7 +238,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         positions = range(len(labels))
         ax.bar([x - width / 2 for x in positions], base_values, width, label="baseline (tutorial)")
         ax.bar([x + width / 2 for x in positions], pilot_values, width, label="batchpilot")
-        ax.set_xticks(list(positions), labels, fontsize=7)
+        ax.set_xticks(list(positions), labels, fontsize=7, rotation=45 if index == 0 else 0)
         ax.set_yscale("log")
         ax.set_title(title)
     axes[0].legend()
