@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -25,14 +26,17 @@ from .backends.azure.check import check as azure_check
 from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
 from .backends.local.executor import container_runtime
-from .cli_workload import add_workload_arguments, resolve_workload
+from .cli_workload import add_workload_arguments, resolve_service_workload, resolve_workload
 from .config import AzureSettings
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
+from .metrics import Metrics, serve_metrics
 from .plan import plan_lines
+from .service import Service, WatchSettings
+from .service import summary_line as service_summary_line
 from .spec import BlobInputs, CleanupPolicy
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
@@ -145,6 +149,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(check)
     _add_log_options(check)
 
+    serve = commands.add_parser(
+        "serve",
+        help="a long-lived service: new files in --watch DIR become tasks on one pool and job",
+        description=(
+            "Keep one pool and one job, and turn each new or changed file in --watch DIR into a task as soon "
+            "as the file is complete (size and time unchanged for a second); outputs are fetched to --out as "
+            "tasks succeed. Failures are logged and never stop the service. SIGTERM or Ctrl-C stops taking "
+            "inputs, finishes uploads and submissions in flight, prints a summary and exits 0; starting it "
+            "again picks up where the job stands (nothing re-added, no output fetched twice). Without "
+            "--workload or --command it runs the shipped ffmpeg example on *.mp4 files."
+        ),
+    )
+    serve.add_argument(
+        "--watch", type=Path, metavar="DIR", required=True, help="the folder to take inputs from"
+    )
+    serve.add_argument("--out", type=Path, metavar="OUT_DIR", required=True, help="where outputs are written")
+    add_workload_arguments(
+        serve,
+        positive_int=_positive_int,
+        non_negative_int=_non_negative_int,
+        duration=_duration,
+        service=True,
+    )
+    serve.add_argument(
+        "--metrics-port", type=_whole_number(0), default=0, metavar="PORT",
+        help="serve /healthz and /metrics (Prometheus text) on 127.0.0.1:PORT (default: 0, off)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--concurrency", type=_positive_int, default=16, metavar="N", help="uploads in flight (default: 16)"
+    )
+    _add_backend_options(serve)
+    _add_log_options(serve)
+
     emulator = commands.add_parser(
         "emulator",
         help="serve a local Azure Batch emulator (for tests and trying the Azure path offline)",
@@ -219,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.command == "run":
                 return _finish_run(anyio.run(_run, args))
+            if args.command == "serve":
+                _say(anyio.run(_serve, args))
+                return EXIT_OK
             commands = {
                 "plan": _plan,
                 "cleanup": _cleanup,
@@ -362,6 +402,42 @@ async def _run(args: argparse.Namespace) -> _Outcome:
     async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
         summary = await orchestrator.run(workload)
     return _Outcome(summary, out, args.backend, tuple(kept))
+
+
+async def _serve(args: argparse.Namespace) -> str:
+    """Run the service until SIGTERM or SIGINT; returns its summary line. A second signal stops at once."""
+    if not args.watch.is_dir():
+        raise ConfigError(f"--watch {args.watch} is not a folder; create it or give another")
+    workload, pattern = await resolve_service_workload(args)
+    workload = replace(
+        workload,
+        download_to=_writable_folder(args.out),
+        # The job, the pool and the input container serve every batch: nothing is deleted after one.
+        cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, delete_pool=False),
+    )
+    metrics = Metrics()
+    settings = EngineSettings(upload_concurrency=args.concurrency)
+    subscribers: list[Subscriber] = [*_subscribers(args), metrics]
+    async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(_stop_on_signals, stop)
+            if args.metrics_port:
+                await group.start(serve_metrics, metrics, orchestrator, args.metrics_port)
+            await Service(orchestrator, workload, args.watch, metrics, WatchSettings(pattern=pattern)).run(
+                stop
+            )
+            group.cancel_scope.cancel()
+    return service_summary_line(metrics, workload)
+
+
+async def _stop_on_signals(stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            structlog.get_logger("batchpilot").info("service_signal", signal=signal.Signals(signum).name)
+            stop.set()
 
 
 async def _plan(args: argparse.Namespace) -> None:

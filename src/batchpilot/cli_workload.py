@@ -33,12 +33,15 @@ def add_workload_arguments(
     positive_int: Callable[[str], int],
     non_negative_int: Callable[[str], int],
     duration: Callable[[str], timedelta],
+    service: bool = False,
 ) -> None:
-    """The flags `run` and `plan` share. The argparse type converters come from the CLI module."""
-    parser.add_argument(
-        "inputs", nargs="?", type=Path, metavar="INPUTS",
-        help="a folder, a file or a quoted glob of inputs; replaces the workload's own inputs",
-    )  # fmt: skip
+    """The flags `run`, `plan` and (without INPUTS and --sample) `serve` share. The argparse type converters
+    come from the CLI module."""
+    if not service:
+        parser.add_argument(
+            "inputs", nargs="?", type=Path, metavar="INPUTS",
+            help="a folder, a file or a quoted glob of inputs; replaces the workload's own inputs",
+        )  # fmt: skip
     parser.add_argument(
         "--workload", type=Path, metavar="FILE",
         help="a TOML file with a [workload] table: inputs, command, outputs, pool, constraints, container",
@@ -52,10 +55,11 @@ def add_workload_arguments(
         "--outputs", action="append", default=[], metavar="PATTERN",
         help="with --command: output files to fetch, e.g. '*.gz' (repeatable)",
     )  # fmt: skip
-    parser.add_argument(
-        "--sample", type=positive_int, metavar="N",
-        help="the shipped ffmpeg example (MP4 to MP3) on N generated MP4s",
-    )  # fmt: skip
+    if not service:
+        parser.add_argument(
+            "--sample", type=positive_int, metavar="N",
+            help="the shipped ffmpeg example (MP4 to MP3) on N generated MP4s",
+        )  # fmt: skip
     parser.add_argument("--name", help="run name; the job id derives from it (default: from the workload)")
     parser.add_argument(
         "--nodes", type=positive_int, metavar="N",
@@ -73,15 +77,50 @@ def add_workload_arguments(
     )  # fmt: skip
 
 
-async def resolve_workload(args: argparse.Namespace, state_root: Path) -> Workload:
-    """The workload the command line means, with its flags applied. Reads files in a worker thread."""
+def _defaults(args: argparse.Namespace) -> Defaults:
     dedicated, spot = (os.cpu_count() or 1, 0) if args.backend == "local" else (0, AZURE_DEFAULT_SPOT_NODES)
-    defaults = Defaults(
+    return Defaults(
         name="run",
         pool=PoolSpec(
             batch_id("batchpilot", args.backend, "pool"), dedicated_nodes=dedicated, spot_nodes=spot
         ),
     )
+
+
+async def resolve_service_workload(args: argparse.Namespace) -> tuple[Workload, str]:
+    """What `serve --watch DIR` runs on each batch of new files (its inputs left empty, filled per batch),
+    and the file-name pattern of the inputs to take from DIR: `--workload FILE`, `--command`, the
+    `[workload]` of batchpilot.toml, else the shipped ffmpeg example (`*.mp4`)."""
+    defaults = _defaults(args)
+    watch: Path = args.watch
+    if args.command_template is not None:
+        if args.workload:
+            raise ConfigError("give either --workload FILE or --command TEMPLATE, not both")
+        workload = await anyio.to_thread.run_sync(
+            lambda: one_off_workload(args.command_template, tuple(args.outputs), None, defaults, inputs=())
+        )
+        pattern = "*"
+    else:
+        if args.outputs:
+            raise ConfigError("--outputs goes with --command; a workload file lists its outputs itself")
+        path = args.workload or await _workload_in_settings(args.config) or ffmpeg.WORKLOAD_FILE
+        table = await anyio.to_thread.run_sync(read_workload_table, path)
+        inputs = (table or {}).get("inputs", "*")
+        if not isinstance(inputs, str):
+            raise ConfigError(
+                f"{path}: workload.inputs names blobs; `serve --watch` takes files from a folder, so give"
+                ' the workload a file pattern such as "*.mp4"'
+            )
+        pattern = Path(inputs).name
+        workload = await _load(path, defaults, inputs=())
+    # One job per watched folder, the same on every start, so a restart resumes it.
+    workload = _renamed(workload, _name_for(f"{workload.name}-serve", watch))
+    return _with_flags(workload, args), pattern
+
+
+async def resolve_workload(args: argparse.Namespace, state_root: Path) -> Workload:
+    """The workload the command line means, with its flags applied. Reads files in a worker thread."""
+    defaults = _defaults(args)
     inputs_from: Path | None = args.inputs
     if args.sample is not None:
         if args.workload or args.command_template or inputs_from:

@@ -53,7 +53,7 @@ from .events import (
     TasksSubmitted,
     TaskSucceeded,
 )
-from .monitor.poller import Clock, Poller, PollSettings, SystemClock
+from .monitor.poller import Clock, Poller, PollSettings, PollStats, SystemClock
 from .monitor.state import TaskTracker
 from .spec import (
     BlobInputs,
@@ -119,6 +119,8 @@ class Orchestrator:
         self._bus = EventBus()
         self._downloader = OutputDownloader(self._backend, self._bus.publish)
         self.poll_stats: dict[str, object] = {}
+        self._monitoring: dict[str, tuple[anyio.CancelScope, PollStats]] = {}
+        self._stop_monitoring = False
 
     @property
     def backend(self) -> Backend:
@@ -144,6 +146,24 @@ class Orchestrator:
 
     def subscribe(self, subscriber: Subscriber, *, name: str | None = None) -> None:
         self._bus.subscribe(subscriber, name=name)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Events waiting in each subscriber's inbox."""
+        return self._bus.queue_depths()
+
+    def monitoring(self) -> dict[str, PollStats]:
+        """The live poll statistics of each run being monitored now, by run id."""
+        return {run_id: stats for run_id, (_, stats) in self._monitoring.items()}
+
+    def stop_monitoring(self) -> None:
+        """Let every run, now and later, end after its tasks are submitted, without waiting for them.
+
+        Runs still uploading or submitting finish those stages first; their summaries say `stopped`. The
+        tasks stay in the job: running the same workload again picks up where the service says things stand.
+        """
+        self._stop_monitoring = True
+        for scope, _ in self._monitoring.values():
+            scope.cancel()
 
     def events(self) -> EventStream:
         """Every event from now until the orchestrator closes: `async for event in orch.events()`."""
@@ -176,6 +196,7 @@ class Orchestrator:
             )
             with anyio.move_on_after(workload.timeout.total_seconds()) as deadline:
                 await self._stages(run_id, workload, staged, tally)
+            stopped = self._stop_monitoring and len(tally.succeeded) + len(tally.failed) < len(staged)
             await self._bus.drain()
             downloads = self._downloader.tally(run_id)
             summary = RunSummary(
@@ -194,6 +215,7 @@ class Orchestrator:
                 download_failed=downloads.failed,
                 elapsed_s=round(anyio.current_time() - started, 3),
                 timed_out=deadline.cancelled_caught,
+                stopped=stopped and not deadline.cancelled_caught,
             )
             self._downloader.forget(run_id)
             await self._bus.publish(RunFinished(run_id=run_id, summary=summary))
@@ -233,7 +255,14 @@ class Orchestrator:
             expected = [item.task_id for item in staged if item.task_id not in tally.failed]
             tracker = TaskTracker(run_id, workload.job_id, expected)
             poller = Poller(compute, tracker, publish, settings=self._settings.poll, clock=self._clock)
-            await poller.run()
+            with anyio.CancelScope() as monitoring:
+                if self._stop_monitoring:
+                    monitoring.cancel()
+                self._monitoring[run_id] = (monitoring, poller.stats)
+                try:
+                    await poller.run()
+                finally:
+                    del self._monitoring[run_id]
             self.poll_stats[run_id] = poller.stats
             group.cancel_scope.cancel()
 

@@ -200,11 +200,13 @@ class RunSummary:
     download_failed: int
     elapsed_s: float
     timed_out: bool = False
+    stopped: bool = False  # monitoring was stopped (a service shutting down) before every task finished
 
     @property
     def ok(self) -> bool:
         return (
             not self.timed_out
+            and not self.stopped
             and self.succeeded == self.tasks
             and not self.failed
             and self.download_failed == 0
@@ -227,6 +229,11 @@ class _Inbox:
     send: MemoryObjectSendStream[Event]
     pending: int = 0
     idle: anyio.Event | None = None
+
+    def done_one(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self.idle is not None:
+            self.idle.set()
 
 
 class EventStream:
@@ -295,7 +302,12 @@ class EventBus:
             if inbox.subscriber is source:
                 continue
             inbox.pending += 1
-            await inbox.send.send(event)
+            try:
+                await inbox.send.send(event)
+            except BaseException:
+                # Not delivered (cancelled while waiting, or the bus closed): nothing to wait for in drain().
+                inbox.done_one()
+                raise
         for stream in list(self._streams):
             try:
                 await stream.send(event)
@@ -322,9 +334,7 @@ class EventBus:
                     # Isolation, not silence: the failure is logged with its traceback and the others go on.
                     _log.exception("subscriber_failed", subscriber=inbox.name, event_kind=event.kind)
                 finally:
-                    inbox.pending -= 1
-                    if inbox.pending == 0 and inbox.idle is not None:
-                        inbox.idle.set()
+                    inbox.done_one()
 
 
 def _describe(subscriber: Subscriber) -> str:

@@ -124,11 +124,17 @@ def load_workload(
 
 
 def one_off_workload(
-    command: str, outputs: tuple[str, ...], inputs_from: Path, defaults: Defaults
+    command: str,
+    outputs: tuple[str, ...],
+    inputs_from: Path | None,
+    defaults: Defaults,
+    *,
+    inputs: tuple[Path, ...] | None = None,
 ) -> Workload:
-    """`batchpilot run INPUTS --command '...' --outputs '*.mp3'`: the same rules as a file, named by flag."""
+    """`batchpilot run INPUTS --command '...' --outputs '*.mp3'`: the same rules as a file, named by flag.
+    `inputs` replaces the inputs outright, as in `load_workload`."""
     table: dict[str, Any] = {"command": command, "outputs": list(outputs)}
-    return _build(table, _Source("--command/--outputs"), Path.cwd(), defaults, None, inputs_from)
+    return _build(table, _Source("--command/--outputs"), Path.cwd(), defaults, inputs, inputs_from)
 
 
 # --- building -----------------------------------------------------------------------------------------------

@@ -1,0 +1,174 @@
+"""What a long-lived orchestrator has done, as Prometheus text, served on loopback with a health check.
+
+`Metrics` is a subscriber: it counts events (tasks submitted, succeeded, failed, requeued, outputs fetched)
+and keeps each task's last seen state. Gauges that are not events (each subscriber's queue depth, the
+poller's current interval) are read from the orchestrator when `/metrics` is scraped. The text format is a
+few lines per metric, so it is written here by hand rather than through prometheus_client, which would bring
+a global registry and a second HTTP server for the same three numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import anyio
+import structlog
+from aiohttp import web
+from anyio.abc import TaskStatus
+
+from .backends.base import TaskState
+from .engine import Orchestrator
+from .errors import ConfigError
+from .events import (
+    Event,
+    OutputDownloaded,
+    OutputDownloadFailed,
+    RunFinished,
+    RunStarted,
+    TaskFailed,
+    TaskRequeued,
+    TasksSubmitted,
+    TaskStateChanged,
+    TaskSucceeded,
+)
+
+_log = structlog.get_logger("batchpilot.metrics")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """Counts events; `render()` writes them, with the orchestrator's gauges, in Prometheus' text format."""
+
+    def __init__(self) -> None:
+        self.inputs_seen = 0  # counted by whoever feeds the orchestrator (the service's watcher)
+        self.counters: Counter[str] = Counter()
+        self._states: dict[tuple[str, str], TaskState] = {}
+
+    async def __call__(self, event: Event) -> None:
+        counters = self.counters
+        if isinstance(event, TasksSubmitted):
+            counters["submitted"] += event.added
+            counters["already_in_job"] += event.existing
+            counters["rejected"] += len(event.rejected)
+        elif isinstance(event, TaskStateChanged):
+            self._states[(event.job_id, event.task_id)] = event.state
+        elif isinstance(event, TaskSucceeded):
+            counters["succeeded"] += 1
+        elif isinstance(event, TaskFailed):
+            counters["failed"] += 1
+        elif isinstance(event, TaskRequeued):
+            counters["requeued"] += 1
+        elif isinstance(event, OutputDownloaded):
+            counters["outputs_skipped" if event.skipped else "outputs_downloaded"] += 1
+        elif isinstance(event, OutputDownloadFailed):
+            counters["outputs_failed"] += 1
+        elif isinstance(event, RunStarted):
+            counters["runs_started"] += 1
+        elif isinstance(event, RunFinished):
+            counters["runs_finished"] += 1
+
+    def tasks_by_state(self) -> dict[TaskState, int]:
+        counts = dict.fromkeys(TaskState, 0)
+        for state in self._states.values():
+            counts[state] += 1
+        return counts
+
+    def render(self, *, queue_depths: Mapping[str, int], poll_interval_s: float | None) -> str:
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples: Mapping[str, float]) -> None:
+            lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
+            lines.extend(f"{name}{labels} {_number(value)}" for labels, value in samples.items())
+
+        counters = self.counters
+        metric(
+            "batchpilot_tasks",
+            "gauge",
+            "Tasks by their last seen state.",
+            {f'{{state="{state.value}"}}': count for state, count in self.tasks_by_state().items()},
+        )
+        metric(
+            "batchpilot_inputs_seen_total", "counter", "Inputs taken by the watcher.", {"": self.inputs_seen}
+        )
+        for name, help_text in (
+            ("submitted", "Tasks added to the job."),
+            ("already_in_job", "Tasks found in the job already, so not added again."),
+            ("rejected", "Tasks the service refused to add."),
+            ("succeeded", "Tasks that succeeded."),
+            ("failed", "Tasks that failed."),
+            ("requeued", "Tasks requeued (preemption or retry)."),
+            ("outputs_downloaded", "Output files fetched."),
+            ("outputs_skipped", "Output files already in the download folder."),
+            ("outputs_failed", "Output files that could not be fetched."),
+            ("runs_started", "Runs started (a service starts one per batch of new inputs)."),
+            ("runs_finished", "Runs finished."),
+        ):
+            metric(f"batchpilot_{name}_total", "counter", help_text, {"": counters[name]})
+        metric(
+            "batchpilot_subscriber_queue_depth",
+            "gauge",
+            "Events waiting in each subscriber's inbox.",
+            {f'{{subscriber="{_label(name)}"}}': depth for name, depth in sorted(queue_depths.items())},
+        )
+        metric(
+            "batchpilot_poll_interval_seconds",
+            "gauge",
+            "The monitor's latest interval between polls (0 when nothing is monitored).",
+            {"": poll_interval_s or 0.0},
+        )
+        return "\n".join(lines) + "\n"
+
+    def render_for(self, orchestrator: Orchestrator) -> str:
+        intervals = [stats.intervals[-1] for stats in orchestrator.monitoring().values() if stats.intervals]
+        return self.render(
+            queue_depths=orchestrator.queue_depths(), poll_interval_s=max(intervals, default=None)
+        )
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(round(float(value), 6))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_app(metrics: Metrics, orchestrator: Orchestrator) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render_for(orchestrator).encode(), content_type=None,
+                            headers={"Content-Type": CONTENT_TYPE})  # fmt: skip
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
+async def serve_metrics(
+    metrics: Metrics,
+    orchestrator: Orchestrator,
+    port: int,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve /healthz and /metrics on 127.0.0.1:`port` until cancelled; reports the port once listening."""
+    runner = web.AppRunner(metrics_app(metrics, orchestrator), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose another --metrics-port"
+            ) from None
+        _log.info("metrics_serving", url=f"http://127.0.0.1:{port}/metrics")
+        task_status.started(port)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()

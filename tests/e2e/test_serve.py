@@ -1,0 +1,152 @@
+"""`batchpilot serve` end to end: a subprocess watching a folder, stopped with SIGTERM and started again, on
+the local backend and on the Batch emulator with Azurite."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from batchpilot.emulator import RunningEmulator
+from batchpilot.workloads import ffmpeg
+from tests.e2e.conftest import cli_command, cli_env
+from tests.e2e.test_azure import azure_env
+from tests.e2e.test_cli import assert_playable_mp3
+from tests.emulator.support import Azurite
+
+DEADLINE_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class Served:
+    """One `batchpilot serve` process; `stop()` sends SIGTERM and returns (exit code, stdout, stderr)."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.process = subprocess.Popen(
+            cli_command("serve", *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> tuple[int, list[dict], str]:
+        self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=DEADLINE_S)
+        return self.process.returncode, [json.loads(line) for line in out.splitlines()], err
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metric(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_dropped_mp4s_become_mp3s_and_metrics_say_so(tmp_path: Path) -> None:
+    home, watch, out = tmp_path / "home", tmp_path / "in", tmp_path / "out"
+    watch.mkdir()
+    samples = anyio.run(ffmpeg.make_samples, 3, tmp_path / "samples")
+    port = free_port()
+    served = Served(cli_env(home), "--watch", str(watch), "--out", str(out), "--metrics-port", str(port))
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), "/healthz")
+        for sample in samples[:2]:
+            (watch / sample.name).write_bytes(sample.read_bytes())
+        wait_for(lambda: len(list(out.glob("*.mp3"))) == 2, "two MP3s")
+        (watch / samples[2].name).write_bytes(samples[2].read_bytes())  # a later arrival
+        (watch / "notes.txt").write_text("not an mp4: not taken")
+        wait_for(lambda: len(list(out.glob("*.mp3"))) == 3, "the third MP3")
+        wait_for(
+            lambda: metric(get(f"http://127.0.0.1:{port}/metrics"), "batchpilot_succeeded_total") == 3, ""
+        )
+        text = get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        code, events, err = served.stop()
+    assert code == 0, err
+    for sample in samples:
+        assert_playable_mp3(out / f"{sample.stem}.mp3")
+    assert metric(text, "batchpilot_inputs_seen_total") == 3
+    assert metric(text, "batchpilot_submitted_total") == 3
+    assert metric(text, "batchpilot_outputs_downloaded_total") == 3
+    assert 'batchpilot_tasks{state="completed"} 3' in text
+    assert 'batchpilot_subscriber_queue_depth{subscriber="download"} 0' in text
+    assert "serve stopped: 3 inputs seen, 3 tasks submitted, 3 succeeded, 0 failed" in err
+    assert not [e for e in events if e["level"] == "error"]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return get(url) == "ok\n"
+    except OSError:
+        return False
+
+
+SLOW_COPY = "import shutil, sys, time; time.sleep(0.4); shutil.copy(sys.argv[1], sys.argv[2] + '.out')"
+
+
+def _stop_mid_stream_then_restart(tmp_path: Path, env: dict[str, str], *backend: str) -> None:
+    watch, out = tmp_path / "in", tmp_path / "out"
+    watch.mkdir()
+    names = [f"clip-{index}" for index in range(6)]
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(SLOW_COPY)} {{input}} {{stem}}"
+    args = ("--watch", str(watch), "--out", str(out), "--command", command, "--outputs", "{stem}.out",
+            "--nodes", "1", *backend)  # fmt: skip
+    first = Served(env, *args)
+    for name in names:
+        (watch / f"{name}.txt").write_text(name)
+    wait_for(lambda: len(list(out.glob("*.out"))) >= 1, "a first output")
+    code, first_events, first_err = first.stop()
+    assert code == 0, first_err
+    assert "serve stopped: 6 inputs seen" in first_err, first_err
+    assert len(list(out.glob("*.out"))) < len(names), "stopped too late to test anything"
+
+    second = Served(env, *args)
+    try:
+        wait_for(lambda: len(list(out.glob("*.out"))) == len(names), "every output after the restart")
+    finally:
+        code, second_events, second_err = second.stop()
+    assert code == 0, second_err
+    assert {path.read_text() for path in out.glob("*.out")} == set(names)
+    everything = first_events + second_events
+    # Nothing re-added: each task was added exactly once over both lives of the service.
+    assert sum(e["added"] for e in everything if e["event"] == "tasks_submitted") == len(names)
+    # Nothing fetched twice, nothing lost.
+    fetched = Counter(
+        e["task_id"] for e in everything if e["event"] == "output_downloaded" and not e["skipped"]
+    )
+    assert len(fetched) == len(names)
+    assert set(fetched.values()) == {1}
+
+
+def test_sigterm_mid_stream_then_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    _stop_mid_stream_then_restart(tmp_path, cli_env(tmp_path / "home"))
+
+
+def test_the_same_on_the_emulator_and_azurite(
+    tmp_path: Path, emulator: RunningEmulator, azurite: Azurite
+) -> None:
+    _stop_mid_stream_then_restart(
+        tmp_path, azure_env(tmp_path / "home", emulator, azurite), "--backend", "azure"
+    )

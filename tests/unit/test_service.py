@@ -1,0 +1,139 @@
+"""The service's pure parts (when a file is complete, the metrics text) and the engine hook it stands on:
+a run told to stop monitoring ends after submission, leaving its tasks in the job."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import anyio
+
+from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
+from batchpilot.backends.base import TaskState
+from batchpilot.events import EventBus, RunSummary, TasksSubmitted, TaskStateChanged, TaskSucceeded
+from batchpilot.metrics import Metrics
+from batchpilot.service import Settler, scan
+
+
+def test_a_file_is_taken_once_unchanged_for_the_settle_time_across_two_looks():
+    settler = Settler(settle_s=1.0)
+    assert settler.observe({"a.mp4": (10, 1)}, now=0.0) == ([], True)
+    assert settler.observe({"a.mp4": (20, 2)}, now=0.5) == ([], True)  # still being written
+    assert settler.observe({"a.mp4": (20, 2)}, now=1.0) == ([], True)  # unchanged, but not for long enough
+    assert settler.observe({"a.mp4": (20, 2)}, now=1.5) == (["a.mp4"], False)
+    assert settler.observe({"a.mp4": (20, 2)}, now=9.0) == ([], False)  # taken once only
+
+
+def test_a_rewritten_file_is_taken_again_and_a_removed_one_forgotten():
+    settler = Settler(settle_s=0.0)
+    settler.observe({"a": (1, 1), "b": (1, 1)}, now=0.0)
+    assert settler.observe({"a": (1, 1), "b": (1, 1)}, now=1.0) == (["a", "b"], False)
+    assert settler.observe({"a": (2, 2)}, now=2.0) == ([], True)
+    assert settler.observe({"a": (2, 2), "b": (1, 1)}, now=3.0) == (["a"], True)
+    assert settler.observe({"a": (2, 2), "b": (1, 1)}, now=4.0) == (["b"], False)
+
+
+def test_scan_takes_matching_regular_files_and_skips_hidden_ones(tmp_path: Path):
+    (tmp_path / "a.mp4").write_bytes(b"12345")
+    (tmp_path / ".b.mp4.part").write_bytes(b"1")
+    (tmp_path / "c.txt").write_bytes(b"1")
+    (tmp_path / "d.mp4").mkdir()
+    found = scan(tmp_path, "*.mp4")
+    assert list(found) == ["a.mp4"]
+    assert found["a.mp4"][0] == 5
+
+
+async def test_metrics_count_events_and_render_prometheus_text():
+    metrics = Metrics()
+    metrics.inputs_seen = 2
+    await metrics(TasksSubmitted(run_id="r", job_id="j", added=2, existing=0))
+    for task_id, state in (("t1", TaskState.RUNNING), ("t2", TaskState.RUNNING), ("t1", TaskState.COMPLETED)):
+        await metrics(TaskStateChanged(run_id="r", job_id="j", task_id=task_id, previous=None, state=state))
+    await metrics(TaskSucceeded(run_id="r", job_id="j", task_id="t1", exit_code=0, duration_s=1.0))
+    text = metrics.render(queue_depths={"download": 3, 'we"ird': 0}, poll_interval_s=2.5)
+    lines = set(text.splitlines())
+    assert {
+        'batchpilot_tasks{state="running"} 1',
+        'batchpilot_tasks{state="completed"} 1',
+        'batchpilot_tasks{state="active"} 0',
+        "batchpilot_inputs_seen_total 2",
+        "batchpilot_submitted_total 2",
+        "batchpilot_succeeded_total 1",
+        "batchpilot_failed_total 0",
+        'batchpilot_subscriber_queue_depth{subscriber="download"} 3',
+        'batchpilot_subscriber_queue_depth{subscriber="we\\"ird"} 0',
+        "batchpilot_poll_interval_seconds 2.5",
+        "# TYPE batchpilot_succeeded_total counter",
+    } <= lines
+    assert text.endswith("\n")
+
+
+async def test_a_publish_cancelled_while_an_inbox_is_full_does_not_leave_drain_waiting():
+    gate = anyio.Event()
+
+    async def slow(_: object) -> None:
+        await gate.wait()
+
+    async with EventBus(inbox_size=1) as bus:
+        bus.subscribe(slow)
+        event = TasksSubmitted(run_id="r", job_id="j", added=1, existing=0)
+        await bus.publish(event)  # taken by the subscriber, which waits
+        await anyio.wait_all_tasks_blocked()
+        await bus.publish(event)  # fills the inbox
+        with anyio.move_on_after(0.05):
+            await bus.publish(event)  # blocked on the full inbox, then cancelled
+        gate.set()
+        with anyio.fail_after(5):
+            await bus.drain()
+
+
+async def test_stop_monitoring_ends_a_run_after_submission_and_the_next_run_resumes(tmp_path: Path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    gate = tmp_path / "gate"
+    for name in ("a", "b"):
+        (inputs / f"{name}.txt").write_text(name)
+    script = (
+        "import pathlib, shutil, sys, time\n"
+        "while not pathlib.Path(sys.argv[3]).exists(): time.sleep(0.02)\n"
+        "shutil.copy(sys.argv[1], sys.argv[2] + '.out')"
+    )
+    command = (
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} {{input}} {{stem}} {shlex.quote(str(gate))}"
+    )
+    workload = Workload(
+        name="stoppable",
+        inputs=(inputs / "a.txt", inputs / "b.txt"),
+        template=TaskTemplate(command=command, outputs=("{stem}.out",)),
+        pool=PoolSpec("stoppable-pool", dedicated_nodes=2),
+        download_to=tmp_path / "out",
+        cleanup=CleanupPolicy(delete_input_container=False),
+    )
+    submitted = anyio.Event()
+
+    async def on_event(event: object) -> None:
+        if isinstance(event, TasksSubmitted):
+            submitted.set()
+
+    async with Orchestrator(LocalBackend(tmp_path / "state"), subscribers=[on_event]) as orchestrator:
+        async with anyio.create_task_group() as group:
+            result: list[RunSummary] = []
+
+            async def run() -> None:
+                result.append(await orchestrator.run(workload))
+
+            group.start_soon(run)
+            with anyio.fail_after(30):
+                await submitted.wait()
+                orchestrator.stop_monitoring()
+        [stopped] = result
+    assert stopped.stopped
+    assert not stopped.ok
+    assert stopped.tasks_added == 2
+    gate.write_text("go")
+    async with Orchestrator(LocalBackend(tmp_path / "state")) as orchestrator:
+        with anyio.fail_after(30):
+            resumed = await orchestrator.run(workload)
+    assert resumed.ok, resumed
+    assert (resumed.tasks_added, resumed.tasks_existing, resumed.downloaded) == (0, 2, 2)
