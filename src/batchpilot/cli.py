@@ -21,7 +21,7 @@ import anyio
 import structlog
 
 from . import __version__
-from .backends.azure import AzureBackend
+from .backends.azure import AzureBackend, RequestTally
 from .backends.azure.check import check as azure_check
 from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
@@ -338,9 +338,9 @@ def _azure_settings(args: argparse.Namespace) -> AzureSettings:
     return settings
 
 
-def _backend(args: argparse.Namespace) -> Backend:
+def _backend(args: argparse.Namespace, *, requests: RequestTally | None = None) -> Backend:
     if args.backend == "azure":
-        return AzureBackend(_azure_settings(args))
+        return AzureBackend(_azure_settings(args), requests=requests)
     root = _state_root(args)
     return LocalBackend(root, tool_dirs=_tool_dirs(root))
 
@@ -415,10 +415,12 @@ async def _serve(args: argparse.Namespace) -> str:
         # The job, the pool and the input container serve every batch: nothing is deleted after one.
         cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, delete_pool=False),
     )
-    metrics = Metrics()
+    requests = RequestTally()
+    metrics = Metrics(requests if args.backend == "azure" else None)
     settings = EngineSettings(upload_concurrency=args.concurrency)
     subscribers: list[Subscriber] = [*_subscribers(args), metrics]
-    async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
+    backend = _backend(args, requests=requests)
+    async with Orchestrator(backend, subscribers=subscribers, settings=settings) as orchestrator:
         stop = anyio.Event()
         async with anyio.create_task_group() as group:
             group.start_soon(_stop_on_signals, stop)

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from .backends.azure.requests import RequestTally
 from .backends.base import TaskState
 from .engine import Orchestrator
 from .errors import ConfigError
@@ -40,7 +41,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     """Counts events; `render()` writes them, with the orchestrator's gauges, in Prometheus' text format."""
 
-    def __init__(self) -> None:
+    def __init__(self, requests: RequestTally | None = None) -> None:
+        self.requests = requests  # the Azure backend's count of requests; None on the local backend
         self.inputs_seen = 0  # counted by whoever feeds the orchestrator (the service's watcher)
         self.counters: Counter[str] = Counter()
         self._states: dict[tuple[str, str], TaskState] = {}
@@ -105,6 +107,25 @@ class Metrics:
             ("runs_finished", "Runs finished."),
         ):
             metric(f"batchpilot_{name}_total", "counter", help_text, {"": counters[name]})
+        if self.requests is not None:
+            for name, help_text, counts in (
+                (
+                    "requests",
+                    "Requests sent to Batch and Storage, retries included, by kind.",
+                    self.requests.requests,
+                ),
+                (
+                    "throttled",
+                    "Requests the services throttled (429, 503), by kind.",
+                    self.requests.throttled,
+                ),
+            ):
+                metric(
+                    f"batchpilot_{name}_total",
+                    "counter",
+                    help_text,
+                    {f'{{kind="{_label(kind)}"}}': count for kind, count in sorted(counts.items())},
+                )
         metric(
             "batchpilot_subscriber_queue_depth",
             "gauge",

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import anyio
 
-from batchpilot.emulator import RunningEmulator
+from batchpilot.emulator.faults import FaultConfig, RequestKind
 from batchpilot.workloads import ffmpeg
+from tests.conftest import EmulatorFactory
 from tests.e2e.conftest import cli_command, cli_env
 from tests.e2e.test_azure import azure_env
 from tests.e2e.test_cli import assert_playable_mp3
@@ -106,7 +107,9 @@ def _answers(url: str) -> bool:
 SLOW_COPY = "import shutil, sys, time; time.sleep(0.4); shutil.copy(sys.argv[1], sys.argv[2] + '.out')"
 
 
-def _stop_mid_stream_then_restart(tmp_path: Path, env: dict[str, str], *backend: str) -> None:
+def _stop_mid_stream_then_restart(
+    tmp_path: Path, env: dict[str, str], *backend: str, while_running: Callable[[], None] = lambda: None
+) -> None:
     watch, out = tmp_path / "in", tmp_path / "out"
     watch.mkdir()
     names = [f"clip-{index}" for index in range(6)]
@@ -117,6 +120,7 @@ def _stop_mid_stream_then_restart(tmp_path: Path, env: dict[str, str], *backend:
     for name in names:
         (watch / f"{name}.txt").write_text(name)
     wait_for(lambda: len(list(out.glob("*.out"))) >= 1, "a first output")
+    while_running()
     code, first_events, first_err = first.stop()
     assert code == 0, first_err
     assert "serve stopped: 6 inputs seen" in first_err, first_err
@@ -144,9 +148,21 @@ def test_sigterm_mid_stream_then_restart_loses_and_duplicates_nothing(tmp_path: 
     _stop_mid_stream_then_restart(tmp_path, cli_env(tmp_path / "home"))
 
 
-def test_the_same_on_the_emulator_and_azurite(
-    tmp_path: Path, emulator: RunningEmulator, azurite: Azurite
+def test_the_same_on_the_emulator_and_azurite_with_requests_and_throttles_in_metrics(
+    tmp_path: Path, start_emulator: EmulatorFactory, azurite: Azurite
 ) -> None:
-    _stop_mid_stream_then_restart(
-        tmp_path, azure_env(tmp_path / "home", emulator, azurite), "--backend", "azure"
-    )
+    throttle_twice = FaultConfig(rate_429=1.0, kinds=frozenset({RequestKind.TASK_COUNTS}), budget=2)
+    port = free_port()
+    scraped: list[str] = []
+    with start_emulator(faults=throttle_twice) as emulator:
+        _stop_mid_stream_then_restart(
+            tmp_path,
+            azure_env(tmp_path / "home", emulator, azurite),
+            *("--backend", "azure", "--metrics-port", str(port)),
+            while_running=lambda: scraped.append(get(f"http://127.0.0.1:{port}/metrics")),
+        )
+    [text] = scraped
+    assert metric(text, 'batchpilot_requests_total{kind="batch GET /jobs/*/taskcounts"}') > 0
+    assert metric(text, 'batchpilot_requests_total{kind="blob PUT blob"}') >= 1  # uploads
+    # The first two probes were throttled; the SDK retried them.
+    assert metric(text, 'batchpilot_throttled_total{kind="batch GET /jobs/*/taskcounts"}') == 2

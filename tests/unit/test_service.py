@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 
 from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
+from batchpilot.backends.azure.requests import request_kind
 from batchpilot.backends.base import TaskState
 from batchpilot.events import EventBus, RunSummary, TasksSubmitted, TaskStateChanged, TaskSucceeded
 from batchpilot.metrics import Metrics
@@ -67,6 +69,32 @@ async def test_metrics_count_events_and_render_prometheus_text():
         "# TYPE batchpilot_succeeded_total counter",
     } <= lines
     assert text.endswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "url", "kind"),
+    [
+        (
+            "batch",
+            "GET",
+            "https://a.b.batch.azure.com/jobs/j-1/taskcounts?api-version=x",
+            "batch GET /jobs/*/taskcounts",
+        ),
+        (
+            "batch",
+            "POST",
+            "http://127.0.0.1:1/jobs/j/addtaskcollection",
+            "batch POST /jobs/*/addtaskcollection",
+        ),
+        ("batch", "GET", "http://h/pools/p/nodes", "batch GET /pools/*/nodes"),
+        ("blob", "PUT", "http://h/acct/c/a.mp4?sig=SECRET", "blob PUT blob"),
+        ("blob", "PUT", "http://h/c?restype=container", "blob PUT container"),
+        ("blob", "GET", "http://h/c?restype=container&comp=list&prefix=x", "blob GET list"),
+        ("blob", "PUT", "http://h/c/b?comp=block&blockid=1", "blob PUT block"),
+    ],
+)
+def test_requests_are_counted_by_kind_without_their_ids(service: str, method: str, url: str, kind: str):
+    assert request_kind(service, method, url) == kind
 
 
 async def test_a_publish_cancelled_while_an_inbox_is_full_does_not_leave_drain_waiting():

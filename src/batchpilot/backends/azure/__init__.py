@@ -11,45 +11,26 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
-import structlog
 from azure.batch.aio import BatchClient
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.pipeline import PipelineResponse
 from azure.storage.blob.aio import BlobServiceClient
 
 from ...config import AzureSettings
 from .auth import Credentials
 from .compute import AzureCompute
+from .requests import RequestTally
 from .storage import AzureStorage, Clock, _utc_now
 
-__all__ = ("AzureBackend", "AzureCompute", "AzureStorage", "log_retryable_response")
-
-_log = structlog.get_logger("batchpilot.azure")
-_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def log_retryable_response(response: PipelineResponse[Any, Any]) -> None:
-    """Called by the SDK pipelines after every attempt: the SDKs retry throttling and server errors on their
-    own and say nothing, so each one is logged here. The path only: a query may carry a SAS."""
-    status = response.http_response.status_code
-    if status in _RETRYABLE:
-        request = response.http_request
-        _log.warning(
-            "service_retryable_response",
-            method=request.method,
-            path=urlsplit(request.url).path,
-            status=status,
-            retry_after=response.http_response.headers.get("Retry-After"),
-        )
+__all__ = ("AzureBackend", "AzureCompute", "AzureStorage", "RequestTally")
 
 
 class AzureBackend:
     """`batchpilot.backends.base.Backend` on Azure Batch and Blob Storage.
 
     `token_credential` replaces DefaultAzureCredential for Entra ID (the caller keeps ownership);
-    `retry_total` overrides the SDKs' retry count per request (None keeps their defaults).
+    `retry_total` overrides the SDKs' retry count per request (None keeps their defaults). `requests`
+    counts every request by kind, and the throttled ones (pass one in to share it; one is made otherwise).
     """
 
     name = "azure"
@@ -61,8 +42,10 @@ class AzureBackend:
         token_credential: AsyncTokenCredential | None = None,
         retry_total: int | None = None,
         clock: Clock = _utc_now,
+        requests: RequestTally | None = None,
     ) -> None:
         self._settings = settings
+        self.requests = requests if requests is not None else RequestTally()
         self._token_credential = token_credential
         self._retry_total = retry_total
         self._clock = clock
@@ -88,15 +71,25 @@ class AzureBackend:
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
-            options: dict[str, Any] = {"raw_response_hook": log_retryable_response}
+            options: dict[str, Any] = {}
             if self._retry_total is not None:
                 options["retry_total"] = self._retry_total
             credentials = Credentials(self._settings, stack, self._token_credential)
             batch = await stack.enter_async_context(
-                BatchClient(self._settings.batch.endpoint, await credentials.batch(), **options)
+                BatchClient(
+                    self._settings.batch.endpoint,
+                    await credentials.batch(),
+                    raw_response_hook=self.requests.hook("batch"),
+                    **options,
+                )
             )
             blobs = await stack.enter_async_context(
-                BlobServiceClient(self._settings.storage.account_url, await credentials.storage(), **options)
+                BlobServiceClient(
+                    self._settings.storage.account_url,
+                    await credentials.storage(),
+                    raw_response_hook=self.requests.hook("blob"),
+                    **options,
+                )
             )
             secrets = self._settings.secrets
             self._compute = AzureCompute(batch, secrets)
