@@ -30,12 +30,12 @@ from .cli_workload import add_workload_arguments, resolve_service_workload, reso
 from .config import AzureSettings
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
-from .errors import BatchpilotError, ConfigError, ToolNotFoundError
+from .errors import BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
 from .metrics import Metrics, serve_metrics
 from .plan import plan_lines
-from .service import Service, WatchSettings
+from .service import ContainerSource, FolderSource, Service, Source
 from .service import summary_line as service_summary_line
 from .spec import BlobInputs, CleanupPolicy
 from .staging import stage_inputs
@@ -161,9 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--workload or --command it runs the shipped ffmpeg example on *.mp4 files."
         ),
     )
-    serve.add_argument(
-        "--watch", type=Path, metavar="DIR", required=True, help="the folder to take inputs from"
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--watch", type=Path, metavar="DIR", help="the folder to take new files from")
+    source.add_argument(
+        "--watch-container",
+        metavar="NAME",
+        help="the storage container to take new blobs from (see --prefix)",
     )
+    serve.add_argument("--prefix", default="", help="with --watch-container: only blobs under this prefix")
     serve.add_argument("--out", type=Path, metavar="OUT_DIR", required=True, help="where outputs are written")
     add_workload_arguments(
         serve,
@@ -406,8 +411,10 @@ async def _run(args: argparse.Namespace) -> _Outcome:
 
 async def _serve(args: argparse.Namespace) -> str:
     """Run the service until SIGTERM or SIGINT; returns its summary line. A second signal stops at once."""
-    if not args.watch.is_dir():
+    if args.watch is not None and not args.watch.is_dir():
         raise ConfigError(f"--watch {args.watch} is not a folder; create it or give another")
+    if args.prefix and args.watch is not None:
+        raise ConfigError("--prefix goes with --watch-container")
     workload, pattern = await resolve_service_workload(args)
     workload = replace(
         workload,
@@ -426,11 +433,24 @@ async def _serve(args: argparse.Namespace) -> str:
             group.start_soon(_stop_on_signals, stop)
             if args.metrics_port:
                 await group.start(serve_metrics, metrics, orchestrator, args.metrics_port)
-            await Service(orchestrator, workload, args.watch, metrics, WatchSettings(pattern=pattern)).run(
-                stop
-            )
+            source: Source = FolderSource(args.watch, pattern)
+            if args.watch is None:
+                source = ContainerSource(
+                    orchestrator.backend.storage, args.watch_container, args.prefix, pattern
+                )
+                await _container_exists(source)
+            await Service(orchestrator, workload, source, metrics).run(stop)
             group.cancel_scope.cancel()
     return service_summary_line(metrics, workload)
+
+
+async def _container_exists(source: ContainerSource) -> None:
+    try:
+        await source.look()
+    except NotFoundError:
+        raise ConfigError(
+            f"--watch-container {source.container}: no such container; create it or give another"
+        ) from None
 
 
 async def _stop_on_signals(stop: anyio.Event) -> None:

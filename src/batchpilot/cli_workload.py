@@ -88,11 +88,11 @@ def _defaults(args: argparse.Namespace) -> Defaults:
 
 
 async def resolve_service_workload(args: argparse.Namespace) -> tuple[Workload, str]:
-    """What `serve --watch DIR` runs on each batch of new files (its inputs left empty, filled per batch),
-    and the file-name pattern of the inputs to take from DIR: `--workload FILE`, `--command`, the
-    `[workload]` of batchpilot.toml, else the shipped ffmpeg example (`*.mp4`)."""
+    """What `serve` runs on each batch of new inputs (its inputs left empty, filled per batch), and the
+    file-name pattern of the inputs to take from the watched folder or container: `--workload FILE`,
+    `--command`, the `[workload]` of batchpilot.toml, else the shipped ffmpeg example (`*.mp4`)."""
     defaults = _defaults(args)
-    watch: Path = args.watch
+    watch: Path | None = args.watch
     if args.command_template is not None:
         if args.workload:
             raise ConfigError("give either --workload FILE or --command TEMPLATE, not both")
@@ -113,8 +113,13 @@ async def resolve_service_workload(args: argparse.Namespace) -> tuple[Workload, 
             )
         pattern = Path(inputs).name
         workload = await _load(path, defaults, inputs=())
-    # One job per watched folder, the same on every start, so a restart resumes it.
-    workload = _renamed(workload, _name_for(f"{workload.name}-serve", watch))
+    # One job per watched folder or container, the same on every start, so a restart resumes it.
+    if watch is not None:
+        name = _name_for(f"{workload.name}-serve", watch)
+    else:
+        where = f"{args.watch_container}/{args.prefix}"
+        name = batch_id(f"{workload.name}-serve", args.watch_container, unique_by=where)
+    workload = _renamed(workload, name)
     return _with_flags(workload, args), pattern
 
 

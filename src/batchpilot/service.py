@@ -1,4 +1,4 @@
-"""`batchpilot serve`: one pool and one job, fed with new inputs as they arrive in a watched folder.
+"""`batchpilot serve`: one pool and one job, fed with new inputs as they arrive in a folder or a container.
 
 Runs are idempotent (deterministic task ids, an existing job reused, existing tasks not re-added, outputs on
 disk not fetched again), so the service is a loop of ordinary runs: each batch of new or changed files is one
@@ -9,8 +9,8 @@ Stopping: the watcher stops, runs still uploading or submitting finish those sta
 (`Orchestrator.stop_monitoring`); tasks stay in the job and the next start picks them up.
 
 A file is taken once it is complete: its size and modification time unchanged across two looks at least
-`settle_s` apart. The folder is looked at often while files are arriving or settling, then less and less
-often (up to `max_interval_s`) while nothing changes.
+`settle_s` apart (a blob: its size and MD5). The source is looked at often while inputs are arriving or
+settling, then less and less often (up to `max_interval_s`) while nothing changes.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ import fnmatch
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from .backends.base import Storage
 from .engine import Orchestrator
-from .errors import BatchpilotError
+from .errors import BackendError, BatchpilotError
 from .metrics import Metrics
-from .spec import Workload
+from .spec import BlobInputs, Workload
 
 _log = structlog.get_logger("batchpilot.service")
 
@@ -37,7 +39,6 @@ Stat = tuple[int, int]  # size, mtime in ns
 
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
-    pattern: str = "*"
     settle_s: float = 1.0
     min_interval_s: float = 0.25
     max_interval_s: float = 5.0
@@ -95,20 +96,70 @@ def scan(folder: Path, pattern: str) -> dict[str, Stat]:
     return found
 
 
+class Source(Protocol):
+    """Where a service takes its inputs from: a look at what is there now, and the inputs for some names."""
+
+    def describe(self) -> str: ...
+
+    async def look(self) -> dict[str, Stat]: ...
+
+    def inputs(self, names: Sequence[str]) -> tuple[Path, ...] | BlobInputs: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSource:
+    folder: Path
+    pattern: str = "*"
+
+    def describe(self) -> str:
+        return f"folder {self.folder} ({self.pattern})"
+
+    async def look(self) -> dict[str, Stat]:
+        return await anyio.to_thread.run_sync(scan, self.folder, self.pattern)
+
+    def inputs(self, names: Sequence[str]) -> tuple[Path, ...]:
+        return tuple(self.folder / name for name in names)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSource:
+    """Blobs under `prefix` in `container` whose base name matches `pattern`; a blob is committed whole, so
+    it is complete as soon as it is listed; its size and MD5 tell a rewrite."""
+
+    storage: Storage
+    container: str
+    prefix: str = ""
+    pattern: str = "*"
+
+    def describe(self) -> str:
+        return f"container {self.container}/{self.prefix} ({self.pattern})"
+
+    async def look(self) -> dict[str, Stat]:
+        blobs = await self.storage.list_blobs(self.container, self.prefix)
+        return {
+            blob.name: (blob.size, int(blob.md5_hex, 16) if blob.md5_hex else 0)
+            for blob in blobs
+            if fnmatch.fnmatch(PurePosixPath(blob.name).name, self.pattern)
+        }
+
+    def inputs(self, names: Sequence[str]) -> BlobInputs:
+        return BlobInputs(self.container, self.prefix, names=tuple(names))
+
+
 class Service:
-    """Feeds `workload` (its inputs replaced by each batch of new files in `folder`) to `orchestrator`."""
+    """Feeds `workload` (its inputs replaced by each batch of new inputs in `source`) to `orchestrator`."""
 
     def __init__(
         self,
         orchestrator: Orchestrator,
         workload: Workload,
-        folder: Path,
+        source: Source,
         metrics: Metrics,
         settings: WatchSettings = WatchSettings(),
     ) -> None:
         self._orchestrator = orchestrator
         self._workload = workload
-        self._folder = folder
+        self._source = source
         self._metrics = metrics
         self._settings = settings
 
@@ -126,32 +177,35 @@ class Service:
         settings = self._settings
         settler = Settler(settings.settle_s)
         interval = settings.min_interval_s
-        _log.info("service_watching", folder=str(self._folder), pattern=settings.pattern)
+        where = self._source.describe()
+        _log.info("service_watching", source=where)
         while True:
             try:
-                snapshot = await anyio.to_thread.run_sync(scan, self._folder, settings.pattern)
-            except OSError as exc:
-                _log.warning("watch_failed", folder=str(self._folder), error=str(exc))
-                snapshot = {}
+                snapshot = await self._source.look()
+            except (OSError, BackendError) as exc:
+                # Unknown is not empty: files already taken stay taken, and the next look tries again.
+                _log.warning("watch_failed", source=where, error=str(exc))
+                await anyio.sleep(settings.max_interval_s)
+                continue
             ready, settling = settler.observe(snapshot, anyio.current_time())
             if ready:
                 self._metrics.inputs_seen += len(ready)
-                runs.start_soon(self._run_batch, [self._folder / name for name in ready])
+                runs.start_soon(self._run_batch, ready)
             busy = bool(ready) or settling
             interval = (
                 settings.min_interval_s if busy else min(interval * settings.growth, settings.max_interval_s)
             )
             await anyio.sleep(interval)
 
-    async def _run_batch(self, paths: Sequence[Path]) -> None:
-        workload = replace(self._workload, inputs=tuple(paths))
-        _log.info("service_batch", inputs=[path.name for path in paths])
+    async def _run_batch(self, names: Sequence[str]) -> None:
+        workload = replace(self._workload, inputs=self._source.inputs(names))
+        _log.info("service_batch", inputs=list(names))
         try:
             await self._orchestrator.run(workload)
         except BatchpilotError as exc:
-            # One batch's failure is reported and the service goes on; its files are retried when they
+            # One batch's failure is reported and the service goes on; its inputs are retried when they
             # change or when the service starts again.
-            _log.error("service_batch_failed", inputs=[path.name for path in paths], error=str(exc))
+            _log.error("service_batch_failed", inputs=list(names), error=str(exc))
 
 
 def summary_line(metrics: Metrics, workload: Workload) -> str:

@@ -273,11 +273,13 @@ class CleanupPolicy:
 class BlobInputs:
     """Inputs already in Blob Storage: the blobs in `container` whose names start with `prefix`.
 
-    They are not uploaded, and the container is never deleted: it is the user's, not the run's.
+    They are not uploaded, and the container is never deleted: it is the user's, not the run's. `names`, when
+    given, restricts the inputs to those blobs (a service feeding new blobs batch by batch).
     """
 
     container: str
     prefix: str = ""
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

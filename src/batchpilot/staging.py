@@ -53,6 +53,9 @@ async def _list_blobs(source: BlobInputs, storage: Storage) -> list[StagedInput]
         blobs = await storage.list_blobs(source.container, source.prefix)
     except NotFoundError:
         raise ConfigError(f"{where} does not exist; check workload.inputs.container") from None
+    if source.names:
+        wanted = set(source.names)
+        blobs = [blob for blob in blobs if blob.name in wanted]
     staged = [StagedInput.for_blob(blob.name, blob.md5_hex, blob.size) for blob in blobs]
     if not staged:
         raise ConfigError(f"no blobs in {where}; upload some, or check workload.inputs.prefix")

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from azure.storage.blob import BlobServiceClient
 
+from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig, RequestKind
 from batchpilot.workloads import ffmpeg
 from tests.conftest import EmulatorFactory
@@ -166,3 +169,54 @@ def test_the_same_on_the_emulator_and_azurite_with_requests_and_throttles_in_met
     assert metric(text, 'batchpilot_requests_total{kind="blob PUT blob"}') >= 1  # uploads
     # The first two probes were throttled; the SDK retried them.
     assert metric(text, 'batchpilot_throttled_total{kind="batch GET /jobs/*/taskcounts"}') == 2
+
+
+def test_new_blobs_in_a_watched_container_become_mp3s(
+    tmp_path: Path, emulator: RunningEmulator, azurite: Azurite
+) -> None:
+    container, out = f"incoming-{uuid.uuid4().hex[:8]}", tmp_path / "out"
+    samples = anyio.run(ffmpeg.make_samples, 2, tmp_path / "samples")
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        blobs = service.create_container(container)
+        blobs.upload_blob(f"videos/{samples[0].name}", samples[0].read_bytes())
+        blobs.upload_blob("elsewhere/skipped.mp4", samples[0].read_bytes())
+        args = (
+            "--watch-container",
+            container,
+            "--prefix",
+            "videos/",
+            "--out",
+            str(out),
+            "--backend",
+            "azure",
+        )
+        served = Served(azure_env(tmp_path / "home", emulator, azurite), *args)
+        try:
+            wait_for(lambda: (out / samples[0].with_suffix(".mp3").name).exists(), "the first MP3")
+            blobs.upload_blob(f"videos/{samples[1].name}", samples[1].read_bytes())  # a later arrival
+            wait_for(lambda: (out / samples[1].with_suffix(".mp3").name).exists(), "the second MP3")
+        finally:
+            code, events, err = served.stop()
+        service.delete_container(container)
+    assert code == 0, err
+    assert "serve stopped: 2 inputs seen, 2 tasks submitted, 2 succeeded, 0 failed" in err
+    assert sorted(path.name for path in out.iterdir()) == ["sample-001.mp3", "sample-002.mp3"]
+    assert_playable_mp3(out / "sample-002.mp3")
+    # Each batch ran only its new blob, not the whole prefix again.
+    assert [e["input_count"] for e in events if e["event"] == "run_started"] == [1, 1]
+
+
+def test_serve_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home")
+    for args, expected in (
+        (("--watch", str(tmp_path / "missing"), "--out", str(tmp_path / "out")), "is not a folder"),
+        (("--watch-container", "nope", "--out", str(tmp_path / "out")), "no such container"),
+        (("--out", str(tmp_path / "out")), "one of the arguments --watch --watch-container is required"),
+    ):
+        result = subprocess.run(
+            cli_command("serve", *args), env=env, capture_output=True, text=True, timeout=60,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
