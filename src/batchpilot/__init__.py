@@ -11,6 +11,7 @@ from .errors import BackendError, BatchpilotError, ConfigError
 from .events import (
     Event,
     EventBus,
+    EventStream,
     InputUploaded,
     JobReady,
     NodesReady,
@@ -30,6 +31,7 @@ from .events import (
     TaskSucceeded,
 )
 from .spec import (
+    BlobInputs,
     CleanupPolicy,
     ImageReference,
     JobSpec,
@@ -48,12 +50,14 @@ __all__ = (
     "Backend",
     "BackendError",
     "BatchpilotError",
+    "BlobInputs",
     "CleanupPolicy",
     "Compute",
     "ConfigError",
     "EngineSettings",
     "Event",
     "EventBus",
+    "EventStream",
     "ImageReference",
     "InputUploaded",
     "JobReady",

@@ -202,9 +202,9 @@ class Service:
         _log.info("service_batch", inputs=list(names))
         try:
             await self._orchestrator.run(workload)
-        except BatchpilotError as exc:
-            # One batch's failure is reported and the service goes on; its inputs are retried when they
-            # change or when the service starts again.
+        except (BatchpilotError, OSError) as exc:
+            # One batch's failure (a file removed while it was uploaded, say) is reported and the service
+            # goes on; its inputs are retried when they change or when the service starts again.
             _log.error("service_batch_failed", inputs=list(names), error=str(exc))
 
 
