@@ -433,8 +433,10 @@ async def _serve(args: argparse.Namespace) -> str:
             group.start_soon(_stop_on_signals, stop)
             if args.metrics_port:
                 await group.start(serve_metrics, metrics, orchestrator, args.metrics_port)
-            source: Source = FolderSource(args.watch, pattern)
-            if args.watch is None:
+            source: Source
+            if args.watch is not None:
+                source = FolderSource(args.watch, pattern)
+            else:
                 source = ContainerSource(
                     orchestrator.backend.storage, args.watch_container, args.prefix, pattern
                 )
