@@ -15,33 +15,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 import structlog
 
 from . import __version__
-from .backends.azure import AzureBackend, RequestTally
-from .backends.azure.check import check as azure_check
 from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
 from .backends.local.executor import container_runtime
 from .cli_workload import add_workload_arguments, resolve_service_workload, resolve_workload
-from .config import AzureSettings
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
-from .metrics import Metrics, serve_metrics
 from .plan import plan_lines
-from .service import ContainerSource, FolderSource, Service, Source
-from .service import summary_line as service_summary_line
 from .spec import BlobInputs, CleanupPolicy
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
 from .workloads import ffmpeg
+
+if TYPE_CHECKING:  # the Azure SDKs and the service take ~0.5 s to import: only the commands that use them do
+    from .backends.azure.requests import RequestTally
+    from .config import AzureSettings
+    from .service import ContainerSource
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -330,6 +329,8 @@ def _state_root(args: argparse.Namespace) -> Path:
 
 
 def _azure_settings(args: argparse.Namespace) -> AzureSettings:
+    from .config import AzureSettings
+
     settings = AzureSettings.load(
         {
             "batch.endpoint": args.batch_endpoint,
@@ -345,6 +346,8 @@ def _azure_settings(args: argparse.Namespace) -> AzureSettings:
 
 def _backend(args: argparse.Namespace, *, requests: RequestTally | None = None) -> Backend:
     if args.backend == "azure":
+        from .backends.azure import AzureBackend
+
         return AzureBackend(_azure_settings(args), requests=requests)
     root = _state_root(args)
     return LocalBackend(root, tool_dirs=_tool_dirs(root))
@@ -422,6 +425,11 @@ async def _serve(args: argparse.Namespace) -> str:
         # The job, the pool and the input container serve every batch: nothing is deleted after one.
         cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, delete_pool=False),
     )
+    from .backends.azure.requests import RequestTally
+    from .metrics import Metrics, serve_metrics
+    from .service import ContainerSource, FolderSource, Service, Source
+    from .service import summary_line as service_summary_line
+
     requests = RequestTally()
     metrics = Metrics(requests if args.backend == "azure" else None)
     settings = EngineSettings(upload_concurrency=args.concurrency)
@@ -484,6 +492,8 @@ async def _check(args: argparse.Namespace) -> None:
         root = _state_root(args)
         _say(f"local backend: state in {root}; ffmpeg at {ffmpeg.find_ffmpeg()}; {os.cpu_count()} cores")
         return
+    from .backends.azure.check import check as azure_check
+
     for line in await azure_check(_azure_settings(args)):
         _say(line)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .app import serve
 from .config import DEFAULT_ACCOUNT, DEFAULT_KEY, EmulatorConfig
 from .faults import FaultConfig, RequestKind
 
@@ -96,6 +95,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 async def run_from_args(args: argparse.Namespace) -> None:
     """Serve until cancelled (Ctrl-C). A bad combination of flags raises ConfigError before listening."""
+    from .app import serve  # aiohttp's server and the storage SDK: loaded only to serve
+
     await serve(config_from_args(args))
 
 
