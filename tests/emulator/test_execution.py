@@ -138,16 +138,20 @@ async def running_pid(pid_file: Path) -> int:
     return await eventually(probe)
 
 
+async def start_sleeping_task(client: BatchClient, pid_file: Path) -> int:
+    """Pool "p", job "j" and a task "t" that sleeps; returns the pid of its running process."""
+    await client.create_pool(pool_options("p"))
+    await client.create_job(job_options("j", "p"))
+    await add_tasks(client, "j", [shell_task("t", f"echo $$ > {pid_file}; exec sleep 30")])
+    return await running_pid(pid_file)
+
+
 async def test_deleting_the_pool_kills_and_requeues_running_tasks(
     start_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    pid_file = tmp_path / "pid"
     with start_emulator() as emulator:
         async with batch_client(emulator) as client:
-            await client.create_pool(pool_options("p"))
-            await client.create_job(job_options("j", "p"))
-            await add_tasks(client, "j", [shell_task("t", f"echo $$ > {pid_file}; exec sleep 30")])
-            pid = await running_pid(pid_file)
+            pid = await start_sleeping_task(client, tmp_path / "pid")
             await (await client.begin_delete_pool("p", polling_interval=1)).result()
 
             task = await client.get_task("j", "t")
@@ -160,11 +164,7 @@ async def test_deleting_the_pool_kills_and_requeues_running_tasks(
 async def test_stopping_the_emulator_kills_running_tasks(
     start_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    pid_file = tmp_path / "pid"
     with start_emulator() as emulator:
         async with batch_client(emulator) as client:
-            await client.create_pool(pool_options("p"))
-            await client.create_job(job_options("j", "p"))
-            await add_tasks(client, "j", [shell_task("t", f"echo $$ > {pid_file}; exec sleep 30")])
-            pid = await running_pid(pid_file)
+            pid = await start_sleeping_task(client, tmp_path / "pid")
     assert not alive(pid)
