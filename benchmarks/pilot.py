@@ -44,7 +44,9 @@ class _PreStagedStorage:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def upload(self, container: str, blob_name: str, source: Path, md5_hex: str) -> UploadOutcome:
+    async def upload(
+        self, container: str, blob_name: str, source: Path, md5_hex: str, *, check_existing: bool = True
+    ) -> UploadOutcome:
         return UploadOutcome.SKIPPED
 
 

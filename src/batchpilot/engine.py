@@ -227,15 +227,18 @@ class Orchestrator:
     ) -> None:
         compute = self._backend.compute
         job_ready: list[Ensured] = []
+        fresh_input_container: list[bool] = []
         async with anyio.create_task_group() as group:
             group.start_soon(self._ensure_pool_and_job, run_id, workload, job_ready)
-            group.start_soon(self._ensure_containers, workload)
+            group.start_soon(self._ensure_containers, workload, fresh_input_container)
         existing: dict[str, TaskView] = {}
         if not job_ready[0].created:
             existing = {view.task_id: view for view in await compute.list_tasks(workload.job_id)}
         # A task that already ran needs no input: a re-run of a finished command uploads nothing.
         done = {task_id for task_id, view in existing.items() if view.state is TaskState.COMPLETED}
-        await self._upload_inputs(run_id, workload, staged, done, tally)
+        await self._upload_inputs(
+            run_id, workload, staged, done, tally, check_existing=not fresh_input_container[0]
+        )
         to_add = await self._build_tasks(workload, [item for item in staged if item.task_id not in existing])
         tally.existing += len(staged) - len(to_add)
 
@@ -281,15 +284,26 @@ class Orchestrator:
         job_ready.append(job)
         await self._bus.publish(JobReady(run_id=run_id, job_id=job.resource_id, created=job.created))
 
-    async def _ensure_containers(self, workload: Workload) -> None:
+    async def _ensure_containers(self, workload: Workload, fresh_input_container: list[bool]) -> None:
         storage = self._backend.storage
+        created = False
         if not isinstance(workload.inputs, BlobInputs):  # a user's input container is theirs to create
-            await storage.ensure_container(workload.input_container)
+            created = await storage.ensure_container(workload.input_container)
+        fresh_input_container.append(created)
         await storage.ensure_container(workload.output_container)
 
     async def _upload_inputs(
-        self, run_id: str, workload: Workload, staged: Sequence[StagedInput], done: set[str], tally: _RunTally
+        self,
+        run_id: str,
+        workload: Workload,
+        staged: Sequence[StagedInput],
+        done: set[str],
+        tally: _RunTally,
+        *,
+        check_existing: bool,
     ) -> None:
+        """Upload what is missing. In a container created by this run nothing can be there yet, so nothing is
+        looked up first (on Azure that halves the requests of a first run)."""
         storage = self._backend.storage
         limiter = anyio.CapacityLimiter(self._settings.upload_concurrency)
 
@@ -299,7 +313,11 @@ class Orchestrator:
             if item.path is not None and item.task_id not in done:
                 async with limiter:
                     outcome = await storage.upload(
-                        workload.input_container, item.blob_name, item.path, item.fingerprint
+                        workload.input_container,
+                        item.blob_name,
+                        item.path,
+                        item.fingerprint,
+                        check_existing=check_existing,
                     )
                 skipped = outcome is UploadOutcome.SKIPPED
             if skipped:

@@ -120,3 +120,42 @@ async def test_a_custom_subscriber_receives_the_run_and_two_workloads_run_concur
     assert sorted(p.name for p in (tmp_path / "out" / "second").iterdir()) == [
         f"second{n}.copy" for n in range(3)
     ]
+
+
+class RecordingStorage:
+    """The local storage, recording whether each upload looked for an existing blob first."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.checks: list[bool] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def upload(self, container, blob_name, source, md5_hex, *, check_existing=True):  # type: ignore[no-untyped-def]
+        self.checks.append(check_existing)
+        return await self._inner.upload(container, blob_name, source, md5_hex, check_existing=check_existing)
+
+
+async def test_uploads_look_for_existing_blobs_only_in_a_container_that_was_there_before(tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"f{n}.txt").write_text(str(n))
+    workload = Workload(
+        name="fresh",
+        inputs=tuple(sorted(folder.iterdir())),
+        template=TaskTemplate(command="/bin/cp {input} {stem}.copy", outputs=("{stem}.copy",)),
+        pool=PoolSpec("fresh-pool", dedicated_nodes=2),
+        download_to=tmp_path / "out",
+        cleanup=CleanupPolicy(delete_input_container=False),
+    )
+    backend = LocalBackend(tmp_path / "state")
+    recording = RecordingStorage(backend.storage)
+    backend.storage = recording  # type: ignore[assignment]
+    async with Orchestrator(backend) as orchestrator:
+        first = await orchestrator.run(workload)
+        (folder / "f0.txt").write_text("changed")  # a new task for f0: its input must be uploaded again
+        second = await orchestrator.run(workload)
+    assert (first.uploaded, second.uploaded) == (3, 1)
+    assert recording.checks == [False, False, False, True]  # the second run's container already existed

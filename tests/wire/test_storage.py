@@ -247,6 +247,20 @@ async def test_upload_of_a_new_blob(http: Http, key_backend: AzureBackend, tmp_p
     assert [s.method for s in http.sent()] == ["HEAD", "PUT"]
 
 
+async def test_upload_into_a_fresh_container_sends_only_the_put(
+    http: Http, key_backend: AzureBackend, tmp_path: Path
+) -> None:
+    md5_hex = _write(tmp_path / "c.mp4", b"c")
+    http.add(blob("/in/c.mp4"), "PUT", status=201)
+
+    outcome = await key_backend.storage.upload(
+        "in", "c.mp4", tmp_path / "c.mp4", md5_hex, check_existing=False
+    )
+
+    assert outcome is UploadOutcome.UPLOADED
+    assert [s.method for s in http.sent()] == ["PUT"]
+
+
 LISTING = (
     "<?xml version='1.0' encoding='utf-8'?><EnumerationResults ServiceEndpoint='https://store.blob.core.windows.net/'"
     " ContainerName='out'><Prefix>task-</Prefix><Blobs>"

@@ -155,8 +155,13 @@ class Storage(Protocol):
         """Create the container if absent; True when it was created."""
         ...
 
-    async def upload(self, container: str, blob_name: str, source: Path, md5_hex: str) -> UploadOutcome:
-        """Upload one file, skipping it when a blob of the same size and MD5 is already there."""
+    async def upload(
+        self, container: str, blob_name: str, source: Path, md5_hex: str, *, check_existing: bool = True
+    ) -> UploadOutcome:
+        """Upload one file, skipping it when a blob of the same size and MD5 is already there.
+
+        `check_existing=False` skips that look (a request per blob on Azure) where nothing can be there yet:
+        in a container created by this run."""
         ...
 
     async def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]: ...

@@ -86,15 +86,19 @@ class AzureStorage:
                 return False
         return True
 
-    async def upload(self, container: str, blob_name: str, source: Path, md5_hex: str) -> UploadOutcome:
+    async def upload(
+        self, container: str, blob_name: str, source: Path, md5_hex: str, *, check_existing: bool = True
+    ) -> UploadOutcome:
         blob = self._service.get_blob_client(container, blob_name)
         md5 = bytes.fromhex(md5_hex)
         size = (await anyio.Path(source).stat()).st_size
         with translated(f"upload {source.name} to {container}/{blob_name}", self._secrets):
-            try:
-                existing = await blob.get_blob_properties()
-            except ResourceNotFoundError:
-                existing = None
+            existing = None
+            if check_existing:
+                try:
+                    existing = await blob.get_blob_properties()
+                except ResourceNotFoundError:
+                    existing = None
             if (
                 existing is not None
                 and existing.size == size

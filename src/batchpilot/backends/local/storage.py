@@ -48,11 +48,18 @@ class LocalStorage:
         await anyio.Path(path).mkdir(parents=True, exist_ok=True)
         return not existed
 
-    async def upload(self, container: str, blob_name: str, source: Path, md5_hex: str) -> UploadOutcome:
+    async def upload(
+        self, container: str, blob_name: str, source: Path, md5_hex: str, *, check_existing: bool = True
+    ) -> UploadOutcome:
         dest = self._blob(container, blob_name)
 
         def sync() -> UploadOutcome:
-            if dest.is_file() and dest.stat().st_size == source.stat().st_size and md5_of(dest) == md5_hex:
+            if (
+                check_existing
+                and dest.is_file()
+                and dest.stat().st_size == source.stat().st_size
+                and md5_of(dest) == md5_hex
+            ):
                 return UploadOutcome.SKIPPED
             copy_atomically(source, dest)
             return UploadOutcome.UPLOADED
