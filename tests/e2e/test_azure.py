@@ -76,7 +76,9 @@ def test_the_tutorial_flow_on_azure(
 ):
     delete_run_containers(azurite)
     out = tmp_path / "out"
-    with start_emulator() as emulator:
+    # Nodes idle at once: the run's first node check then always finds them. With a delay, that check can
+    # come first and the tasks finish before the next one, so the run ends without a nodes_ready event.
+    with start_emulator(allocation_delay_s=0) as emulator:
         result = run_azure(azure_env(home, emulator, azurite), out)
         stats = emulator_stats(emulator)
     assert result.returncode == 0, result.stderr
