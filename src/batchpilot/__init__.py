@@ -7,13 +7,15 @@ async with Orchestrator() as orchestrator:          # the local backend by defau
 from .backends.base import Backend, Compute, Storage, TaskState
 from .backends.local import LocalBackend
 from .engine import EngineSettings, Orchestrator
-from .errors import BackendError, BatchpilotError, ConfigError
+from .errors import BackendError, BatchpilotError, ConfigError, LostContactError
 from .events import (
     Event,
     EventBus,
     EventStream,
     InputUploaded,
     JobReady,
+    MonitorDegraded,
+    MonitorRecovered,
     NodesReady,
     OutputDownloaded,
     OutputDownloadFailed,
@@ -64,6 +66,9 @@ __all__ = (
     "JobSpec",
     "LocalBackend",
     "LogSubscriber",
+    "LostContactError",
+    "MonitorDegraded",
+    "MonitorRecovered",
     "NodesReady",
     "Orchestrator",
     "OutputDownloadFailed",

@@ -30,6 +30,7 @@ from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
+from .monitor.poller import PollSettings
 from .plan import plan_lines
 from .spec import BlobInputs, CleanupPolicy
 from .staging import stage_inputs
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-inputs", action="store_true", help="keep the input container after success")
     run.add_argument("--delete-job", action="store_true", help="delete the job after success")
     run.add_argument("--delete-pool", action="store_true", help="delete the pool after success")
+    _add_monitor_options(run)
     _add_backend_options(run)
     _add_log_options(run)
 
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--concurrency", type=_positive_int, default=16, metavar="N", help="uploads in flight (default: 16)"
     )
+    _add_monitor_options(serve)
     _add_backend_options(serve)
     _add_log_options(serve)
 
@@ -203,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     add_workload_arguments(
         parser, positive_int=_positive_int, non_negative_int=_non_negative_int, duration=_duration
+    )
+
+
+def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--give-up-after", type=_duration, default=timedelta(minutes=15), metavar="DURATION",
+        help="stop when polls of the tasks keep failing this long (default: 15m); the tasks go on, and the"
+        " same command resumes",
+    )  # fmt: skip
+
+
+def _engine_settings(args: argparse.Namespace) -> EngineSettings:
+    return EngineSettings(
+        upload_concurrency=args.concurrency, poll=PollSettings(give_up_after=args.give_up_after)
     )
 
 
@@ -399,7 +416,7 @@ async def _run(args: argparse.Namespace) -> _Outcome:
             delete_pool=cleanup.delete_pool or args.delete_pool,
         ),
     )
-    settings = EngineSettings(upload_concurrency=args.concurrency)
+    settings = _engine_settings(args)
     kept: list[ResourceKept] = []
 
     async def note_kept(event: Event) -> None:
@@ -432,7 +449,7 @@ async def _serve(args: argparse.Namespace) -> str:
 
     requests = RequestTally()
     metrics = Metrics(requests if args.backend == "azure" else None)
-    settings = EngineSettings(upload_concurrency=args.concurrency)
+    settings = _engine_settings(args)
     subscribers: list[Subscriber] = [*_subscribers(args), metrics]
     backend = _backend(args, requests=requests)
     async with Orchestrator(backend, subscribers=subscribers, settings=settings) as orchestrator:
@@ -525,7 +542,14 @@ def _finish_run(outcome: _Outcome) -> int:
 
 
 def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
-    verdict = "done" if summary.ok else ("TIMED OUT" if summary.timed_out else "FAILED")
+    if summary.ok:
+        verdict = "done"
+    elif summary.timed_out:
+        verdict = "TIMED OUT"
+    elif summary.lost_contact:
+        verdict = "LOST CONTACT"
+    else:
+        verdict = "FAILED"
     lines = [
         f"batchpilot: {verdict}: {summary.succeeded} of {summary.tasks} tasks succeeded"
         f" in {summary.elapsed_s:.1f} s (job {summary.job_id})",
@@ -541,6 +565,10 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
     if summary.timed_out:
         lines.append(
             "  the run hit --timeout; everything is left in place: run the same command again to resume"
+        )
+    elif summary.lost_contact:
+        lines.append(
+            f"  {summary.lost_contact}; everything is left in place: run the same command again to resume"
         )
     elif not summary.ok:
         lines.append(

@@ -35,7 +35,7 @@ from .backends.base import (
     UploadOutcome,
 )
 from .backends.local import LocalBackend
-from .errors import ConfigError
+from .errors import ConfigError, LostContactError
 from .events import (
     Event,
     EventBus,
@@ -93,6 +93,7 @@ class _RunTally:
     existing: int = 0
     failed: dict[str, FailedTask] = field(default_factory=dict)
     succeeded: set[str] = field(default_factory=set)
+    lost_contact: str | None = None
 
 
 class Orchestrator:
@@ -216,6 +217,7 @@ class Orchestrator:
                 elapsed_s=round(anyio.current_time() - started, 3),
                 timed_out=deadline.cancelled_caught,
                 stopped=stopped and not deadline.cancelled_caught,
+                lost_contact=tally.lost_contact,
             )
             self._downloader.forget(run_id)
             await self._bus.publish(RunFinished(run_id=run_id, summary=summary))
@@ -264,6 +266,9 @@ class Orchestrator:
                 self._monitoring[run_id] = (monitoring, poller.stats)
                 try:
                     await poller.run()
+                except LostContactError as exc:
+                    # Not a failure of any task: the run ends saying so; a re-run resumes from the service.
+                    tally.lost_contact = str(exc)
                 finally:
                     del self._monitoring[run_id]
             self.poll_stats[run_id] = poller.stats

@@ -55,3 +55,7 @@ class AuthenticationError(BackendError):
 
 class RunTimeoutError(BatchpilotError):
     """The run did not finish within its timeout; what it created is left in place for a resume."""
+
+
+class LostContactError(BackendError):
+    """Polls kept failing past the deadline: task states are unknown, and the tasks go on without us."""

@@ -138,6 +138,25 @@ class TaskRequeued(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorDegraded(Event):
+    """Several polls in a row failed: task states are unknown (not failed) until one succeeds again."""
+
+    kind: ClassVar[str] = "monitor_degraded"
+    job_id: str
+    failed_polls: int
+    error: str
+    gives_up_in_s: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorRecovered(Event):
+    kind: ClassVar[str] = "monitor_recovered"
+    job_id: str
+    failed_polls: int
+    degraded_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutputDownloaded(Event):
     kind: ClassVar[str] = "output_downloaded"
     job_id: str
@@ -201,12 +220,15 @@ class RunSummary:
     elapsed_s: float
     timed_out: bool = False
     stopped: bool = False  # monitoring was stopped (a service shutting down) before every task finished
+    # Why monitoring gave up on a service that stopped answering; the tasks went on without us.
+    lost_contact: str | None = None
 
     @property
     def ok(self) -> bool:
         return (
             not self.timed_out
             and not self.stopped
+            and self.lost_contact is None
             and self.succeeded == self.tasks
             and not self.failed
             and self.download_failed == 0

@@ -23,6 +23,7 @@ from .engine import Orchestrator
 from .errors import ConfigError
 from .events import (
     Event,
+    MonitorDegraded,
     OutputDownloaded,
     OutputDownloadFailed,
     RunFinished,
@@ -69,6 +70,8 @@ class Metrics:
             counters["runs_started"] += 1
         elif isinstance(event, RunFinished):
             counters["runs_finished"] += 1
+        elif isinstance(event, MonitorDegraded):
+            counters["monitor_degraded"] += 1
 
     def tasks_by_state(self) -> dict[TaskState, int]:
         counts = dict.fromkeys(TaskState, 0)
@@ -76,7 +79,9 @@ class Metrics:
             counts[state] += 1
         return counts
 
-    def render(self, *, queue_depths: Mapping[str, int], poll_interval_s: float | None) -> str:
+    def render(
+        self, *, queue_depths: Mapping[str, int], poll_interval_s: float | None, failing_polls: int
+    ) -> str:
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, samples: Mapping[str, float]) -> None:
@@ -105,6 +110,7 @@ class Metrics:
             ("outputs_failed", "Output files that could not be fetched."),
             ("runs_started", "Runs started (a service starts one per batch of new inputs)."),
             ("runs_finished", "Runs finished."),
+            ("monitor_degraded", "Times polls kept failing long enough for a run to report itself degraded."),
         ):
             metric(f"batchpilot_{name}_total", "counter", help_text, {"": counters[name]})
         if self.requests is not None:
@@ -138,12 +144,21 @@ class Metrics:
             "The monitor's latest interval between polls (0 when nothing is monitored).",
             {"": poll_interval_s or 0.0},
         )
+        metric(
+            "batchpilot_failing_polls",
+            "gauge",
+            "Polls failed in a row now; above 0, task states are unknown until a poll succeeds.",
+            {"": failing_polls},
+        )
         return "\n".join(lines) + "\n"
 
     def render_for(self, orchestrator: Orchestrator) -> str:
-        intervals = [stats.intervals[-1] for stats in orchestrator.monitoring().values() if stats.intervals]
+        monitored = orchestrator.monitoring().values()
+        intervals = [stats.intervals[-1] for stats in monitored if stats.intervals]
         return self.render(
-            queue_depths=orchestrator.queue_depths(), poll_interval_s=max(intervals, default=None)
+            queue_depths=orchestrator.queue_depths(),
+            poll_interval_s=max(intervals, default=None),
+            failing_polls=max((stats.consecutive_failures for stats in monitored), default=0),
         )
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
+import anyio
 import pytest
 
 from batchpilot.backends.base import TaskCounts, TaskResult, TaskState
-from batchpilot.errors import TransientBackendError
-from batchpilot.events import Event, TaskSucceeded
+from batchpilot.errors import LostContactError, TransientBackendError
+from batchpilot.events import Event, MonitorDegraded, MonitorRecovered, TaskSucceeded
 from batchpilot.monitor.backoff import BackoffPolicy
 from batchpilot.monitor.poller import Poller, PollSettings
 from batchpilot.monitor.state import TaskTracker
@@ -153,3 +155,88 @@ async def test_a_job_already_complete_needs_one_look(expected):
     poller, _ = make(compute, clock, expected)
     await poller.run()
     assert clock.sleeps == []
+
+
+def failing_polls(compute: FakeCompute, failures: int | None, error: Exception) -> None:
+    """The next `failures` probes raise `error` (None: every probe from now on)."""
+    original = compute.task_counts
+    left = failures
+
+    async def flaky(job_id: str) -> TaskCounts:
+        nonlocal left
+        if left is None or left > 0:
+            if left is not None:
+                left -= 1
+            raise error
+        return await original(job_id)
+
+    compute.task_counts = flaky
+
+
+async def test_an_outage_degrades_the_run_then_it_recovers_and_no_task_is_failed_for_it():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("t", R, 1)
+    failing_polls(compute, 5, TransientBackendError("server busy", code="ServerBusy"))
+    clock.on_sleep = lambda _: compute.set("t", C, 60, exit_code=0) if clock.current > at(200) else None
+    poller, events = make(compute, clock, ["t"])
+    await poller.run()
+    kinds = [event.kind for event in events]
+    assert kinds[0] == "monitor_degraded"
+    assert kinds.count("monitor_recovered") == 1
+    assert kinds[-1] == "task_succeeded"
+    assert "task_failed" not in kinds
+    degraded = events[0]
+    assert isinstance(degraded, MonitorDegraded)
+    assert (degraded.failed_polls, degraded.error) == (3, "server busy")
+    assert degraded.gives_up_in_s is not None
+    assert degraded.gives_up_in_s > 0
+    recovered = events[kinds.index("monitor_recovered")]
+    assert isinstance(recovered, MonitorRecovered)
+    assert recovered.failed_polls == 5
+    stats = poller.stats
+    assert (stats.failed_polls, stats.consecutive_failures, stats.degraded) == (5, 0, False)
+    # Backing off while the service fails: no fixed interval.
+    assert clock.sleeps[:5] == [1.0, 2.0, 4.0, 8.0, 8.0]
+
+
+async def test_polls_failing_past_the_deadline_stop_the_run_with_lost_contact():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("t", R, 1)
+    failing_polls(compute, None, TransientBackendError("connection reset", code="ConnectionError"))
+    settings = replace(SETTINGS, give_up_after=timedelta(minutes=2))
+    events: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        events.append(event)
+
+    poller = Poller(compute, TaskTracker("run", "job", ["t"]), publish, settings=settings, clock=clock)
+    lost = r"could not read the tasks of job job for 2 min .*connection reset"
+    with pytest.raises(LostContactError, match=lost):
+        await poller.run()
+    assert [event.kind for event in events] == ["monitor_degraded"]
+    assert sum(clock.sleeps) >= 120
+
+
+async def test_a_poll_without_an_answer_in_time_counts_as_failed():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("t", R, 1)
+    original = compute.task_counts
+    hangs = [True]
+
+    async def hanging(job_id: str) -> TaskCounts:
+        if hangs:
+            hangs.pop()
+            await anyio.sleep_forever()
+        return await original(job_id)
+
+    compute.task_counts = hanging
+    clock.on_sleep = lambda _: compute.set("t", C, 5, exit_code=0)
+    settings = replace(SETTINGS, poll_timeout=timedelta(seconds=0.05))
+    poller = Poller(compute, TaskTracker("run", "job", ["t"]), _ignore, settings=settings, clock=clock)
+    await poller.run()
+    assert poller.stats.failed_polls == 1
+    assert poller._tracker.done
+
+
+async def _ignore(event: Event) -> None:
+    pass

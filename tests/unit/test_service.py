@@ -13,7 +13,14 @@ import pytest
 from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.backends.azure.requests import request_kind
 from batchpilot.backends.base import TaskState
-from batchpilot.events import EventBus, RunSummary, TasksSubmitted, TaskStateChanged, TaskSucceeded
+from batchpilot.events import (
+    EventBus,
+    MonitorDegraded,
+    RunSummary,
+    TasksSubmitted,
+    TaskStateChanged,
+    TaskSucceeded,
+)
 from batchpilot.metrics import Metrics
 from batchpilot.service import Settler, scan
 
@@ -53,7 +60,8 @@ async def test_metrics_count_events_and_render_prometheus_text():
     for task_id, state in (("t1", TaskState.RUNNING), ("t2", TaskState.RUNNING), ("t1", TaskState.COMPLETED)):
         await metrics(TaskStateChanged(run_id="r", job_id="j", task_id=task_id, previous=None, state=state))
     await metrics(TaskSucceeded(run_id="r", job_id="j", task_id="t1", exit_code=0, duration_s=1.0))
-    text = metrics.render(queue_depths={"download": 3, 'we"ird': 0}, poll_interval_s=2.5)
+    await metrics(MonitorDegraded(run_id="r", job_id="j", failed_polls=3, error="reset", gives_up_in_s=60.0))
+    text = metrics.render(queue_depths={"download": 3, 'we"ird': 0}, poll_interval_s=2.5, failing_polls=4)
     lines = set(text.splitlines())
     assert {
         'batchpilot_tasks{state="running"} 1',
@@ -66,6 +74,8 @@ async def test_metrics_count_events_and_render_prometheus_text():
         'batchpilot_subscriber_queue_depth{subscriber="download"} 3',
         'batchpilot_subscriber_queue_depth{subscriber="we\\"ird"} 0',
         "batchpilot_poll_interval_seconds 2.5",
+        "batchpilot_monitor_degraded_total 1",
+        "batchpilot_failing_polls 4",
         "# TYPE batchpilot_succeeded_total counter",
     } <= lines
     assert text.endswith("\n")

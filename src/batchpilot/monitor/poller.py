@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -20,8 +21,8 @@ import anyio
 import structlog
 
 from ..backends.base import Compute, TaskCounts
-from ..errors import NotFoundError, TransientBackendError
-from ..events import Event, TaskFailed
+from ..errors import LostContactError, NotFoundError, TransientBackendError
+from ..events import Event, MonitorDegraded, MonitorRecovered, TaskFailed
 from .backoff import BackoffPolicy
 from .state import TaskTracker
 
@@ -48,6 +49,11 @@ class PollSettings:
     backoff: BackoffPolicy = BackoffPolicy()
     reconcile_every: timedelta = timedelta(seconds=60)
     skew: timedelta = timedelta(seconds=5)
+    # A poll with no answer by then counts as failed (the SDK's own timeouts are far longer).
+    poll_timeout: timedelta = timedelta(seconds=120)
+    degraded_after: int = 3
+    # How long polls may keep failing before the run stops with LostContactError (None: never).
+    give_up_after: timedelta | None = timedelta(minutes=15)
 
 
 @dataclass(slots=True)
@@ -57,6 +63,8 @@ class PollStats:
     full_listings: int = 0
     tasks_listed: int = 0
     failed_polls: int = 0
+    consecutive_failures: int = 0
+    degraded: bool = False
     intervals: list[float] = field(default_factory=list)
 
 
@@ -80,26 +88,82 @@ class Poller:
         self._last_counts: TaskCounts | None = None
         self._last_full: datetime | None = None
         self._busy = False
+        self._failing_since: datetime | None = None
         self.stats = PollStats()
 
     async def run(self) -> None:
-        """Poll until every expected task is completed."""
+        """Poll until every expected task is completed.
+
+        Raises LostContactError when polls have failed for longer than `PollSettings.give_up_after`.
+        """
         base: float | None = None
         while not self._tracker.done:
             retry_after: float | None = None
             changed = False
             try:
                 changed = await self._poll_once()
-            except TransientBackendError as exc:
-                self.stats.failed_polls += 1
-                retry_after = exc.retry_after
-                _log.warning("poll_failed", job_id=self._tracker.job_id, error=str(exc), code=exc.code)
+            except (TransientBackendError, TimeoutError) as exc:
+                retry_after = exc.retry_after if isinstance(exc, TransientBackendError) else None
+                await self._poll_failed(exc)
+            else:
+                await self._poll_succeeded()
             if self._tracker.done:
                 return
             base = self._settings.backoff.next_base(base, changed=changed)
             delay = self._settings.backoff.delay(base, unit=self._draw(), retry_after=retry_after)
             self.stats.intervals.append(delay)
             await self._clock.sleep(delay)
+
+    def _answer_within(self) -> AbstractContextManager[anyio.CancelScope]:
+        """Bounds one request, not the publishing after it: a slow subscriber must not fail a poll."""
+        return anyio.fail_after(self._settings.poll_timeout.total_seconds())
+
+    async def _poll_failed(self, exc: Exception) -> None:
+        """Unknown is not failed: no task changes. A few failures in a row make the run say it is degraded."""
+        now = self._clock.now()
+        self.stats.failed_polls += 1
+        self.stats.consecutive_failures += 1
+        if self._failing_since is None:
+            self._failing_since = now
+        error = str(exc) or f"no answer within {self._settings.poll_timeout.total_seconds():g} s"
+        code = exc.code if isinstance(exc, TransientBackendError) else "PollTimeout"
+        job_id = self._tracker.job_id
+        _log.warning("poll_failed", job_id=job_id, error=error, code=code)
+        failing_for = now - self._failing_since
+        give_up_after = self._settings.give_up_after
+        if give_up_after is not None and failing_for >= give_up_after:
+            raise LostContactError(
+                f"could not read the tasks of job {job_id} for {_minutes(failing_for)}"
+                f" ({self.stats.consecutive_failures} polls failed, last: {error});"
+                " the tasks go on without us",
+                code=code,
+            )
+        if self.stats.consecutive_failures == self._settings.degraded_after:
+            self.stats.degraded = True
+            remaining = None if give_up_after is None else (give_up_after - failing_for).total_seconds()
+            await self._publish(
+                MonitorDegraded(
+                    run_id=self._tracker.run_id,
+                    job_id=job_id,
+                    failed_polls=self.stats.consecutive_failures,
+                    error=error,
+                    gives_up_in_s=remaining,
+                )
+            )
+
+    async def _poll_succeeded(self) -> None:
+        if self.stats.degraded and self._failing_since is not None:
+            await self._publish(
+                MonitorRecovered(
+                    run_id=self._tracker.run_id,
+                    job_id=self._tracker.job_id,
+                    failed_polls=self.stats.consecutive_failures,
+                    degraded_s=round((self._clock.now() - self._failing_since).total_seconds(), 3),
+                )
+            )
+        self.stats.consecutive_failures = 0
+        self.stats.degraded = False
+        self._failing_since = None
 
     async def _poll_once(self) -> bool:
         job_id = self._tracker.job_id
@@ -110,7 +174,8 @@ class Poller:
             # probe would, and the probe would only say to list. The next quiet round probes again.
             moved = False
         else:
-            counts = await self._compute.task_counts(job_id)
+            with self._answer_within():
+                counts = await self._compute.task_counts(job_id)
             self.stats.probes += 1
             now = self._clock.now()
             moved = counts != self._last_counts
@@ -119,7 +184,8 @@ class Poller:
                 return False
         watermark = self._tracker.watermark
         since = None if full_due or watermark is None else watermark - self._settings.skew
-        views = await self._compute.list_tasks(job_id, changed_since=since)
+        with self._answer_within():
+            views = await self._compute.list_tasks(job_id, changed_since=since)
         self.stats.listings += 1
         self.stats.tasks_listed += len(views)
         if since is None:
@@ -140,3 +206,8 @@ class Poller:
             return ""  # the summary still names the task and its failure code
         lines = data.decode(errors="replace").strip().splitlines()
         return "\n".join(lines[-_STDERR_TAIL_LINES:])
+
+
+def _minutes(span: timedelta) -> str:
+    minutes = span.total_seconds() / 60
+    return f"{minutes:.0f} min" if minutes >= 1 else f"{span.total_seconds():.0f} s"

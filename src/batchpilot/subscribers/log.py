@@ -10,9 +10,16 @@ from typing import Any
 import structlog
 
 from ..backends.base import FailureInfo
-from ..events import Event, OutputDownloadFailed, RunFinished, TaskFailed, TaskRequeued
+from ..events import (
+    Event,
+    MonitorDegraded,
+    OutputDownloadFailed,
+    RunFinished,
+    TaskFailed,
+    TaskRequeued,
+)
 
-_WARNINGS = (TaskFailed, TaskRequeued, OutputDownloadFailed)
+_WARNINGS = (TaskFailed, TaskRequeued, OutputDownloadFailed, MonitorDegraded)
 
 
 def event_fields(event: Event) -> dict[str, Any]:
