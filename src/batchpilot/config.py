@@ -161,7 +161,10 @@ def _read_toml(path: Path | None) -> dict[str, str]:
             document = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; create it or drop --config") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; settings files are TOML") from None
+    except (OSError, ValueError) as exc:
+        # ValueError: tomllib's TOMLDecodeError, or an integer too long for Python to read.
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     azure = document.get("azure", {})
     values: dict[str, str] = {}
@@ -259,17 +262,34 @@ def _from_connection_string(text: str) -> StorageSettings:
     else:
         protocol = fields.get("defaultendpointsprotocol", "https")
         suffix = fields.get("endpointsuffix", "core.windows.net")
-        account_url = f"{protocol}://{account}.blob.{suffix}"
+        account_url = _check_url(
+            f"{protocol}://{account}.blob.{suffix}",
+            STORAGE_CONNECTION_STRING,
+            "blob endpoint (from DefaultEndpointsProtocol, AccountName and EndpointSuffix)",
+        )
     return StorageSettings(account=account, account_url=account_url, account_key=key)
 
 
 def _check_url(value: str, setting: _Setting, what: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    if not _is_http_url(value):
         raise ConfigError(
             f"malformed {what} {value!r} in {setting.describe()}: expected an URL like https://host[/path]"
         )
     return value.rstrip("/")
+
+
+def _is_http_url(value: str) -> bool:
+    # urlsplit drops tabs and newlines silently: an URL holding them, or spaces, was pasted wrong.
+    if not value.isprintable() or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is no number or out of range
+    except ValueError:  # that, or an unclosed "[" of an IPv6 address
+        return False
+    return (
+        parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+    )
 
 
 def _check_key(value: str, setting: _Setting, what: str) -> None:

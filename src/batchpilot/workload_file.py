@@ -23,7 +23,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,12 @@ KEYS: Mapping[str, frozenset[str]] = {
     "workload.cleanup": frozenset({"delete_input_container", "delete_job", "delete_pool"}),
 }  # fmt: skip
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Far beyond any run, and far enough from timedelta's limit that sums such as a timeout plus a task's max
+# wall clock stay in range.
+MAX_DURATION = timedelta(days=3650)
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_LINE = re.compile(
     r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
 )
@@ -164,9 +168,11 @@ def _build(
     download_to = reader.string(table, "workload.download_to")
     cleanup = reader.table(table, "workload.cleanup")
     environment = reader.table(table, "workload.environment", check=False)
-    for key, value in environment.items():
-        if not isinstance(value, str):
-            raise source.error(f"workload.environment.{key}", f"must be a string, not {_kind(value)}")
+    for key in environment:
+        # The variable name goes into the task's environment as is: the OS refuses `=` and NUL in it.
+        if not key or "=" in key or "\0" in key:
+            raise source.error(f"workload.environment.{_key_text(key)}", "not a usable variable name")
+        reader.string(environment, f"workload.environment.{_key_text(key)}", name=key)
     timeout = reader.duration(table, "workload.timeout")
     return Workload(
         name=reader.string(table, "workload.name") or defaults.name,
@@ -320,7 +326,7 @@ class _Reader:
         for key in table:
             if key not in allowed:
                 raise self.source.error(
-                    f"{name}.{key}", f"unknown key; [{name}] takes {', '.join(sorted(allowed))}"
+                    f"{name}.{_key_text(key)}", f"unknown key; [{name}] takes {', '.join(sorted(allowed))}"
                 )
 
     def table(self, parent: Mapping[str, Any], key: str, *, check: bool = True) -> dict[str, Any]:
@@ -333,21 +339,31 @@ class _Reader:
             self.check_keys(key, value)
         return value
 
-    def string(self, table: Mapping[str, Any], key: str, *, required: bool = False) -> str:
-        value = table.get(_last(key))
+    def string(
+        self, table: Mapping[str, Any], key: str, *, required: bool = False, name: str | None = None
+    ) -> str:
+        """`name` is the key in `table` when `key` (as shown) is not simply its last part."""
+        value = table.get(_last(key) if name is None else name)
         if value is None:
             if required:
                 raise self.source.error(key, "missing; it is required")
             return ""
-        if not isinstance(value, str) or (required and not value.strip()):
+        if not isinstance(value, str):
             raise self.source.error(key, f"must be a non-empty string, not {_kind(value)}")
+        if required and not value.strip():
+            raise self.source.error(key, "must not be empty")
+        if "\0" in value:
+            # TOML allows "\u0000"; no command line, path or variable can hold it.
+            raise self.source.error(key, "must not contain a NUL character (\\u0000)")
         return value
 
     def strings(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
         value = table.get(_last(key), [])
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        if not isinstance(value, list) or not all(
+            isinstance(item, str) and item and "\0" not in item for item in value
+        ):
             raise self.source.error(key, 'must be a list of file patterns, like ["*.gz"]')
         return tuple(value)
 
@@ -356,39 +372,66 @@ class _Reader:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.source.error(key, f"must be a whole number of at least {minimum}, not {value!r}")
+            raise self.source.error(key, f"must be a whole number of at least {minimum}, not {_shown(value)}")
         return value
 
     def boolean(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
         value = table.get(_last(key), default)
         if not isinstance(value, bool):
-            raise self.source.error(key, f"must be true or false, not {value!r}")
+            raise self.source.error(key, f"must be true or false, not {_shown(value)}")
         return value
 
     def duration(self, table: Mapping[str, Any], key: str) -> timedelta | None:
         value = table.get(_last(key))
         if value is None:
             return None
-        seconds: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (match := _DURATION.match(value)):
-            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        if seconds is None or seconds <= 0:
+        duration = parse_duration(value)
+        if duration is None:
             raise self.source.error(
-                key, f'must be a duration like 90, "90s", "15m", "2h" or "1d", not {value!r}'
+                key,
+                f'must be a duration like 90, "90s", "15m", "2h" or "1d", of at most {MAX_DURATION.days}d,'
+                f" not {_shown(value)}",
             )
-        return timedelta(seconds=seconds)
+        return duration
+
+
+def parse_duration(value: object) -> timedelta | None:
+    """Seconds as a number, or text such as "90", "90s", "15m", "2h", "1d"; None unless it is more than zero
+    and at most MAX_DURATION."""
+    seconds: float
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        return None
+    # Written so that NaN fails too; an int too large for a float compares exactly.
+    if not 0 < seconds <= MAX_DURATION.total_seconds():
+        return None
+    return timedelta(seconds=seconds)
 
 
 def _last(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
+def _key_text(key: str) -> str:
+    """A key as TOML would write it: bare, or quoted (non-printable characters escaped, so that a message
+    stays one line)."""
+    return key if _BARE_KEY.fullmatch(key) else repr(key)
+
+
 def _kind(value: object) -> str:
-    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list"}.get(
-        type(value), "a table" if isinstance(value, dict) else type(value).__name__
-    )
+    kinds = {
+        str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+        datetime: "a date-time", date: "a date", time: "a time",
+    }  # fmt: skip
+    return kinds.get(type(value), "a table" if isinstance(value, dict) else type(value).__name__)
+
+
+def _shown(value: object) -> str:
+    """A wrong value as the message shows it: simple values as written, others by their kind."""
+    return repr(value) if isinstance(value, str | int | float) else _kind(value)
 
 
 def _read_text(path: Path) -> str:
@@ -403,8 +446,9 @@ def _read_text(path: Path) -> str:
 def _parse(text: str, origin: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line N, column M)".
+    except ValueError as exc:
+        # tomllib's message ends with "(at line N, column M)". A plain ValueError is an integer too long
+        # for Python to read (over 4300 digits).
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
 
 
