@@ -3,7 +3,8 @@
 Every call into an Azure SDK goes through `translated(...)`. The mapping looks at the HTTP status and the
 service's error code (Batch: `error.code`; Storage: `error_code`), never at message text. Messages are built
 from the operation, status, code and the service's first message line, then passed through `redact`, so no
-key, connection string or SAS signature can travel in an exception.
+key, connection string or SAS signature can travel in an exception. A code the user can act on (a quota, a
+pool still being deleted, a pool that could not get its nodes) is explained instead, with what to do.
 """
 
 from __future__ import annotations
@@ -35,6 +36,55 @@ from ...redact import redact
 _TOO_LARGE_CODES = frozenset({"RequestBodyTooLarge", "RequestEntityTooLarge"})
 _AUTH_STATUSES = frozenset({401, 403})
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_QUOTAS = "in the Azure portal (Batch account > Quotas)"
+_NODE_SETTINGS = (
+    "the pool's node counts or VM size (--nodes, --spot-nodes, --vm-size, or the workload's pool)"
+)
+_SPOT_CORE_QUOTA = (
+    "the Batch account's spot (low-priority) core quota is reached",
+    f"raise the spot core quota {_QUOTAS}, use dedicated nodes instead, or lower {_NODE_SETTINGS}",
+)
+# By lower-cased service code (Batch spells some codes in two ways): what happened, and what to do about it.
+_REMEDIES = {
+    "poolquotareached": (
+        "the Batch account's pool quota is reached",
+        f"raise the pool quota {_QUOTAS}, or delete unused pools: "
+        "batchpilot cleanup --backend azure --pool ID",
+    ),
+    "activejobandschedulequotareached": (
+        "the Batch account's quota of active jobs is reached",
+        f"raise the job quota {_QUOTAS}, or delete jobs you no longer need: "
+        "batchpilot cleanup --backend azure --job ID",
+    ),
+    "poolbeingdeleted": (
+        "a pool of that id is still being deleted",
+        "wait until it is gone (a few minutes) and run again, or choose another pool id",
+    ),
+    # Resize errors: why a pool has fewer nodes than asked for.
+    "accountcorequotareached": (
+        "the Batch account's dedicated core quota is reached",
+        f"raise the dedicated core quota {_QUOTAS}, lower {_NODE_SETTINGS}, or delete unused pools",
+    ),
+    "accountvmseriescorequotareached": (
+        "the Batch account's dedicated core quota for this VM series is reached",
+        f"raise that VM series' quota {_QUOTAS}, or change {_NODE_SETTINGS}",
+    ),
+    "accountlowprioritycorequotareached": _SPOT_CORE_QUOTA,
+    "accountspotcorequotareached": _SPOT_CORE_QUOTA,
+    "allocationfailed": (
+        "Azure could not allocate the VMs",
+        f"try again later, or change {_NODE_SETTINGS}, or use another region",
+    ),
+    "allocationtimedout": (
+        "allocating the VMs timed out",
+        f"try again later, or change {_NODE_SETTINGS}, or use another region",
+    ),
+}
+
+
+def remedy(code: str | None) -> tuple[str, str] | None:
+    """What a service code means and what the user can do about it, when batchpilot knows."""
+    return _REMEDIES.get((code or "").lower())
 
 
 def service_code(exc: HttpResponseError) -> str | None:
@@ -109,6 +159,9 @@ def translate(exc: AzureError, operation: str, secrets: tuple[str, ...] = ()) ->
         return NotFoundError(message, code=code)
     if status == 413 or code in _TOO_LARGE_CODES:
         return RequestTooLargeError(message, code=code)
+    if explained := remedy(code):
+        cause, fix = explained
+        return BackendError(redact(f"{operation}: {cause} ({described}); {fix}", secrets), code=code)
     if status in _TRANSIENT_STATUSES:
         return TransientBackendError(message, code=code, retry_after=retry_after_seconds(exc))
     return BackendError(message, code=code)
