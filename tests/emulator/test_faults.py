@@ -86,7 +86,9 @@ async def test_connection_dropped_after_apply_then_retry_sees_task_exists(
 async def test_preempted_task_is_requeued_and_runs_again(start_emulator: EmulatorFactory) -> None:
     with start_emulator(faults=FaultConfig(preempt=1.0, preempt_after_s=0.2)) as emulator:
         async with batch_client(emulator) as client:
-            await client.create_pool(pool_options("p"))
+            spot_pool = pool_options("p", nodes=0)
+            spot_pool.target_low_priority_nodes = 1  # only spot nodes are preempted
+            await client.create_pool(spot_pool)
             await client.create_job(job_options("j", "p"))
             await add_tasks(client, "j", [shell_task("t", "sleep 0.6")])
             await completed(client, "j", 1)

@@ -26,7 +26,8 @@ class EmulatorConfig:
     allocation_delay_s how long new nodes stay `starting` before they turn `idle` and take tasks
     deletion_delay_s   how long a deleted pool or job stays in `deleting` before it disappears
     simulate_s         (min, max) seconds: tasks take a duration in that range without running a process
-    faults             fault injection (latency, 429, 500, dropped connections, preemption, lagging counts)
+    faults             fault injection (latency, 429, 500, dropped connections, preemption, lagging counts,
+                       an outage of list calls, SAS expiry checks) and the account's quotas
     """
 
     host: str = "127.0.0.1"
