@@ -4,10 +4,15 @@ Outputs live in the run's output container under `<task_id>/`; they land in the 
 that prefix. A file already there with the same size (and MD5, when the store knows it) is not fetched again,
 so a re-run fetches only what is missing. Downloads go through a temporary name, so an interrupted one never
 leaves a partial file under the final name.
+
+A file that cannot be written here (a full disk, a read-only or unwritable folder, a file where a folder
+should be) fails that one download, with the path, the system's reason and the remedy; the others go on, and
+the run's summary counts it as failed, so the same command run again fetches it.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +68,7 @@ class OutputDownloader:
             blobs = await self._backend.storage.list_blobs(run.container, prefix)
         except BackendError as exc:
             self.tally(run_id).failed += 1
-            await self._failed(run_id, run, task_id, prefix, exc)
+            await self._failed(run_id, run, task_id, prefix, str(exc))
             return
         for blob in blobs:
             dest = run.folder / blob.name.removeprefix(prefix)
@@ -73,7 +78,8 @@ class OutputDownloader:
                     await self._backend.storage.download(run.container, blob.name, dest)
             except (BackendError, OSError) as exc:
                 self.tally(run_id).failed += 1
-                await self._failed(run_id, run, task_id, blob.name, exc)
+                error = _cannot_save(dest, exc) if isinstance(exc, OSError) else str(exc)
+                await self._failed(run_id, run, task_id, blob.name, error)
                 continue
             tally = self.tally(run_id)
             if skipped:
@@ -93,13 +99,32 @@ class OutputDownloader:
                 source=self,
             )
 
-    async def _failed(self, run_id: str, run: _Run, task_id: str, blob_name: str, exc: Exception) -> None:
+    async def _failed(self, run_id: str, run: _Run, task_id: str, blob_name: str, error: str) -> None:
         await self._publish(
             OutputDownloadFailed(
-                run_id=run_id, job_id=run.job_id, task_id=task_id, blob_name=blob_name, error=str(exc)
+                run_id=run_id, job_id=run.job_id, task_id=task_id, blob_name=blob_name, error=error
             ),
             source=self,
         )
+
+
+_REMEDIES = {
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some space or raise the disk quota",
+    errno.EACCES: "make its folder writable",
+    errno.EPERM: "make its folder writable",
+    errno.EROFS: "the file system is read-only: download elsewhere",
+    errno.ENOTDIR: "a file stands where a folder of its path should be: move it",
+    errno.EEXIST: "a file stands where a folder of its path should be: move it",
+    errno.EISDIR: "a folder stands where the file should be: move it",
+}
+
+
+def _cannot_save(dest: Path, exc: OSError) -> str:
+    """One line: the file, the system's reason (the path in `exc` may be a temporary name), the remedy."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    remedy = _REMEDIES.get(exc.errno or 0, "fix that")
+    return f"cannot save {dest}: {reason}; {remedy}, then run the same command again to fetch it"
 
 
 async def _already_there(blob: BlobInfo, dest: Path) -> bool:
