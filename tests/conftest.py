@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from batchpilot.emulator import EmulatorConfig, RunningEmulator, emulator_in_thread
-from tests.emulator.support import Azurite
+from tests.emulator.support import CANARY_BATCH_KEY, Azurite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,10 @@ def start_emulator(tmp_path: Path) -> EmulatorFactory:
     """Start an emulator with some settings changed: `with start_emulator(faults=...) as emulator:`."""
 
     def start(**changes: object) -> AbstractContextManager[RunningEmulator]:
-        config = replace(EmulatorConfig(workdir=tmp_path / "emulator", allocation_delay_s=0.05), **changes)
+        defaults = EmulatorConfig(
+            workdir=tmp_path / "emulator", allocation_delay_s=0.05, key=CANARY_BATCH_KEY
+        )
+        config = replace(defaults, **changes)
         return emulator_in_thread(config)
 
     return start

@@ -97,6 +97,9 @@ class FakeCompute:
     async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
         raise NotFoundError("no files here")
 
+    async def end_job_when_done(self, job_id: str) -> None:
+        self.calls.append(("end_job_when_done", job_id))
+
     async def delete_job(self, job_id: str) -> None:
         self.calls.append(("delete_job", job_id))
 

@@ -32,7 +32,7 @@ from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
 from .monitor.poller import PollSettings
 from .plan import plan_lines
-from .spec import BlobInputs, CleanupPolicy
+from .spec import BlobInputs, CleanupPolicy, JobLifetime
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
@@ -441,6 +441,7 @@ async def _serve(args: argparse.Namespace) -> str:
         download_to=_writable_folder(args.out),
         # The job, the pool and the input container serve every batch: nothing is deleted after one.
         cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, delete_pool=False),
+        job_lifetime=JobLifetime.SERVICE,
     )
     from .backends.azure.requests import RequestTally
     from .metrics import Metrics, serve_metrics
@@ -569,6 +570,12 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
     elif summary.lost_contact:
         lines.append(
             f"  {summary.lost_contact}; everything is left in place: run the same command again to resume"
+        )
+    elif not summary.ok and backend == "azure":
+        # A one-shot run's job ends with its last task, and an ended job takes no new tasks.
+        lines.append(
+            "  the job has ended with its tasks: fix or replace the failed inputs, delete it"
+            f" (batchpilot cleanup --backend azure --job {summary.job_id}) and run the same command again"
         )
     elif not summary.ok:
         lines.append(

@@ -35,7 +35,7 @@ from .backends.base import (
     UploadOutcome,
 )
 from .backends.local import LocalBackend
-from .errors import ConfigError, LostContactError
+from .errors import BackendError, ConfigError, LostContactError
 from .events import (
     Event,
     EventBus,
@@ -44,6 +44,7 @@ from .events import (
     InputUploaded,
     JobReady,
     NodesReady,
+    PoolDeletionPending,
     PoolReady,
     RunFinished,
     RunStarted,
@@ -53,12 +54,15 @@ from .events import (
     TasksSubmitted,
     TaskSucceeded,
 )
+from .monitor.backoff import BackoffPolicy
 from .monitor.poller import Clock, Poller, PollSettings, PollStats, SystemClock
 from .monitor.state import TaskTracker
 from .spec import (
     BlobInputs,
+    JobLifetime,
     JobSpec,
     OutputFile,
+    PoolSpec,
     ResourceFile,
     StagedInput,
     TaskSpec,
@@ -72,9 +76,14 @@ from .subscribers.download import OutputDownloader
 
 _log = structlog.get_logger("batchpilot.engine")
 
-# Tokens handed to tasks outlive the run's timeout by this much, so a task that starts late can still finish.
-SAS_MARGIN = timedelta(hours=1)
+# A one-shot run's job ends by itself this long after the run's timeout, should the run have died: long enough
+# for a resume after a timeout to find it, short enough that an orphan does not hold the pool for long.
+JOB_GRACE = timedelta(minutes=30)
+# Tokens handed to tasks outlive whatever can still run by this much (clock skew, the upload itself).
+SAS_MARGIN = timedelta(minutes=30)
 LOGS_PREFIX = "_logs"
+# Deleting a pool takes Batch a few minutes: look again every few seconds, then every half minute.
+POOL_DELETION_POLL = BackoffPolicy(initial=2.0, factor=1.5, cap=30.0, jitter=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,23 @@ class _RunTally:
     failed: dict[str, FailedTask] = field(default_factory=dict)
     succeeded: set[str] = field(default_factory=set)
     lost_contact: str | None = None
+
+
+def job_wall_clock(workload: Workload) -> timedelta | None:
+    """How long a one-shot run's job may live; a service's job has no end."""
+    return workload.timeout + JOB_GRACE if workload.job_lifetime is JobLifetime.RUN else None
+
+
+def sas_lifetime(workload: Workload) -> timedelta:
+    """How long the tokens given to a task must stay valid: until nothing of it can still run.
+
+    A one-shot run's job, and every task in it, ends within its max wall clock. A service's task is added
+    when its batch starts and has until the batch's timeout to start, then its own max wall clock to run.
+    """
+    wall_clock = job_wall_clock(workload)
+    if wall_clock is None:
+        wall_clock = workload.timeout + (workload.template.constraints.max_wall_clock or workload.timeout)
+    return wall_clock + SAS_MARGIN
 
 
 class Orchestrator:
@@ -243,6 +269,14 @@ class Orchestrator:
         )
         to_add = await self._build_tasks(workload, [item for item in staged if item.task_id not in existing])
         tally.existing += len(staged) - len(to_add)
+        ended = job_ready[0].ended
+        if ended is not None and to_add:
+            raise BackendError(
+                f"job {workload.job_id} has ended ({ended}) and takes no new tasks, but {len(to_add)} inputs"
+                f" are new or changed; delete it (batchpilot cleanup --job {workload.job_id}) and run again,"
+                " or run under another name",
+                code="JobCompleted",
+            )
 
         async def submitted(results: Sequence[AddTaskResult]) -> None:
             await self._publish_submitted(run_id, workload.job_id, results, tally)
@@ -257,6 +291,8 @@ class Orchestrator:
             group.start_soon(self._watch_nodes, run_id, workload.pool.pool_id)
             submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
             await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
+            if workload.job_lifetime is JobLifetime.RUN and ended is None:
+                await compute.end_job_when_done(workload.job_id)
             expected = [item.task_id for item in staged if item.task_id not in tally.failed]
             tracker = TaskTracker(run_id, workload.job_id, expected)
             poller = Poller(compute, tracker, publish, settings=self._settings.poll, clock=self._clock)
@@ -279,15 +315,32 @@ class Orchestrator:
         await self._bus.publish(NodesReady(run_id=run_id, pool_id=pool_id, nodes=nodes))
 
     async def _ensure_pool_and_job(self, run_id: str, workload: Workload, job_ready: list[Ensured]) -> None:
-        pool = await self._backend.compute.ensure_pool(workload.pool)
+        pool = await self._ensure_pool(run_id, workload.pool)
         for warning in pool.warnings:
             _log.warning("pool_differs", pool_id=pool.resource_id, detail=warning)
         await self._bus.publish(
             PoolReady(run_id=run_id, pool_id=pool.resource_id, created=pool.created, warnings=pool.warnings)
         )
-        job = await self._backend.compute.ensure_job(JobSpec(workload.job_id, workload.pool.pool_id))
+        job = await self._backend.compute.ensure_job(
+            JobSpec(workload.job_id, workload.pool.pool_id, max_wall_clock=job_wall_clock(workload))
+        )
         job_ready.append(job)
         await self._bus.publish(JobReady(run_id=run_id, job_id=job.resource_id, created=job.created))
+
+    async def _ensure_pool(self, run_id: str, spec: PoolSpec) -> Ensured:
+        """Create or reuse the pool; a pool of that id still being deleted is waited out (bounded by the
+        run's timeout), since Batch refuses the id until the deletion ends, which takes minutes."""
+        interval: float | None = None
+        while True:
+            try:
+                return await self._backend.compute.ensure_pool(spec)
+            except BackendError as exc:
+                if exc.code != "PoolBeingDeleted":
+                    raise
+            if interval is None:
+                await self._bus.publish(PoolDeletionPending(run_id=run_id, pool_id=spec.pool_id))
+            interval = POOL_DELETION_POLL.next_base(interval, changed=False)
+            await self._clock.sleep(interval)
 
     async def _ensure_containers(self, workload: Workload, fresh_input_container: list[bool]) -> None:
         storage = self._backend.storage
@@ -339,7 +392,7 @@ class Orchestrator:
 
     async def _build_tasks(self, workload: Workload, staged: Sequence[StagedInput]) -> list[TaskSpec]:
         storage = self._backend.storage
-        expiry = workload.timeout + SAS_MARGIN
+        expiry = sas_lifetime(workload)
         output_url = await storage.container_url(
             workload.output_container, Permission.CREATE | Permission.WRITE, expiry
         )

@@ -61,6 +61,14 @@ class InputUploaded(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PoolDeletionPending(Event):
+    """The pool's id is still being deleted (a previous run's cleanup): the run waits until it is gone."""
+
+    kind: ClassVar[str] = "pool_deletion_pending"
+    pool_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolReady(Event):
     kind: ClassVar[str] = "pool_ready"
     pool_id: str

@@ -123,8 +123,20 @@ class PoolSpec:
 class JobSpec:
     job_id: str
     pool_id: str
-    # One-shot runs let the service end the job once every task is done, so an orphaned job ends by itself.
-    terminate_when_tasks_complete: bool = False
+    # Counted from the job's creation; the service then ends it and its tasks, with or without us.
+    max_wall_clock: timedelta | None = None
+
+
+class JobLifetime(enum.StrEnum):
+    """How long a workload's job lives, so that an orchestrator that dies cannot leave it running for ever.
+
+    RUN: a one-shot run. The job ends once every task is done (set after the last task is added, so that it
+    cannot end between two collections) and at the latest its max wall clock after creation: the run's timeout
+    plus a grace. SERVICE: the job of a long-lived service, which adds tasks to it as inputs arrive.
+    """
+
+    RUN = "run"
+    SERVICE = "service"
 
 
 # --- resolved tasks ---------------------------------------------------------------------------------------
@@ -297,6 +309,7 @@ class Workload:
     cleanup: CleanupPolicy = CleanupPolicy()
     timeout: timedelta = timedelta(hours=1)
     environment: tuple[tuple[str, str], ...] = field(default=())
+    job_lifetime: JobLifetime = JobLifetime.RUN
 
     def __post_init__(self) -> None:
         # Derived names are filled in here so that a Workload built by hand and one from the CLI agree.

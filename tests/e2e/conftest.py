@@ -1,24 +1,53 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.emulator.support import AZURITE_KEY, CANARY_BATCH_KEY
+
 Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+# The secrets every end-to-end run is given: none may appear in anything the CLI prints.
+CANARIES = (CANARY_BATCH_KEY, AZURITE_KEY)
+_UNREDACTED_SAS = re.compile(r"sig=(?!REDACTED)")
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "BATCHPILOT_"))}
-    env.update(BATCHPILOT_HOME=str(home), **extra)
+    env.update(BATCHPILOT_HOME=str(home), BATCHPILOT_TEST_CAPTURE=str(capture_file(home.parent)), **extra)
     return env
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "batchpilot.cli", *args]
+    """The CLI as `python -m batchpilot.cli`, with its output also copied for the leak check."""
+    return [sys.executable, str(Path(__file__).with_name("cli_tee.py")), *args]
+
+
+def capture_file(tmp_path: Path) -> Path:
+    return tmp_path / "cli-output.log"
+
+
+def leaked_secrets(text: str) -> list[str]:
+    """The canaries, and any SAS signature, found in `text` (what a leak check reports)."""
+    found = [f"canary {canary[:8]}..." for canary in CANARIES if canary in text]
+    found += [f"SAS signature at {match.start()}" for match in _UNREDACTED_SAS.finditer(text)]
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_cli_output(tmp_path: Path) -> Iterator[None]:
+    """After each test: no log line, event, error or summary that any CLI run printed holds a secret."""
+    yield
+    capture = capture_file(tmp_path)
+    if capture.exists():
+        assert leaked_secrets(capture.read_text(errors="replace")) == []
 
 
 @pytest.fixture

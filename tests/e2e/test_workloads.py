@@ -12,7 +12,7 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient
 
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import Run, cli_env
+from tests.e2e.conftest import Run, cli_command, cli_env
 from tests.e2e.test_azure import azure_env
 from tests.emulator.support import Azurite
 
@@ -125,7 +125,7 @@ def test_the_same_workload_file_on_the_azure_path(
     path = workload_file(tmp_path, UPPER + " {input} {output_dir}/{stem}.upper")
     with start_emulator() as emulator:
         result = subprocess.run(
-            [sys.executable, "-m", "batchpilot.cli", "run", "--backend", "azure", "--workload", str(path),
+            [*cli_command(), "run", "--backend", "azure", "--workload", str(path),
              "--out", str(tmp_path / "out")],
             env=azure_env(home, emulator, azurite), capture_output=True, text=True, timeout=120,
             stdin=subprocess.DEVNULL,
@@ -187,7 +187,7 @@ def test_inputs_already_in_an_azure_container(
     out = tmp_path / "out"
     with start_emulator() as emulator:
         result = subprocess.run(
-            [sys.executable, "-m", "batchpilot.cli", "run", "--backend", "azure",
+            [*cli_command(), "run", "--backend", "azure",
              "--workload", str(blob_workload(tmp_path)), "--out", str(out)],
             env=azure_env(home, emulator, azurite), capture_output=True, text=True, timeout=120,
             stdin=subprocess.DEVNULL,

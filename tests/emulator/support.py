@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -16,6 +17,8 @@ from batchpilot.emulator import RunningEmulator
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# The Batch key of every test emulator: recognisable wherever it leaks ("CANARY-batch-key..." decoded).
+CANARY_BATCH_KEY = base64.b64encode(b"CANARY-batch-key-never-to-be-printed-by-batchpilot").decode()
 
 T = TypeVar("T")
 

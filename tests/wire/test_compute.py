@@ -229,11 +229,11 @@ async def test_wait_for_nodes_surfaces_a_failed_start_task(http: Http, backend: 
 # --- jobs -------------------------------------------------------------------------------------------------
 
 
-async def test_ensure_job_creates_a_job_that_ends_with_its_tasks(http: Http, backend: AzureBackend) -> None:
+async def test_ensure_job_creates_a_job_with_a_max_wall_clock(http: Http, backend: AzureBackend) -> None:
     http.batch("POST", "/jobs", status=201)
 
     ensured = await backend.compute.ensure_job(
-        JobSpec("job-1", "tutorial-pool", terminate_when_tasks_complete=True)
+        JobSpec("job-1", "tutorial-pool", max_wall_clock=timedelta(hours=1, minutes=30))
     )
 
     assert ensured.created is True
@@ -242,8 +242,19 @@ async def test_ensure_job_creates_a_job_that_ends_with_its_tasks(http: Http, bac
     assert sent.json() == {
         "id": "job-1",
         "poolInfo": {"poolId": "tutorial-pool"},
-        "onAllTasksComplete": "terminatejob",
+        "onAllTasksComplete": "noaction",  # set once every task is added, or the job could end in between
+        "constraints": {"maxWallClockTime": "PT01H30M00S"},  # the SDK's ISO 8601 form
     }
+
+
+async def test_end_job_when_done_lets_the_service_end_the_job(http: Http, backend: AzureBackend) -> None:
+    http.batch("PATCH", "/jobs/job-1", status=200)
+
+    await backend.compute.end_job_when_done("job-1")
+
+    [sent] = http.sent()
+    assert (sent.method, sent.path) == ("PATCH", "/jobs/job-1")
+    assert sent.json() == {"onAllTasksComplete": "terminatejob"}
 
 
 async def test_existing_active_job_is_reused(http: Http, backend: AzureBackend) -> None:
@@ -256,11 +267,57 @@ async def test_existing_active_job_is_reused(http: Http, backend: AzureBackend) 
 
     ensured = await backend.compute.ensure_job(JobSpec("job-1", "tutorial-pool"))
 
-    assert (ensured.created, ensured.warnings) == (False, ())
-    assert http.sent("GET")[0].query["$select"] == "id,state,poolInfo"
+    assert (ensured.created, ensured.warnings, ensured.ended) == (False, (), None)
+    assert http.sent("GET")[0].query["$select"].startswith("id,state,poolInfo,")
+    assert http.sent("PATCH") == []  # nothing to renew: no wall clock, and it never ends by itself
 
 
-@pytest.mark.parametrize("state", ["completed", "terminating", "deleting"])
+async def test_a_reused_job_is_renewed_for_a_resumed_run(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("POST", "/jobs", 409, "JobExists")
+    created = datetime.now(UTC) - timedelta(hours=2)
+    http.batch(
+        "GET",
+        "/jobs/job-1",
+        payload={
+            "id": "job-1",
+            "state": "active",
+            "poolInfo": {"poolId": "tutorial-pool"},
+            "creationTime": created.isoformat(),
+            "onAllTasksComplete": "terminatejob",
+        },
+    )
+    http.batch("PATCH", "/jobs/job-1", status=200)
+
+    await backend.compute.ensure_job(JobSpec("job-1", "tutorial-pool", max_wall_clock=timedelta(hours=1)))
+
+    [patch] = http.sent("PATCH")
+    body = patch.json()
+    # Tasks may be added again, and the job lives its wall clock from now: 2 h lived + 1 h.
+    assert body["onAllTasksComplete"] == "noaction"
+    assert body["constraints"]["maxWallClockTime"].startswith("PT03H00M")
+
+
+async def test_a_completed_job_is_reused_for_reading_and_says_why_it_ended(
+    http: Http, backend: AzureBackend
+) -> None:
+    http.batch_error("POST", "/jobs", 409, "JobExists")
+    http.batch(
+        "GET",
+        "/jobs/job-1",
+        payload={
+            "id": "job-1",
+            "state": "completed",
+            "poolInfo": {"poolId": "tutorial-pool"},
+            "executionInfo": {"startTime": "2026-01-01T00:00:00Z", "terminateReason": "AllTasksComplete"},
+        },
+    )
+
+    ensured = await backend.compute.ensure_job(JobSpec("job-1", "tutorial-pool"))
+
+    assert (ensured.created, ensured.ended) == (False, "AllTasksComplete")
+
+
+@pytest.mark.parametrize("state", ["terminating", "deleting"])
 async def test_finished_job_is_a_clear_error(http: Http, backend: AzureBackend, state: str) -> None:
     http.batch_error("POST", "/jobs", 409, "JobExists")
     http.batch(

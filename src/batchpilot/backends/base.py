@@ -94,6 +94,8 @@ class Ensured:
     resource_id: str
     created: bool
     warnings: tuple[str, ...] = ()
+    # A job that has completed (its tasks all done, or its wall clock reached): readable, but takes no tasks.
+    ended: str | None = None
 
 
 class Permission(enum.Flag):
@@ -125,7 +127,14 @@ class Compute(Protocol):
         get any (quota, allocation failure, start task failed). Unbounded: the caller sets a deadline."""
         ...
 
-    async def ensure_job(self, spec: JobSpec) -> Ensured: ...
+    async def ensure_job(self, spec: JobSpec) -> Ensured:
+        """Create the job, or reuse it; a reused job's max wall clock is extended to end no sooner than
+        `spec.max_wall_clock` from now, so that a resumed run gets the time a new one would."""
+        ...
+
+    async def end_job_when_done(self, job_id: str) -> None:
+        """No more tasks will be added: the job ends by itself once every task has completed."""
+        ...
 
     async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
         """Add one collection (at most 100 tasks, under 1 MB). Raises RequestTooLargeError when over."""

@@ -46,6 +46,7 @@ from .wire import (
     error_response,
     invalid_property,
     job_json,
+    job_max_wall_clock,
     json_response,
     missing_property,
     node_json,
@@ -287,6 +288,7 @@ class Emulator:
         pool_id = pool_info.get("poolId")
         if not pool_id:
             raise missing_property("poolInfo.poolId")
+        job_max_wall_clock(body)
         job = Job(job_id, pool_id, body, _utcnow(), _on_all_tasks_complete(body))
         self.account.add_job(job)
         self.runtime.job_settings_changed(job)
@@ -309,6 +311,9 @@ class Emulator:
         if "onAllTasksComplete" in body:
             job.on_all_tasks_complete = _on_all_tasks_complete(body)
             job.body["onAllTasksComplete"] = body["onAllTasksComplete"]
+        if "constraints" in body:
+            job_max_wall_clock(body)
+            job.body["constraints"] = body["constraints"]
         self.runtime.job_settings_changed(job)
         return web.Response(status=200)
 

@@ -35,6 +35,7 @@ from .config import EmulatorConfig
 from .faults import Fault, FaultInjector, task_random
 from .state import Account, Counts, Job, JobState, Node, NodeState, OnAllTasksComplete, Pool, PoolState, Task
 from .stats import Stats
+from .wire import job_max_wall_clock
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,7 @@ class Runtime:
         self._pool_scopes: dict[Pool, anyio.CancelScope] = {}
         self._attempts: dict[Task, Attempt] = {}
         self._snapshots: dict[Job, _Snapshot] = {}
+        self._wall_clocks: dict[Job, anyio.CancelScope] = {}
         self._stopping = anyio.Event()
         self._start_task_logged = False
         self._tg: TaskGroup | None = None
@@ -172,6 +174,9 @@ class Runtime:
     def job_ended(self, job: Job, state: JobState, reason: str = "UserTerminate") -> None:
         """Terminate (state completed, with `reason`) or delete (state deleting) a job and its attempts."""
         ending = EndReason.JOB_DELETED if state is JobState.DELETING else EndReason.JOB_TERMINATED
+        wall_clock = self._wall_clocks.pop(job, None)
+        if wall_clock is not None:
+            wall_clock.cancel()
         for task, attempt in list(self._attempts.items()):
             if task.job_id.lower() == job.job_id.lower():
                 attempt.end(ending)
@@ -183,6 +188,19 @@ class Runtime:
 
     def job_settings_changed(self, job: Job) -> None:
         self._maybe_finish(job)
+        previous = self._wall_clocks.pop(job, None)
+        if previous is not None:
+            previous.cancel()
+        limit = job_max_wall_clock(job.body)
+        if limit is not None and job.state is JobState.ACTIVE:
+            scope = self._wall_clocks[job] = anyio.CancelScope()
+            self._group().start_soon(self._end_at_wall_clock, job, job.creation_time + limit, scope)
+
+    async def _end_at_wall_clock(self, job: Job, deadline: datetime, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep(max(0.0, (deadline - self._now()).total_seconds()))
+            if job.state is JobState.ACTIVE:
+                self.job_ended(job, JobState.COMPLETED, "MaxWallClockTimeExpiry")
 
     def counts(self, job: Job) -> Counts:
         """The job's counts, possibly from a snapshot up to `counts_lag_s` old, as Batch's may lag."""

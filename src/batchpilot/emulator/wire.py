@@ -68,6 +68,12 @@ def parse_duration(text: str, field: str) -> timedelta:
     return timedelta(**parts)
 
 
+def job_max_wall_clock(body: dict[str, Any]) -> timedelta | None:
+    """A job's `constraints.maxWallClockTime`, counted from its creation (400 when malformed)."""
+    wall_clock = (body.get("constraints") or {}).get("maxWallClockTime")
+    return parse_duration(wall_clock, "maxWallClockTime") if wall_clock else None
+
+
 def format_duration(delta: timedelta) -> str:
     seconds = delta.total_seconds()
     days, seconds = divmod(seconds, 86400)

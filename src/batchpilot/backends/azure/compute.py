@@ -9,7 +9,7 @@ helper re-queues a chunk forever on a persistent 5xx and silently drops an over-
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import anyio
 from azure.batch import models as bm
@@ -26,7 +26,6 @@ Sleep = Callable[[float], Awaitable[None]]
 
 # A job in these states takes no new tasks; what the user can do about each.
 _UNUSABLE_JOB_STATES = {
-    "completed": "it has ended; delete it (or pick another run name) to run again",
     "terminating": "it is ending; wait for it to complete, then delete it or pick another run name",
     "deleting": "it is being deleted; wait a minute and run again",
     "disabling": "it is being disabled; enable it again in the portal or pick another run name",
@@ -133,7 +132,10 @@ class AzureCompute:
                 if service_code(exc) not in ("JobExists", "JobBeingDeleted"):
                     raise
         with translated(f"get job {spec.job_id}", self._secrets):
-            job = await self._client.get_job(spec.job_id, select=["id", "state", "poolInfo"])
+            job = await self._client.get_job(
+                spec.job_id,
+                select=["id", "state", "poolInfo", "creationTime", "onAllTasksComplete", "executionInfo"],
+            )
         state = models.value_of(job.state)
         if state in _UNUSABLE_JOB_STATES:
             raise BackendError(
@@ -145,7 +147,31 @@ class AzureCompute:
             warnings = (
                 f"job {spec.job_id} exists on pool {job.pool_info.pool_id}, not {spec.pool_id}; reusing it",
             )
+        if state == "completed":
+            reason = job.execution_info.termination_reason if job.execution_info else None
+            return Ensured(spec.job_id, created=False, warnings=warnings, ended=reason or "completed")
+        await self._renew_job(spec, job)
         return Ensured(spec.job_id, created=False, warnings=warnings)
+
+    async def _renew_job(self, spec: JobSpec, job: bm.BatchJob) -> None:
+        """A reused job takes tasks again until told otherwise, and gets its wall clock again from now."""
+        update = bm.BatchJobUpdateOptions()
+        if models.value_of(job.all_tasks_complete_mode) == "terminatejob":
+            update.all_tasks_complete_mode = bm.BatchAllTasksCompleteMode.NO_ACTION
+        if spec.max_wall_clock is not None and job.creation_time is not None:
+            lived = datetime.now(UTC) - job.creation_time
+            update.constraints = bm.BatchJobConstraints(max_wall_clock_time=lived + spec.max_wall_clock)
+        if update.all_tasks_complete_mode is None and update.constraints is None:
+            return
+        with translated(f"update job {spec.job_id}", self._secrets):
+            await self._client.update_job(spec.job_id, update)
+
+    async def end_job_when_done(self, job_id: str) -> None:
+        with translated(f"update job {job_id}", self._secrets):
+            await self._client.update_job(
+                job_id,
+                bm.BatchJobUpdateOptions(all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.TERMINATE_JOB),
+            )
 
     async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
         group = bm.BatchTaskGroup(task_values=[models.task_create_options(task) for task in tasks])

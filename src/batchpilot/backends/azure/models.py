@@ -94,10 +94,12 @@ def job_create_options(spec: JobSpec) -> bm.BatchJobCreateOptions:
     return bm.BatchJobCreateOptions(
         id=spec.job_id,
         pool_info=bm.BatchPoolInfo(pool_id=spec.pool_id),
-        all_tasks_complete_mode=(
-            bm.BatchAllTasksCompleteMode.TERMINATE_JOB
-            if spec.terminate_when_tasks_complete
-            else bm.BatchAllTasksCompleteMode.NO_ACTION
+        # Never at creation: a job whose first tasks finish before the next collection is added would end.
+        all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
+        constraints=(
+            bm.BatchJobConstraints(max_wall_clock_time=spec.max_wall_clock)
+            if spec.max_wall_clock is not None
+            else None
         ),
     )
 

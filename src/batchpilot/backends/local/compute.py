@@ -254,6 +254,9 @@ class LocalCompute:
             raise NotFoundError(f"task file {name!r} of {task_id!r} not found", code="FileNotFound")
         return await anyio.Path(path).read_bytes()
 
+    async def end_job_when_done(self, job_id: str) -> None:
+        """Nothing to do: a local job's tasks cannot outlive the process that runs them."""
+
     async def delete_job(self, job_id: str) -> None:
         job = self._jobs.pop(job_id, None)
         if job is not None:

@@ -1,0 +1,129 @@
+"""The faults users of Batch orchestrators hit, through the CLI against the emulator and Azurite: a pool id
+still being deleted, an orchestrator killed mid-run, a service that stops answering polls."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+from azure.core.exceptions import HttpResponseError
+
+from batchpilot.emulator.faults import FaultConfig
+from tests.conftest import EmulatorFactory
+from tests.e2e.conftest import cli_command, leaked_secrets
+from tests.e2e.test_azure import JOB, azure_env, delete_run_containers, events, run_azure
+from tests.emulator.support import AZURITE_KEY, CANARY_BATCH_KEY, Azurite, batch_client, eventually
+
+POOL = "batchpilot-azure-pool"
+
+
+def test_the_leak_check_finds_canaries_and_signatures_but_not_redacted_ones():
+    assert leaked_secrets("all fine: ...?se=2026&sig=REDACTED") == []
+    found = leaked_secrets(f"key={CANARY_BATCH_KEY} conn=AccountKey={AZURITE_KEY} url=?sv=1&sig=abc%3D")
+    assert len(found) == 3
+
+
+def test_a_run_waits_while_its_pool_id_is_still_being_deleted(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    # Long enough that the second run asks for the pool while it is still being deleted.
+    with start_emulator(deletion_delay_s=8.0) as emulator:
+        env = azure_env(home, emulator, azurite)
+        first = run_azure(env, tmp_path / "first")
+        assert first.returncode == 0, first.stderr
+        cleanup = subprocess.run(
+            cli_command("cleanup", "--backend", "azure", "--pool", POOL, "--job", JOB),
+            env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert cleanup.returncode == 0, cleanup.stderr
+        delete_run_containers(azurite)
+        second = run_azure(env, tmp_path / "second")
+    assert second.returncode == 0, second.stderr
+    kinds = [event["event"] for event in events(second)]
+    # Said once, before the pool is created again, not a failure.
+    assert kinds.count("pool_deletion_pending") == 1
+    assert kinds.index("pool_deletion_pending") < kinds.index("pool_ready")
+    assert len(list((tmp_path / "second").glob("*.mp3"))) == 5
+
+
+def test_a_job_whose_orchestrator_was_killed_ends_by_itself_once_its_tasks_are_done(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    # Slow nodes keep the tasks queued while the orchestrator dies.
+    with start_emulator(allocation_delay_s=1.5) as emulator:
+        env = azure_env(home, emulator, azurite)
+        log = tmp_path / "killed.log"
+        args = cli_command("run", "--backend", "azure", "--sample", "5", "--out", str(tmp_path / "out"))
+        with (
+            log.open("w") as stdout,
+            subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE) as run,
+        ):
+            deadline = time.monotonic() + 60
+            try:
+                # Monitoring has begun, so every task is in and the job was told no more will come.
+                while '"task_state_changed"' not in log.read_text():
+                    assert time.monotonic() < deadline, "the run never started monitoring"
+                    assert run.poll() is None
+                    time.sleep(0.05)
+                run.send_signal(signal.SIGKILL)
+                run.wait(timeout=30)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+
+        async def ended() -> tuple[str, int]:
+            async with batch_client(emulator) as client:
+
+                async def probe() -> tuple[str, int] | None:
+                    job = await client.get_job(JOB)
+                    if job.state != "completed":
+                        return None
+                    assert job.execution_info is not None
+                    counts = (await client.get_job_task_counts(JOB)).task_counts
+                    return job.execution_info.termination_reason or "", counts.succeeded
+
+                return await eventually(probe, within=60)
+
+        reason, succeeded = anyio.run(ended)
+    assert (reason, succeeded) == ("AllTasksComplete", 5)
+
+
+def test_polls_failing_past_the_deadline_stop_the_run_and_the_same_command_resumes_it(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    out = tmp_path / "out"
+    # Every list and count request fails from the first task added on, for 20 s: the tasks run regardless.
+    outage = FaultConfig(outage_after_s=0.0, outage_s=20.0)
+    with start_emulator(faults=outage) as emulator:
+        env = azure_env(home, emulator, azurite)
+        lost = run_azure(env, out, "--give-up-after", "2s")
+
+        async def outage_over() -> None:
+            async with batch_client(emulator) as client:
+
+                async def probe() -> bool | None:
+                    try:
+                        await client.get_job_task_counts(JOB)
+                    except HttpResponseError:
+                        return None
+                    return True
+
+                await eventually(probe, within=60)
+
+        anyio.run(outage_over)
+        resumed = run_azure(env, out)
+    assert lost.returncode == 1, lost.stderr
+    assert "LOST CONTACT" in lost.stderr
+    assert f"could not read the tasks of job {JOB}" in lost.stderr
+    assert "run the same command again to resume" in lost.stderr
+    lost_kinds = [event["event"] for event in events(lost)]
+    assert "task_failed" not in lost_kinds  # unknown is not failed
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 added, 5 already in the job" in resumed.stderr
+    assert len(list(out.glob("*.mp3"))) == 5

@@ -1,0 +1,115 @@
+"""What the engine asks of a job so that it outlives no dead orchestrator, and how long task tokens last."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
+from batchpilot.backends.base import Compute
+from batchpilot.engine import JOB_GRACE, SAS_MARGIN, job_wall_clock, sas_lifetime
+from batchpilot.errors import BackendError
+from batchpilot.spec import JobLifetime, JobSpec, TaskConstraints, TaskSpec
+
+
+class RecordingCompute:
+    """The local compute, with the job-related calls written down in order."""
+
+    def __init__(self, inner: Compute) -> None:
+        self._inner = inner
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def ensure_job(self, spec: JobSpec) -> Any:
+        self.calls.append(("ensure_job", spec))
+        return await self._inner.ensure_job(spec)
+
+    async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Any:
+        self.calls.append(("add_tasks", len(tasks)))
+        return await self._inner.add_tasks(job_id, tasks)
+
+    async def end_job_when_done(self, job_id: str) -> None:
+        self.calls.append(("end_job_when_done", job_id))
+        await self._inner.end_job_when_done(job_id)
+
+
+def workload(tmp_path: Path, lifetime: JobLifetime) -> Workload:
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for n in range(3):
+        (folder / f"f{n}.txt").write_text(str(n))
+    return Workload(
+        name="lifetime",
+        inputs=tuple(sorted(folder.iterdir())),
+        template=TaskTemplate(command="/bin/cp {input} {stem}.copy", outputs=("{stem}.copy",)),
+        pool=PoolSpec("lifetime-pool", dedicated_nodes=2),
+        download_to=tmp_path / "out",
+        cleanup=CleanupPolicy(delete_input_container=False),
+        timeout=timedelta(minutes=20),
+        job_lifetime=lifetime,
+    )
+
+
+async def run_recorded(tmp_path: Path, job: Workload) -> list[tuple[str, Any]]:
+    backend = LocalBackend(tmp_path / "state")
+    recording = RecordingCompute(backend.compute)
+    backend.compute = recording  # type: ignore[assignment]
+    async with Orchestrator(backend) as orchestrator:
+        summary = await orchestrator.run(job)
+    assert summary.ok
+    return recording.calls
+
+
+async def test_a_one_shot_run_bounds_its_job_and_lets_it_end_after_the_last_task_is_added(tmp_path: Path):
+    calls = await run_recorded(tmp_path, workload(tmp_path, JobLifetime.RUN))
+    spec = calls[0][1]
+    assert isinstance(spec, JobSpec)
+    assert spec.max_wall_clock == timedelta(minutes=20) + JOB_GRACE
+    # Told only once every task is in: a job whose first tasks finish before the next collection would end.
+    assert [name for name, _ in calls] == ["ensure_job", "add_tasks", "end_job_when_done"]
+
+
+async def test_a_service_job_has_no_end(tmp_path: Path):
+    calls = await run_recorded(tmp_path, workload(tmp_path, JobLifetime.SERVICE))
+    assert calls[0] == ("ensure_job", JobSpec("batchpilot-lifetime", "lifetime-pool", max_wall_clock=None))
+    assert "end_job_when_done" not in [name for name, _ in calls]
+
+
+def test_task_tokens_outlive_everything_that_can_still_run(tmp_path: Path):
+    one_shot = workload(tmp_path, JobLifetime.RUN)
+    wall_clock = job_wall_clock(one_shot)
+    assert wall_clock is not None
+    assert sas_lifetime(one_shot) == wall_clock + SAS_MARGIN
+    # A service's task has the batch's timeout to start, then its own wall clock to run.
+    service = workload(tmp_path, JobLifetime.SERVICE)
+    long_tasks = replace(
+        service,
+        template=replace(service.template, constraints=TaskConstraints(max_wall_clock=timedelta(hours=5))),
+    )
+    assert sas_lifetime(long_tasks) == timedelta(minutes=20) + timedelta(hours=5) + SAS_MARGIN
+
+
+async def test_new_inputs_for_a_job_that_has_ended_are_a_clear_error(tmp_path: Path):
+    job = workload(tmp_path, JobLifetime.RUN)
+    backend = LocalBackend(tmp_path / "state")
+    inner = backend.compute
+
+    class EndedJob(RecordingCompute):
+        async def ensure_job(self, spec: JobSpec) -> Any:
+            ensured = await inner.ensure_job(spec)
+            return replace(ensured, created=False, ended="AllTasksComplete")
+
+    backend.compute = EndedJob(inner)  # type: ignore[assignment]
+    async with Orchestrator(backend) as orchestrator:
+        with pytest.raises(BackendError, match="job batchpilot-lifetime has ended") as raised:
+            await orchestrator.run(job)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "batchpilot cleanup --job batchpilot-lifetime" in message
