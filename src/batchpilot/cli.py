@@ -36,6 +36,7 @@ from .spec import BlobInputs, CleanupPolicy, JobLifetime
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
+from .workload_file import MAX_DURATION, parse_duration
 from .workloads import ffmpeg
 
 if TYPE_CHECKING:  # the Azure SDKs and the service take ~0.5 s to import: only the commands that use them do
@@ -71,16 +72,13 @@ _non_negative_int = _whole_number(0)
 
 
 def _duration(text: str) -> timedelta:
-    """Seconds, or a number with s/m/h: 90, 90s, 15m, 2h."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 15m or 2h") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
-    return timedelta(seconds=seconds)
+    """Seconds, or a number with s/m/h/d: 90, 90s, 15m, 2h, 1d; as in a workload file."""
+    duration = parse_duration(text)
+    if duration is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 90, 15m, 2h or 1d, of at most {MAX_DURATION.days}d"
+        )
+    return duration
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -570,6 +568,11 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
     elif summary.lost_contact:
         lines.append(
             f"  {summary.lost_contact}; everything is left in place: run the same command again to resume"
+        )
+    elif summary.download_failed and summary.succeeded == summary.tasks:
+        lines.append(
+            f"  outputs missing: {summary.download_failed} could not be saved (output_download_failed in the"
+            " log says why); fix that and run the same command again to fetch them: no task runs again"
         )
     elif not summary.ok and backend == "azure":
         # A one-shot run's job ends with its last task, and an ended job takes no new tasks.

@@ -201,6 +201,8 @@ class TaskSpec:
 # --- the declarative workload -----------------------------------------------------------------------------
 
 PLACEHOLDERS = frozenset({"input", "input_name", "stem", "output_dir", "task_id"})
+# `{}` and `{0}` match too, to be refused as unknown placeholders by name.
+_PLACEHOLDER_NAME = re.compile(r"\w*", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,13 +260,25 @@ class TaskTemplate:
 
 
 def template_fields(text: str) -> list[str]:
-    """The placeholder names used in a `str.format` template; a malformed template is a ConfigError."""
+    """The placeholder names used in a `str.format` template; a malformed template is a ConfigError.
+
+    Placeholders are plain names: their values are shell-quoted text, on which an index, an attribute, a
+    conversion or a format spec (`{input[0]}`, `{input!r}`, `{input:d}`) can only fail or garble when the
+    command is rendered, long after the workload was read.
+    """
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        fields = [field for field in string.Formatter().parse(text) if field[1] is not None]
     except ValueError as exc:
         raise ConfigError(
             f"malformed template {text!r}: {exc}; double braces ({{{{ }}}}) for literal ones"
         ) from None
+    for _, name, spec, conversion in fields:
+        if spec or conversion or not _PLACEHOLDER_NAME.fullmatch(name or ""):
+            raise ConfigError(
+                f"malformed template {text!r}: write placeholders as plain names, like {{input}}; "
+                "double braces ({{ }}) for literal ones"
+            )
+    return [name for _, name, _, _ in fields if name is not None]
 
 
 @dataclass(frozen=True, slots=True)
