@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -21,8 +22,9 @@ def md5_of(path: Path) -> str:
 
 
 def temporary_sibling(dest: Path) -> Path:
-    """A hidden name beside `dest` for writing before the final rename."""
-    return dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    """A hidden name beside `dest` for writing before the final rename; unique, so that two writers of the
+    same file (two runs in one process) never share one."""
+    return dest.with_name(f".{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def copy_atomically(source: Path, dest: Path) -> None:
