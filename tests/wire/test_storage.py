@@ -16,7 +16,7 @@ from azure.core.credentials import AccessToken
 from batchpilot.backends.azure import AzureBackend
 from batchpilot.backends.base import BlobInfo, Permission, UploadOutcome
 from batchpilot.config import AzureSettings, BatchSettings, StorageSettings
-from batchpilot.errors import AuthenticationError, NotFoundError
+from batchpilot.errors import AuthenticationError, ConfigError, NotFoundError
 
 from .conftest import BATCH, BLOBS, STORAGE_KEY, Http
 
@@ -145,6 +145,26 @@ async def test_entra_id_sas_uses_one_cached_user_delegation_key(
         query = sas_query(url)
         assert (query["sp"], query["skoid"], query["sktid"]) == (permissions, "oid-1", "tid-1")
     assert token.scopes == ["https://storage.azure.com/.default"]
+
+
+async def test_a_delegation_key_is_renewed_before_a_sas_it_signs_would_outlive_it(
+    http: Http, entra_settings: AzureSettings, retry_sleeps: list[float]
+) -> None:
+    http.add(blob("/"), "POST", body=DELEGATION_KEY, content_type=XML)
+    http.add(blob("/"), "POST", body=DELEGATION_KEY, content_type=XML)
+    now = [NOW]
+
+    async with AzureBackend(
+        entra_settings, token_credential=FixedToken(), retry_total=0, clock=lambda: now[0]
+    ) as backend:
+        await backend.storage.container_url("out", Permission.WRITE, timedelta(hours=1))
+        now[0] = NOW + timedelta(days=6, hours=23)  # a long service: the first key ends in under an hour
+        await backend.storage.container_url("out", Permission.WRITE, timedelta(hours=1))
+        with pytest.raises(ConfigError, match="at most 7 days") as raised:
+            await backend.storage.container_url("out", Permission.WRITE, timedelta(days=8))
+
+    assert len(http.sent()) == 2  # one key, then a fresh one; none for the refused token
+    assert "\n" not in str(raised.value)
 
 
 async def test_entra_id_reaches_batch_with_a_bearer_token(

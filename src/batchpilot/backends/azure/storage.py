@@ -29,6 +29,7 @@ from azure.storage.blob import (
 from azure.storage.blob.aio import BlobServiceClient
 
 from ...config import StorageSettings
+from ...errors import ConfigError
 from ..base import BlobInfo, Permission, UploadOutcome
 from .errors import translated
 
@@ -223,7 +224,11 @@ class AzureStorage:
             # Ask for the longest key the service allows, so one key signs every URL of a run.
             expires = now + _DELEGATION_KEY_MAX - _CLOCK_SKEW
             if sas_expires + _DELEGATION_KEY_MARGIN > expires:
-                raise ValueError(f"a SAS signed with Entra ID can last at most {_DELEGATION_KEY_MAX}")
+                raise ConfigError(
+                    f"with Entra ID, the tokens given to tasks last at most {_DELEGATION_KEY_MAX.days} days,"
+                    f" and this run's would last until {sas_expires:%Y-%m-%d %H:%M} UTC: give a shorter"
+                    " --timeout (or the tasks a shorter max_wall_clock), or a storage account key"
+                )
             with translated("get a user delegation key", self._secrets):
                 key = await self._service.get_user_delegation_key(now - _CLOCK_SKEW, expires)
             self._delegation = _DelegationKey(key, expires)
