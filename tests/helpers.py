@@ -106,6 +106,9 @@ class FakeCompute:
     async def delete_pool(self, pool_id: str) -> None:
         self.calls.append(("delete_pool", pool_id))
 
+    async def resize_pool(self, pool_id: str, dedicated: int, spot: int) -> None:
+        self.calls.append(("resize_pool", (pool_id, dedicated, spot)))
+
     def set(self, task_id: str, state: TaskState, t: float, **extra: object) -> None:
         self.tasks[task_id] = view(task_id, state, t, **extra)
 

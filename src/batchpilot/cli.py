@@ -7,6 +7,7 @@ the service refused; 2 for a user mistake (one line, no traceback); 130 when int
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -79,6 +80,17 @@ def _duration(text: str) -> timedelta:
             f"{text!r} is not a duration like 90, 15m, 2h or 1d, of at most {MAX_DURATION.days}d"
         )
     return duration
+
+
+def _minutes(text: str) -> timedelta:
+    """A number of minutes, fractions allowed: 15, 0.5."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes like 15 or 0.5") from None
+    if not 0 < minutes < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of minutes above zero, like 15 or 0.5")
+    return timedelta(minutes=minutes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--concurrency", type=_positive_int, default=16, metavar="N", help="uploads in flight (default: 16)"
     )
+    serve.add_argument(
+        "--idle-shutdown", type=_minutes, metavar="MIN",
+        help="resize the pool to zero nodes after MIN minutes without work (no task waiting or running, no "
+        "new input), and back to its node counts when inputs arrive (default: off). It resizes the "
+        "workload's pool even if an earlier run created it: give the service a pool of its own",
+    )  # fmt: skip
     _add_monitor_options(serve)
     _add_backend_options(serve)
     _add_log_options(serve)
@@ -465,7 +483,8 @@ async def _serve(args: argparse.Namespace) -> str:
                     orchestrator.backend.storage, args.watch_container, args.prefix, pattern
                 )
                 await _container_exists(source)
-            await Service(orchestrator, workload, source, metrics).run(stop)
+            service = Service(orchestrator, workload, source, metrics, idle_shutdown=args.idle_shutdown)
+            await service.run(stop)
             group.cancel_scope.cancel()
     return service_summary_line(metrics, workload)
 

@@ -113,6 +113,12 @@ class Metrics:
             ("monitor_degraded", "Times polls kept failing long enough for a run to report itself degraded."),
         ):
             metric(f"batchpilot_{name}_total", "counter", help_text, {"": counters[name]})
+        metric(
+            "batchpilot_pool_scaled_total",
+            "counter",
+            "Pool resizes by the idle shutdown: to zero nodes, and back to the workload's (full).",
+            {f'{{size="{size}"}}': counters[f"pool_scaled_{size}"] for size in ("zero", "full")},
+        )
         if self.requests is not None:
             for name, help_text, counts in (
                 (

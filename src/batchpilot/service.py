@@ -11,14 +11,22 @@ Stopping: the watcher stops, runs still uploading or submitting finish those sta
 A file is taken once it is complete: its size and modification time unchanged across two looks at least
 `settle_s` apart (a blob: its size and MD5). The source is looked at often while inputs are arriving or
 settling, then less and less often (up to `max_interval_s`) while nothing changes.
+
+Idle shutdown (optional): after a stretch with no work (no run in flight, no input being taken, no task of
+the job active or running), the pool is resized to zero nodes; the first new input brings it back to the
+workload's node counts before its batch is submitted. The pool is the service's own: the one its workload
+names, created by the service or by an earlier start of it, so it is resized whoever created it; a pool
+that other work shares should not be given to a service with an idle shutdown.
 """
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -28,7 +36,7 @@ from anyio.abc import TaskGroup
 
 from .backends.base import Storage
 from .engine import Orchestrator
-from .errors import BackendError, BatchpilotError
+from .errors import BackendError, BatchpilotError, NotFoundError
 from .metrics import Metrics
 from .spec import BlobInputs, Workload
 
@@ -96,6 +104,39 @@ def scan(folder: Path, pattern: str) -> dict[str, Stat]:
     return found
 
 
+class PoolSize(enum.StrEnum):
+    FULL = "full"  # the workload's node counts
+    ZERO = "zero"
+
+
+class IdleShutdown:
+    """Pure: when to take the pool to zero nodes and when to bring it back, from whether there is work.
+
+    After `idle_s` without work the pool should go to zero; as soon as there is work, back to full size.
+    Its size is unknown until a resize is recorded (an earlier start may have left it either way), so the
+    first work brings it to full size and the first idle stretch takes it to zero. A resize that failed is
+    not recorded, so the next look asks for it again.
+    """
+
+    def __init__(self, idle_s: float, now: float) -> None:
+        self._idle_s = idle_s
+        self._idle_since: float | None = now
+        self._size: PoolSize | None = None
+
+    def wanted(self, busy: bool, now: float) -> PoolSize | None:
+        """The size to resize the pool to now, or None when it is right as it is."""
+        if busy:
+            self._idle_since = None
+            return None if self._size is PoolSize.FULL else PoolSize.FULL
+        if self._idle_since is None:
+            self._idle_since = now
+        due = now - self._idle_since >= self._idle_s
+        return PoolSize.ZERO if due and self._size is not PoolSize.ZERO else None
+
+    def resized(self, size: PoolSize) -> None:
+        self._size = size
+
+
 class Source(Protocol):
     """Where a service takes its inputs from: a look at what is there now, and the inputs for some names."""
 
@@ -156,12 +197,15 @@ class Service:
         source: Source,
         metrics: Metrics,
         settings: WatchSettings = WatchSettings(),
+        idle_shutdown: timedelta | None = None,
     ) -> None:
         self._orchestrator = orchestrator
         self._workload = workload
         self._source = source
         self._metrics = metrics
         self._settings = settings
+        self._idle_shutdown = idle_shutdown
+        self._runs_in_flight = 0
 
     async def run(self, stop: anyio.Event) -> None:
         """Watch and run until `stop` is set; then finish uploads and submissions in flight and return."""
@@ -179,6 +223,9 @@ class Service:
         interval = settings.min_interval_s
         where = self._source.describe()
         _log.info("service_watching", source=where)
+        idle = None
+        if self._idle_shutdown is not None:
+            idle = IdleShutdown(self._idle_shutdown.total_seconds(), anyio.current_time())
         while True:
             try:
                 snapshot = await self._source.look()
@@ -187,11 +234,16 @@ class Service:
                 _log.warning("watch_failed", source=where, error=str(exc))
                 await anyio.sleep(settings.max_interval_s)
                 continue
-            ready, settling = settler.observe(snapshot, anyio.current_time())
+            now = anyio.current_time()
+            ready, settling = settler.observe(snapshot, now)
+            busy = bool(ready) or settling
+            if idle is not None:
+                # Before a batch starts: its tasks are submitted to a pool that is coming back.
+                await self._scale(idle, busy=busy or self._runs_in_flight > 0, now=now)
             if ready:
                 self._metrics.inputs_seen += len(ready)
+                self._runs_in_flight += 1
                 runs.start_soon(self._run_batch, ready)
-            busy = bool(ready) or settling
             interval = (
                 settings.min_interval_s if busy else min(interval * settings.growth, settings.max_interval_s)
             )
@@ -206,6 +258,47 @@ class Service:
             # One batch's failure (a file removed while it was uploaded, say) is reported and the service
             # goes on; its inputs are retried when they change or when the service starts again.
             _log.error("service_batch_failed", inputs=list(names), error=str(exc))
+        finally:
+            self._runs_in_flight -= 1
+
+    async def _scale(self, idle: IdleShutdown, *, busy: bool, now: float) -> None:
+        size = idle.wanted(busy, now)
+        if size is PoolSize.ZERO and await self._job_has_work():
+            size = idle.wanted(True, now)  # the job's own tasks are work too
+        if size is None:
+            return
+        pool = self._workload.pool
+        dedicated, spot = (pool.dedicated_nodes, pool.spot_nodes) if size is PoolSize.FULL else (0, 0)
+        try:
+            await self._orchestrator.backend.compute.resize_pool(pool.pool_id, dedicated, spot)
+        except NotFoundError:
+            pass  # no pool yet: nothing to pay for, and the next run creates it at full size
+        except BackendError as exc:
+            _log.warning("pool_scale_failed", pool_id=pool.pool_id, size=size.value, error=str(exc))
+            return
+        else:
+            _log.info(
+                "pool_scaled",
+                pool_id=pool.pool_id,
+                size=size.value,
+                dedicated_nodes=dedicated,
+                spot_nodes=spot,
+            )
+            self._metrics.counters[f"pool_scaled_{size.value}"] += 1
+        idle.resized(size)
+
+    async def _job_has_work(self) -> bool:
+        """Whether the job has tasks active or running (left by an earlier start, or by a run that timed
+        out). When that cannot be told the answer is yes: the pool is not taken away on a guess."""
+        job_id = self._workload.job_id
+        try:
+            counts = await self._orchestrator.backend.compute.task_counts(job_id)
+        except NotFoundError:
+            return False
+        except BackendError as exc:
+            _log.warning("idle_check_failed", job_id=job_id, error=str(exc))
+            return True
+        return counts.active + counts.running > 0
 
 
 def summary_line(metrics: Metrics, workload: Workload) -> str:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import pytest
 
 from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.backends.azure.requests import request_kind
-from batchpilot.backends.base import TaskState
+from batchpilot.backends.base import TaskCounts, TaskState
 from batchpilot.events import (
     EventBus,
     MonitorDegraded,
@@ -22,7 +23,8 @@ from batchpilot.events import (
     TaskSucceeded,
 )
 from batchpilot.metrics import Metrics
-from batchpilot.service import Settler, scan
+from batchpilot.service import FolderSource, IdleShutdown, PoolSize, Service, Settler, scan
+from tests.helpers import FakeCompute
 
 
 def test_a_file_is_taken_once_unchanged_for_the_settle_time_across_two_looks():
@@ -175,3 +177,64 @@ async def test_stop_monitoring_ends_a_run_after_submission_and_the_next_run_resu
             resumed = await orchestrator.run(workload)
     assert resumed.ok, resumed
     assert (resumed.tasks_added, resumed.tasks_existing, resumed.downloaded) == (0, 2, 2)
+
+
+def test_idle_shutdown_takes_the_pool_to_zero_after_the_idle_time_and_back_with_work():
+    idle = IdleShutdown(idle_s=60.0, now=0.0)
+    assert idle.wanted(busy=False, now=59.0) is None
+    assert idle.wanted(busy=False, now=60.0) is PoolSize.ZERO
+    idle.resized(PoolSize.ZERO)
+    assert idle.wanted(busy=False, now=500.0) is None  # asked once per idle stretch
+    assert idle.wanted(busy=True, now=501.0) is PoolSize.FULL
+    idle.resized(PoolSize.FULL)
+    assert idle.wanted(busy=True, now=502.0) is None
+    assert idle.wanted(busy=False, now=600.0) is None  # the idle time counts from the end of the work
+    assert idle.wanted(busy=False, now=659.0) is None
+    assert idle.wanted(busy=False, now=660.0) is PoolSize.ZERO
+
+
+def test_idle_shutdown_starts_not_knowing_the_size_and_asks_again_after_a_failed_resize():
+    idle = IdleShutdown(idle_s=10.0, now=0.0)
+    # An earlier start may have left the pool at zero: the first work asks for it at full size.
+    assert idle.wanted(busy=True, now=1.0) is PoolSize.FULL
+    assert idle.wanted(busy=True, now=2.0) is PoolSize.FULL  # not recorded: that resize failed
+    idle.resized(PoolSize.FULL)
+    assert idle.wanted(busy=False, now=3.0) is None
+    assert idle.wanted(busy=False, now=13.0) is PoolSize.ZERO
+    assert idle.wanted(busy=False, now=14.0) is PoolSize.ZERO  # not recorded either: asked again
+
+
+def test_metrics_count_pool_resizes_by_size():
+    metrics = Metrics()
+    metrics.counters["pool_scaled_zero"] += 2
+    metrics.counters["pool_scaled_full"] += 1
+    lines = set(metrics.render(queue_depths={}, poll_interval_s=None, failing_polls=0).splitlines())
+    assert {
+        'batchpilot_pool_scaled_total{size="zero"} 2',
+        'batchpilot_pool_scaled_total{size="full"} 1',
+    } <= lines
+
+
+async def test_the_service_counts_the_jobs_tasks_as_work_and_resizes_to_the_workloads_counts(tmp_path: Path):
+    compute = FakeCompute(counts_override=TaskCounts(running=1))
+    backend = SimpleNamespace(name="fake", compute=compute, storage=None)
+    workload = Workload(
+        name="idle",
+        inputs=(tmp_path / "a.txt",),
+        template=TaskTemplate(command="true", outputs=()),
+        pool=PoolSpec("idle-pool", dedicated_nodes=2, spot_nodes=3),
+    )
+    metrics = Metrics()
+    service = Service(Orchestrator(backend), workload, FolderSource(tmp_path), metrics)  # type: ignore[arg-type]
+    idle = IdleShutdown(idle_s=10.0, now=0.0)
+
+    await service._scale(idle, busy=False, now=10.0)
+    # A task left running (by an earlier start, say) is work: the pool is brought to full size, not to zero.
+    assert compute.calls_named("resize_pool") == [("idle-pool", 2, 3)]
+    compute.counts_override = TaskCounts(completed=1, succeeded=1)
+    await service._scale(idle, busy=False, now=19.0)  # the first look without work: idle from here
+    await service._scale(idle, busy=False, now=28.0)
+    assert len(compute.calls_named("resize_pool")) == 1
+    await service._scale(idle, busy=False, now=29.0)
+    assert compute.calls_named("resize_pool") == [("idle-pool", 2, 3), ("idle-pool", 0, 0)]
+    assert (metrics.counters["pool_scaled_full"], metrics.counters["pool_scaled_zero"]) == (1, 1)

@@ -156,6 +156,12 @@ class Compute(Protocol):
 
     async def delete_pool(self, pool_id: str) -> None: ...
 
+    async def resize_pool(self, pool_id: str, dedicated: int, spot: int) -> None:
+        """Ask for `dedicated` + `spot` nodes (zero is allowed); return once the request is taken, not when
+        the nodes are there (`wait_for_nodes` waits for them). A node removed finishes the tasks it is
+        running first. A resize still under way is stopped and replaced. NotFoundError when no such pool."""
+        ...
+
 
 class Storage(Protocol):
     """Blob containers: Azure Blob Storage, or folders on disk."""
