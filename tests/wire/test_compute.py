@@ -161,6 +161,111 @@ async def test_delete_pool_and_job_accept_already_gone(http: Http, backend: Azur
     ]
 
 
+# --- resizing ---------------------------------------------------------------------------------------------
+
+
+def _pool_size(allocation: str, dedicated: int, spot: int, **extra: object) -> dict[str, object]:
+    return {
+        "id": "tutorial-pool",
+        "state": "active",
+        "allocationState": allocation,
+        "targetDedicatedNodes": dedicated,
+        "targetLowPriorityNodes": spot,
+        **extra,
+    }
+
+
+async def test_resize_pool_sends_the_counts_and_lets_removed_nodes_finish_their_tasks(
+    http: Http, backend: AzureBackend
+) -> None:
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("steady", 1, 4))
+    http.batch("POST", "/pools/tutorial-pool/resize", status=202)
+
+    await backend.compute.resize_pool("tutorial-pool", 0, 0)
+
+    get, resize = http.sent()
+    assert (get.method, get.path) == ("GET", "/pools/tutorial-pool")
+    assert get.query["$select"] == "id,state,allocationState,targetDedicatedNodes,targetLowPriorityNodes"
+    assert (resize.method, resize.path, resize.query) == (
+        "POST",
+        "/pools/tutorial-pool/resize",
+        {"api-version": API},
+    )
+    assert resize.json() == {
+        "targetDedicatedNodes": 0,
+        "targetLowPriorityNodes": 0,
+        "nodeDeallocationOption": "taskcompletion",
+    }
+
+
+async def test_resize_pool_stops_a_resize_under_way_and_waits_for_steady_first(
+    http: Http, backend: AzureBackend
+) -> None:
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("resizing", 0, 0))
+    http.batch("POST", "/pools/tutorial-pool/stopresize", status=202)
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("stopping", 0, 0))
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("steady", 0, 0))
+    http.batch("POST", "/pools/tutorial-pool/resize", status=202)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    await backend.compute.resize_pool("tutorial-pool", 1, 4, sleep=sleep)
+
+    assert [(s.method, s.path) for s in http.sent()] == [
+        ("GET", "/pools/tutorial-pool"),
+        ("POST", "/pools/tutorial-pool/stopresize"),
+        ("GET", "/pools/tutorial-pool"),
+        ("GET", "/pools/tutorial-pool"),
+        ("POST", "/pools/tutorial-pool/resize"),
+    ]
+    assert waits == [2.0, 3.0]
+    assert http.sent("POST")[-1].json()["targetLowPriorityNodes"] == 4
+
+
+async def test_resize_pool_that_lost_a_race_to_another_resize_stops_that_one(
+    http: Http, backend: AzureBackend
+) -> None:
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("steady", 0, 0))
+    http.batch_error("POST", "/pools/tutorial-pool/resize", 409, "PoolBeingResized")
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("resizing", 2, 0))
+    http.batch("POST", "/pools/tutorial-pool/stopresize", status=202)
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("steady", 1, 0))
+    http.batch("POST", "/pools/tutorial-pool/resize", status=202)
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    await backend.compute.resize_pool("tutorial-pool", 1, 4, sleep=sleep)
+
+    assert [(s.method, s.path.rsplit("/", 1)[-1]) for s in http.sent("POST")] == [
+        ("POST", "resize"),
+        ("POST", "stopresize"),
+        ("POST", "resize"),
+    ]
+
+
+async def test_resize_pool_sends_nothing_when_the_targets_are_already_those(
+    http: Http, backend: AzureBackend
+) -> None:
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("resizing", 1, 4))
+
+    await backend.compute.resize_pool("tutorial-pool", 1, 4)
+
+    assert [s.method for s in http.sent()] == ["GET"]
+
+
+async def test_resize_pool_errors_are_clear(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("GET", "/pools/gone", 404, "PoolNotFound")
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("steady", 1, 4, state="deleting"))
+
+    with pytest.raises(NotFoundError):
+        await backend.compute.resize_pool("gone", 0, 0)
+    with pytest.raises(BackendError, match="tutorial-pool is being deleted; it cannot be resized"):
+        await backend.compute.resize_pool("tutorial-pool", 0, 0)
+
+
 # --- waiting for nodes ------------------------------------------------------------------------------------
 
 
@@ -194,7 +299,8 @@ async def test_wait_for_nodes_backs_off_until_a_node_is_ready(http: Http, backen
     assert waits == [2.0, 3.0]
     pool_get = http.sent("GET")[0]
     assert pool_get.query["$select"] == (
-        "id,state,allocationState,resizeErrors,targetDedicatedNodes,targetLowPriorityNodes"
+        "id,state,allocationState,resizeErrors,targetDedicatedNodes,targetLowPriorityNodes,"
+        "currentDedicatedNodes,currentLowPriorityNodes"
     )
 
 

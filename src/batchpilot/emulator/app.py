@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -22,20 +23,25 @@ from aiohttp import web
 
 from .auth import verify
 from .config import EmulatorConfig
-from .faults import Fault, FaultInjector, RequestKind
+from .faults import Fault, FaultInjector, OutageMode, RequestKind
 from .query import parse_filter, parse_max_results, parse_select, parse_skip_token
 from .runner import Runtime
 from .state import (
+    JOB_BEING_DELETED,
+    POOL_BEING_DELETED,
     Account,
     Job,
     JobState,
     Node,
+    NodeDeallocationOption,
     NodeState,
     OnAllTasksComplete,
     Pool,
     PoolState,
+    ResizeError,
     ServiceError,
     Task,
+    cores_per_node,
     node_id_for,
 )
 from .stats import Stats
@@ -67,6 +73,24 @@ MAX_TASKS_PER_COLLECTION = 100
 # aiohttp refuses larger bodies itself, with a plain-text error; the emulator checks its own limit instead.
 _CLIENT_MAX_SIZE = 16 * MAX_BODY_BYTES
 _POOL_OR_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Refusals by the account's quotas, counted as injected faults.
+_QUOTA_FAULTS = {
+    "PoolQuotaReached": Fault.POOL_QUOTA,
+    "ActiveJobAndScheduleQuotaReached": Fault.JOB_QUOTA,
+}
+# By node kind (dedicated or not): Batch's resize error when the core quota leaves too little room.
+_CORE_QUOTA_REACHED = {
+    True: (
+        ResizeError("AccountCoreQuotaReached", "The specified account has reached core quota"),
+        Fault.CORE_QUOTA,
+    ),
+    False: (
+        ResizeError(
+            "AccountLowPriorityCoreQuotaReached", "The specified account has reached low priority core quota"
+        ),
+        Fault.SPOT_CORE_QUOTA,
+    ),
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,6 +127,8 @@ class Emulator:
             ("GET", "/pools/{pool_id}", RequestKind.POOL_GET, self.get_pool),
             ("HEAD", "/pools/{pool_id}", RequestKind.POOL_EXISTS, self.pool_exists),
             ("DELETE", "/pools/{pool_id}", RequestKind.POOL_DELETE, self.delete_pool),
+            ("POST", "/pools/{pool_id}/resize", RequestKind.POOL_RESIZE, self.resize_pool),
+            ("POST", "/pools/{pool_id}/stopresize", RequestKind.POOL_STOP_RESIZE, self.stop_pool_resize),
             ("GET", "/pools/{pool_id}/nodes", RequestKind.NODE_LIST, self.list_nodes),
             ("POST", "/jobs", RequestKind.JOB_ADD, self.add_job),
             ("GET", "/jobs", RequestKind.JOB_LIST, self.list_jobs),
@@ -178,6 +204,10 @@ class Emulator:
                     "header is formed correctly including the signature.",
                 )
             )
+        if self.faults.in_outage(kind, time.monotonic()):
+            if faults.outage_mode is OutageMode.DROP and request.transport is not None:
+                request.transport.abort()
+            return error_response(_server_error())
         fault = self.faults.request_fault(kind)
         if fault is Fault.THROTTLE:
             retry_after = {"Retry-After": str(faults.retry_after_s)}
@@ -185,7 +215,7 @@ class Emulator:
                 ServiceError(429, "TooManyRequests", "The server is busy; retry later.", headers=retry_after)
             )
         if fault is Fault.SERVER_ERROR:
-            return error_response(ServiceError(500, "InternalServerError", "An injected internal error."))
+            return error_response(_server_error())
         try:
             if "api-version" not in request.query:
                 raise ServiceError(
@@ -193,6 +223,8 @@ class Emulator:
                 )
             response = await handler(request)
         except ServiceError as error:
+            if error.code in _QUOTA_FAULTS:
+                self.faults.record(_QUOTA_FAULTS[error.code])
             return error_response(error)
         except web.HTTPNotFound:
             return error_response(
@@ -232,7 +264,7 @@ class Emulator:
     async def add_pool(self, request: web.Request) -> web.Response:
         body = read_json(await request.read())
         pool_id = _checked_id(body, "id")
-        required_str(body, "vmSize")
+        vm_size = required_str(body, "vmSize")
         if body.get("enableAutoScale"):
             raise invalid_property("enableAutoScale", True)
         dedicated = _count(body, "targetDedicatedNodes")
@@ -240,15 +272,38 @@ class Emulator:
         slots = _count(body, "taskSlotsPerNode", default=1)
         if slots < 1:
             raise invalid_property("taskSlotsPerNode", slots)
+        # As in Batch, a pool beyond the core quota gets the nodes that fit and a resize error for the rest.
+        wanted = {True: dedicated, False: spot}  # by node kind: dedicated or not
+        granted = {
+            kind: self._nodes_within_core_quota(count, vm_size, dedicated=kind)
+            for kind, count in wanted.items()
+        }
+        short = [kind for kind in wanted if granted[kind] < wanted[kind]]
         now = _utcnow()
+        kinds = [True] * granted[True] + [False] * granted[False]
         nodes = [
-            Node(node_id_for(pool_id, index, index < dedicated), index < dedicated, NodeState.STARTING, now)
-            for index in range(dedicated + spot)
+            Node(node_id_for(pool_id, index, is_dedicated), is_dedicated, NodeState.STARTING, now)
+            for index, is_dedicated in enumerate(kinds)
         ]
-        pool = Pool(pool_id, body, now, slots, nodes)
-        self.account.add_pool(pool)
+        pool = Pool(
+            pool_id, body, now, slots, nodes,
+            dedicated_shortfall=dedicated - granted[True], spot_shortfall=spot - granted[False],
+            resize_errors=tuple(_CORE_QUOTA_REACHED[kind][0] for kind in short),
+        )  # fmt: skip
+        self.account.add_pool(pool, self.config.faults.pool_quota)
+        for kind in short:
+            self.faults.record(_CORE_QUOTA_REACHED[kind][1])
         self.runtime.pool_added(pool)
         return created(f"{_base(request)}/pools/{pool_id}")
+
+    def _nodes_within_core_quota(self, wanted: int, vm_size: str, *, dedicated: bool) -> int:
+        """How many of `wanted` nodes of `vm_size` fit in what the account's core quota leaves."""
+        faults = self.config.faults
+        quota = faults.core_quota if dedicated else faults.spot_core_quota
+        if quota is None:
+            return wanted
+        room = max(0, quota - self.account.cores(dedicated=dedicated))
+        return min(wanted, room // cores_per_node(vm_size))
 
     async def list_pools(self, request: web.Request) -> web.Response:
         fields = parse_select(request.query.get("$select"))
@@ -267,8 +322,41 @@ class Emulator:
     async def delete_pool(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
         if pool.state is PoolState.DELETING:
-            raise ServiceError(409, "PoolBeingDeleted", "The specified pool has been marked for deletion.")
+            raise ServiceError(409, "PoolBeingDeleted", POOL_BEING_DELETED)
         self.runtime.pool_deleted(pool)
+        return accepted()
+
+    async def resize_pool(self, request: web.Request) -> web.Response:
+        pool = self.account.pool(request.match_info["pool_id"])
+        body = read_json(await request.read())
+        # A count left out keeps its target.
+        dedicated = _count(body, "targetDedicatedNodes", default=pool.target(dedicated=True))
+        spot = _count(body, "targetLowPriorityNodes", default=pool.target(dedicated=False))
+        option = body.get("nodeDeallocationOption", NodeDeallocationOption.REQUEUE.value)
+        try:
+            deallocation = NodeDeallocationOption(str(option).lower())
+        except ValueError:
+            raise invalid_property("nodeDeallocationOption", option) from None
+        vm_size = str(pool.body.get("vmSize", ""))
+
+        def room(wanted: int, dedicated: bool) -> int:
+            return self._nodes_within_core_quota(wanted, vm_size, dedicated=dedicated)
+
+        added, leaving = pool.resize(dedicated, spot, room, _utcnow())
+        shortfalls = {True: pool.dedicated_shortfall, False: pool.spot_shortfall}
+        short = [kind for kind, missing in shortfalls.items() if missing]
+        pool.resize_errors = tuple(_CORE_QUOTA_REACHED[kind][0] for kind in short)
+        for kind in short:
+            self.faults.record(_CORE_QUOTA_REACHED[kind][1])
+        self.runtime.pool_resized(pool, added, leaving, deallocation)
+        return accepted()
+
+    async def stop_pool_resize(self, request: web.Request) -> web.Response:
+        pool = self.account.pool(request.match_info["pool_id"])
+        if pool.state is PoolState.DELETING:
+            raise ServiceError(409, "PoolBeingDeleted", POOL_BEING_DELETED)
+        # Nodes not started yet have no tasks: any option drops them the same way.
+        self.runtime.pool_resized(pool, [], pool.stop_resize(_utcnow()), NodeDeallocationOption.REQUEUE)
         return accepted()
 
     async def list_nodes(self, request: web.Request) -> web.Response:
@@ -290,7 +378,7 @@ class Emulator:
             raise missing_property("poolInfo.poolId")
         job_max_wall_clock(body)
         job = Job(job_id, pool_id, body, _utcnow(), _on_all_tasks_complete(body))
-        self.account.add_job(job)
+        self.account.add_job(job, self.config.faults.job_quota)
         self.runtime.job_settings_changed(job)
         return created(f"{_base(request)}/jobs/{job_id}")
 
@@ -320,7 +408,7 @@ class Emulator:
     async def delete_job(self, request: web.Request) -> web.Response:
         job = self.account.job(request.match_info["job_id"])
         if job.state is JobState.DELETING:
-            raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
+            raise ServiceError(409, "JobBeingDeleted", JOB_BEING_DELETED)
         self.runtime.job_ended(job, JobState.DELETING)
         return accepted()
 
@@ -329,7 +417,7 @@ class Emulator:
         if job.state is JobState.COMPLETED:
             raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
         if job.state is JobState.DELETING:
-            raise ServiceError(409, "JobBeingDeleted", "The specified job has been marked for deletion.")
+            raise ServiceError(409, "JobBeingDeleted", JOB_BEING_DELETED)
         raw = await request.read()
         reason = read_json(raw).get("terminateReason") if raw else None
         self.runtime.job_ended(job, JobState.COMPLETED, str(reason or "UserTerminate"))
@@ -515,6 +603,10 @@ def _on_all_tasks_complete(body: dict[str, Any]) -> OnAllTasksComplete:
         return OnAllTasksComplete(str(value).lower())
     except ValueError:
         raise invalid_property("onAllTasksComplete", value) from None
+
+
+def _server_error() -> ServiceError:
+    return ServiceError(500, "InternalServerError", "An injected internal error.")
 
 
 def _too_large(message: str) -> ServiceError:

@@ -4,10 +4,11 @@ calls `add_arguments` on its parser and awaits `run_from_args` with the parsed n
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .config import DEFAULT_ACCOUNT, DEFAULT_KEY, EmulatorConfig
-from .faults import FaultConfig, RequestKind
+from .faults import FaultConfig, OutageMode, RequestKind
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="request kinds whose connection may be cut (default: task.addcollection)",
     )
     faults.add_argument(
-        "--preempt", type=float, default=0.0, help="share of tasks preempted once while running"
+        "--preempt", type=float, default=0.0, help="share of tasks on spot nodes preempted once while running"
     )
     faults.add_argument(
         "--preempt-after-s", type=float, default=0.2, help="how long a task runs before preemption"
@@ -64,6 +65,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--counts-lag-s", type=float, default=0.0, help="serve task counts up to this many s old"
     )
     faults.add_argument("--fault-budget", type=int, help="at most this many of each fault (default: no cap)")
+    faults.add_argument(
+        "--outage-after-s", type=float, metavar="T",
+        help="start an outage T seconds after the first task-add request (with --outage-s)",
+    )  # fmt: skip
+    faults.add_argument(
+        "--outage-s", type=float, default=0.0, metavar="D",
+        help="how long the outage lasts, in seconds; it may outlast any client deadline (e.g. 3600)",
+    )  # fmt: skip
+    faults.add_argument(
+        "--outage-kinds",
+        type=_kinds,
+        default=FaultConfig().outage_kinds,
+        help="request kinds that fail during the outage (default: task.list,job.taskcounts,task.get)",
+    )
+    faults.add_argument(
+        "--outage-mode", type=OutageMode, choices=list(OutageMode), default=OutageMode.SERVER_ERROR,
+        help="500: answer 500 with a Batch error body; drop: close the connection unanswered (default: 500)",
+    )  # fmt: skip
+    faults.add_argument(
+        "--sas-clock-ahead-s", type=float, metavar="S",
+        help="nodes check the expiry of each SAS they stage inputs or outputs with against their clock "
+        "plus S seconds and refuse an expired one as Storage does (403 AuthenticationFailed), failing the "
+        "task: a task that ran or queued S seconds longer (default: no check)",
+    )  # fmt: skip
+    quotas = parser.add_argument_group("account quotas (default: none)")
+    quotas.add_argument(
+        "--pool-quota", type=int, metavar="N",
+        help="pools the account may have; one more is refused with 409 PoolQuotaReached",
+    )  # fmt: skip
+    quotas.add_argument(
+        "--job-quota", type=int, metavar="N",
+        help="jobs not completed the account may have; one more is refused with 409 "
+        "ActiveJobAndScheduleQuotaReached",
+    )  # fmt: skip
+    quotas.add_argument(
+        "--core-quota", type=int, metavar="N",
+        help="dedicated cores (from the VM size's name, e.g. 4 for Standard_D4s_v3, else 1 per node); a pool "
+        "gets the nodes that fit and the resize error AccountCoreQuotaReached",
+    )  # fmt: skip
+    quotas.add_argument(
+        "--spot-core-quota", type=int, metavar="N",
+        help="the same for spot nodes, with the resize error AccountLowPriorityCoreQuotaReached",
+    )  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -89,6 +133,15 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
             preempt_after_s=args.preempt_after_s,
             counts_lag_s=args.counts_lag_s,
             budget=args.fault_budget,
+            pool_quota=args.pool_quota,
+            job_quota=args.job_quota,
+            core_quota=args.core_quota,
+            spot_core_quota=args.spot_core_quota,
+            outage_after_s=args.outage_after_s,
+            outage_s=args.outage_s,
+            outage_kinds=args.outage_kinds,
+            outage_mode=args.outage_mode,
+            sas_clock_ahead_s=args.sas_clock_ahead_s,
         ),
     )
 
@@ -106,7 +159,7 @@ def _seconds_range(text: str) -> tuple[float, float]:
         bounds = (float(low), float(high or low))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected SECONDS or MIN-MAX, got {text!r}") from None
-    if not 0 <= bounds[0] <= bounds[1]:
+    if not 0 <= bounds[0] <= bounds[1] < math.inf:
         raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
     return bounds
 

@@ -1,11 +1,13 @@
 """Execution: tasks run FIFO on their pool's slots through the local executor, like Batch nodes.
 
 Each pool id has one unbounded queue of tasks (it outlives the pool, so tasks added before a pool exists,
-or left queued by a deleted pool, run when a pool of that id appears). A pool, once its nodes are allocated,
-runs one worker per slot (nodes x taskSlotsPerNode); a worker takes the next task from the queue and runs
-one attempt. An attempt ends in completion, a retry (back to `active` and to the end of the queue), or a
-requeue when preempted or when its pool goes away. Everything runs in the runtime's one task group; a
-cancelled attempt kills its process (the executor does that) before the worker moves on.
+or left queued by a deleted pool, run when a pool of that id appears). Each node, once allocated, runs one
+worker per slot (taskSlotsPerNode); a worker takes the next task from the queue and runs one attempt. An
+attempt ends in completion, a retry (back to `active` and to the end of the queue), or a requeue when
+preempted or when its node goes away. A resize adds nodes (starting, then idle) or lets nodes leave: a
+leaving node takes no new task, and its running ones are requeued, terminated or left to finish as the
+resize's nodeDeallocationOption says. Everything runs in the runtime's one task group; a cancelled attempt
+kills its process (the executor does that) before the worker moves on.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -30,16 +33,30 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from azure.storage.blob.aio import ContainerClient
 
 from ..backends.base import FailureInfo, TaskResult, TaskState
-from ..backends.local.executor import Execution, execute
+from ..backends.local.executor import Execution, execute, output_blob_name
 from .config import EmulatorConfig
-from .faults import Fault, FaultInjector, task_random
-from .state import Account, Counts, Job, JobState, Node, NodeState, OnAllTasksComplete, Pool, PoolState, Task
+from .faults import Fault, FaultInjector, sas_refusal, task_random
+from .state import (
+    Account,
+    Counts,
+    Job,
+    JobState,
+    Node,
+    NodeDeallocationOption,
+    NodeState,
+    OnAllTasksComplete,
+    Pool,
+    PoolState,
+    Task,
+)
 from .stats import Stats
 from .wire import job_max_wall_clock
 
 log = structlog.get_logger(__name__)
 
 _FETCH_CHUNK = 1 << 16
+_WILDCARD = re.compile(r"[*?]+")
+_FINAL_FAILURES = frozenset({"MaxWallClockTimeExpiry", "BlobAccessDenied", "FileUploadAccessDenied"})
 
 
 class HttpStager:
@@ -72,12 +89,62 @@ class HttpStager:
         return client
 
 
+class SasRefused(Exception):
+    """Azure Storage's answer to an expired SAS: 403 AuthenticationFailed."""
+
+
+class NodeStorage:
+    """Storage as the node running one attempt sees it: the shared stager, behind Storage's SAS expiry check.
+
+    With `sas_clock_ahead_s` set, a SAS whose expiry (`se`) is behind the node's clock plus that many seconds
+    is refused as Azure Storage refuses it, and the attempt fails with the code Batch reports for a denied
+    resource file download (BlobAccessDenied) or output upload (FileUploadAccessDenied).
+    """
+
+    def __init__(self, stager: HttpStager, faults: FaultInjector, now: Callable[[], datetime]) -> None:
+        self._stager = stager
+        self._faults = faults
+        self._now = now
+        self.refusal: FailureInfo | None = None
+
+    async def fetch(self, url: str, dest: Path) -> None:
+        self._check(url, "BlobAccessDenied", "Access was denied when downloading a resource file of the task")
+        await self._stager.fetch(url, dest)
+
+    async def put(self, container_url: str, blob_name: str, source: Path) -> None:
+        self._check(
+            container_url,
+            "FileUploadAccessDenied",
+            "Access to the Azure Storage container for uploading output files was denied",
+        )
+        await self._stager.put(container_url, blob_name, source)
+
+    def outcome(self, execution: Execution) -> Execution:
+        """The attempt as Batch reports it: failed by the refused token, unless the task's command failed."""
+        if self.refusal is None or execution.exit_code not in (None, 0):
+            return execution
+        return replace(execution, failure=self.refusal)
+
+    def _check(self, url: str, code: str, denied: str) -> None:
+        ahead = self._faults.config.sas_clock_ahead_s
+        if ahead is None:
+            return
+        reason = sas_refusal(url, self._now() + timedelta(seconds=ahead))
+        if reason is None:
+            return
+        self._faults.record(Fault.SAS_EXPIRED)
+        refused = f"403 AuthenticationFailed: {reason}"
+        self.refusal = self.refusal or FailureInfo("usererror", code, f"{denied}: {refused}")
+        raise SasRefused(refused)
+
+
 class EndReason(enum.Enum):
     """Why an attempt was cut short."""
 
     PREEMPTED = "preempted"
     JOB_TERMINATED = "job terminated"
     JOB_DELETED = "job deleted"
+    NODE_REMOVED = "node removed"  # by a resize whose nodeDeallocationOption is terminate
 
 
 @dataclass(slots=True, eq=False)
@@ -113,7 +180,8 @@ class Runtime:
         self._faults = faults
         self._now = now
         self._queues: dict[str, tuple[MemoryObjectSendStream[Task], MemoryObjectReceiveStream[Task]]] = {}
-        self._pool_scopes: dict[Pool, anyio.CancelScope] = {}
+        self._node_scopes: dict[Node, anyio.CancelScope] = {}
+        self._idle_slots: dict[Node, set[anyio.CancelScope]] = {}  # each slot's wait for a task
         self._attempts: dict[Task, Attempt] = {}
         self._snapshots: dict[Job, _Snapshot] = {}
         self._wall_clocks: dict[Job, anyio.CancelScope] = {}
@@ -156,15 +224,38 @@ class Runtime:
         if "startTask" in pool.body and not self._start_task_logged:
             self._start_task_logged = True
             log.info("emulator.start_task_skipped", reason="start tasks are not run", ffmpeg_on_path=True)
-        scope = anyio.CancelScope()
-        self._pool_scopes[pool] = scope
-        self._group().start_soon(self._run_pool, pool, scope)
+        for node in pool.nodes:
+            self._start_node(pool, node)
+        pool.settle(self._now())  # a pool of no nodes is steady at once
 
     def pool_deleted(self, pool: Pool) -> None:
         pool.state, pool.state_transition_time = PoolState.DELETING, self._now()
-        # Cancelling the pool's scope kills its running tasks; they go back to their queue.
-        self._pool_scopes.pop(pool).cancel()
+        # Cancelling its nodes kills their running tasks; they go back to their queue.
+        for node in pool.nodes:
+            self._node_scopes[node].cancel()
         self._group().start_soon(self._forget_pool, pool)
+
+    def pool_resized(
+        self, pool: Pool, added: list[Node], leaving: list[Node], option: NodeDeallocationOption
+    ) -> None:
+        for node in added:
+            self._start_node(pool, node)
+        for node in leaving:
+            self._release(node, option)
+
+    def _release(self, node: Node, option: NodeDeallocationOption) -> None:
+        """Let a node go (its state already says leavingpool); `option` says what becomes of its tasks."""
+        if node.running_tasks == 0 or option is NodeDeallocationOption.REQUEUE:
+            # Whatever it runs is cancelled, and a cancelled attempt goes back to the queue.
+            self._node_scopes[node].cancel()
+            return
+        if option is NodeDeallocationOption.TERMINATE:
+            for task, attempt in list(self._attempts.items()):
+                if task.node_id == node.node_id:
+                    attempt.end(EndReason.NODE_REMOVED)
+        # Its idle slots stop waiting for tasks; the busy ones stop once their attempt is over.
+        for waiting in self._idle_slots.get(node, ()):
+            waiting.cancel()
 
     def tasks_added(self, job: Job, tasks: list[Task]) -> None:
         send, _receive = self._queue(job.pool_id)
@@ -226,15 +317,26 @@ class Runtime:
             pair = self._queues[pool_id.lower()] = anyio.create_memory_object_stream[Task](math.inf)
         return pair
 
-    async def _run_pool(self, pool: Pool, scope: anyio.CancelScope) -> None:
+    def _start_node(self, pool: Pool, node: Node) -> None:
+        scope = self._node_scopes[node] = anyio.CancelScope()
+        self._group().start_soon(self._run_node, pool, node, scope)
+
+    async def _run_node(self, pool: Pool, node: Node, scope: anyio.CancelScope) -> None:
+        """A node's life: it starts, runs tasks on its slots until it leaves (its slots all stop) or is
+        removed (`scope` cancelled), and is then gone from its pool."""
         with scope:
             await anyio.sleep(self._config.allocation_delay_s)
-            pool.nodes_ready(self._now())
-            _send, receive = self._queue(pool.pool_id)
-            async with anyio.create_task_group() as slots:
-                for node in pool.nodes:
+            if node.state is NodeState.STARTING:  # not released while it started
+                node.set_state(NodeState.IDLE, self._now())
+                pool.settle(self._now())
+                _send, receive = self._queue(pool.pool_id)
+                async with anyio.create_task_group() as slots:
                     for _ in range(pool.task_slots_per_node):
                         slots.start_soon(self._slot, pool, node, receive)
+        del self._node_scopes[node]
+        self._idle_slots.pop(node, None)
+        if pool.state is PoolState.ACTIVE:  # a deleted pool goes away whole
+            pool.node_left(node, self._now())
 
     async def _forget_pool(self, pool: Pool) -> None:
         await anyio.sleep(self._config.deletion_delay_s)
@@ -246,7 +348,18 @@ class Runtime:
         self._snapshots.pop(job, None)
 
     async def _slot(self, pool: Pool, node: Node, receive: MemoryObjectReceiveStream[Task]) -> None:
-        async for task in receive:
+        idle = self._idle_slots.setdefault(node, set())
+        while node.state is not NodeState.LEAVING_POOL:
+            with anyio.CancelScope() as waiting:
+                idle.add(waiting)
+                try:
+                    task = await receive.receive()
+                except anyio.EndOfStream:
+                    return
+                finally:
+                    idle.discard(waiting)
+            if waiting.cancelled_caught:  # the node is leaving; nothing was taken
+                return
             job = self._account.jobs.get(task.job_id.lower())
             # A task deleted, finished or belonging to a job no longer active is dropped from the queue.
             if job is None or job.state is not JobState.ACTIVE or task.state is not TaskState.ACTIVE:
@@ -263,7 +376,8 @@ class Runtime:
         job.transition(task, TaskState.PREPARING, self._now())
         node.running_tasks += 1
         node.total_tasks_run += 1
-        node.set_state(NodeState.RUNNING, self._now())
+        if node.state is NodeState.IDLE:
+            node.set_state(NodeState.RUNNING, self._now())
         self._stats.attempts_started += 1
         attempt = Attempt()
         self._attempts[task] = attempt
@@ -278,7 +392,7 @@ class Runtime:
         finally:
             del self._attempts[task]
             node.running_tasks -= 1
-            if node.running_tasks == 0:
+            if node.running_tasks == 0 and node.state is NodeState.RUNNING:
                 node.set_state(NodeState.IDLE, self._now())
         if execution is not None:
             self._finish_attempt(job, task, execution)
@@ -290,12 +404,16 @@ class Runtime:
         elif attempt.reason is EndReason.JOB_TERMINATED:
             ended = FailureInfo("usererror", "TaskEnded", "The task was ended because its job was terminated")
             self._complete(job, task, exit_code=None, failure=ended, end=self._now())
+        elif attempt.reason is EndReason.NODE_REMOVED:
+            ended = FailureInfo("usererror", "TaskEnded", "The task was ended because its node left the pool")
+            self._complete(job, task, exit_code=None, failure=ended, end=self._now())
 
     async def _execute(self, node: Node, job: Job, task: Task, attempt: Attempt) -> Execution:
         async def on_running() -> None:
             task.start_time = self._now()
             job.transition(task, TaskState.RUNNING, task.start_time)
-            if self._faults.preempts(job.job_id, task.task_id, task.requeue_count):
+            # As in Batch, only spot (low-priority) nodes are preempted.
+            if not node.dedicated and self._faults.preempts(job.job_id, task.task_id, task.requeue_count):
                 self._group().start_soon(self._preempt_later, task, attempt)
 
         if self._config.simulate_s is not None:
@@ -304,17 +422,43 @@ class Runtime:
             low, high = self._config.simulate_s
             identity = (job.job_id, task.task_id, str(task.retry_count), str(task.requeue_count))
             await anyio.sleep(task_random(self._config.faults.seed, "duration", *identity).uniform(low, high))
-            return Execution(0, None, start, self._now())
+            assert self._stager is not None  # set before the task group that runs attempts starts
+            node_storage = NodeStorage(self._stager, self._faults, self._now)
+            failure = await self._simulated_outputs(task, node_storage)
+            return node_storage.outcome(Execution(0, failure, start, self._now()))
         assert self._stager is not None  # set before the task group that runs attempts starts
         assert task.task_dir is not None
-        return await execute(
+        storage = NodeStorage(self._stager, self._faults, self._now)
+        execution = await execute(
             task.spec,
             task.task_dir,
-            stager=self._stager,
+            stager=storage,
             env=self._environment(node, job, task),
             now=self._now,
             on_running=on_running,
         )
+        return storage.outcome(execution)
+
+    async def _simulated_outputs(self, task: Task, storage: NodeStorage) -> FailureInfo | None:
+        """Leave what a successful run would: a small file per output (a wildcard stands for the task id)
+        naming the task and its inputs, uploaded like real outputs: through the task's SAS, checked."""
+        assert task.task_dir is not None
+        inputs = " ".join(resource.file_path for resource in task.spec.resource_files)
+        for output in task.spec.output_files:
+            if not output.upload_condition.applies(succeeded=True):
+                continue
+            name = _WILDCARD.sub(task.task_id, output.file_pattern)
+            source = anyio.Path(task.task_dir / "wd" / name)
+            await source.parent.mkdir(parents=True, exist_ok=True)
+            await source.write_text(f"simulated output of task {task.task_id} from {inputs}\n")
+            try:
+                await storage.put(output.container_url, output_blob_name(output, name), Path(source))
+            except Exception as exc:  # as for real outputs: the upload failure fails the task, reported
+                first_line = next(iter(str(exc).splitlines()), "")
+                return FailureInfo(
+                    "servererror", "FileUploadFailed", f"{name}: {type(exc).__name__}: {first_line}"
+                )
+        return None
 
     async def _preempt_later(self, task: Task, attempt: Attempt) -> None:
         await anyio.sleep(self._config.faults.preempt_after_s)
@@ -346,8 +490,9 @@ class Runtime:
 
     def _finish_attempt(self, job: Job, task: Task, execution: Execution) -> None:
         retries = task.spec.constraints.max_task_retry_count
-        # The wall clock counts from the task's first start, so once it has run out a retry cannot help.
-        retryable = execution.failure is None or execution.failure.code != "MaxWallClockTimeExpiry"
+        # The wall clock counts from the task's first start, and a refused token stays refused: a retry of
+        # either cannot help.
+        retryable = execution.failure is None or execution.failure.code not in _FINAL_FAILURES
         if not execution.succeeded and retryable and (retries == -1 or task.retry_count < retries):
             task.retry_count += 1
             task.last_retry_time = execution.end_time

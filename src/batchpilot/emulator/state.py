@@ -11,7 +11,8 @@ import bisect
 import enum
 import hashlib
 import itertools
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,11 @@ from typing import Any
 
 from ..backends.base import FailureInfo, TaskResult, TaskState
 from ..spec import TaskSpec
+
+POOL_BEING_DELETED = "The specified pool has been marked for deletion and is being reclaimed."
+JOB_BEING_DELETED = "The specified job has been marked for deletion and is being garbage collected."
+# The vCPUs of a VM size, as Azure spells them in its name: Standard_D4s_v3 has 4, Standard_A1_v2 has 1.
+_VM_CORES = re.compile(r"^(?:standard|basic)_[a-z]+?(\d+)", re.IGNORECASE)
 
 
 class ServiceError(Exception):
@@ -42,12 +48,23 @@ class PoolState(enum.StrEnum):
 class AllocationState(enum.StrEnum):
     STEADY = "steady"
     RESIZING = "resizing"
+    STOPPING = "stopping"
 
 
 class NodeState(enum.StrEnum):
     STARTING = "starting"
     IDLE = "idle"
     RUNNING = "running"
+    LEAVING_POOL = "leavingpool"
+
+
+class NodeDeallocationOption(enum.StrEnum):
+    """What happens to the tasks of a node a resize removes."""
+
+    REQUEUE = "requeue"  # stopped at once, and queued again
+    TERMINATE = "terminate"  # stopped at once, and completed as failed
+    TASK_COMPLETION = "taskcompletion"  # left to finish; the node takes no new task
+    RETAINED_DATA = "retaineddata"  # as taskcompletion (the emulator keeps no data after the task)
 
 
 class JobState(enum.StrEnum):
@@ -78,31 +95,128 @@ class Node:
             self.state_transition_time = at
 
 
+@dataclass(frozen=True, slots=True)
+class ResizeError:
+    """Why a pool has fewer nodes than its target, as Batch reports it in `resizeErrors`."""
+
+    code: str
+    message: str
+
+
 @dataclass(slots=True, eq=False)
 class Pool:
+    """`nodes` are the nodes allocated; `*_shortfall` counts nodes of the target the account's core quota
+    kept away, each kind with its `resize_errors` entry."""
+
     pool_id: str
     body: dict[str, Any]
     creation_time: datetime
     task_slots_per_node: int
     nodes: list[Node]
+    dedicated_shortfall: int = 0
+    spot_shortfall: int = 0
+    resize_errors: tuple[ResizeError, ...] = ()
     state: PoolState = PoolState.ACTIVE
     state_transition_time: datetime = field(init=False)
     allocation_state: AllocationState = AllocationState.RESIZING
     allocation_state_transition_time: datetime = field(init=False)
 
+    _node_numbers: Iterator[int] = field(init=False)
+
     def __post_init__(self) -> None:
         self.state_transition_time = self.creation_time
         self.allocation_state_transition_time = self.creation_time
+        self._node_numbers = itertools.count(len(self.nodes))
 
     @property
     def slots(self) -> int:
         return len(self.nodes) * self.task_slots_per_node
 
-    def nodes_ready(self, at: datetime) -> None:
-        for node in self.nodes:
-            node.set_state(NodeState.IDLE, at)
-        self.allocation_state = AllocationState.STEADY
-        self.allocation_state_transition_time = at
+    def cores(self, *, dedicated: bool) -> int:
+        per_node = cores_per_node(str(self.body.get("vmSize", "")))
+        return per_node * sum(1 for node in self.nodes if node.dedicated is dedicated)
+
+    def target(self, *, dedicated: bool) -> int:
+        """Nodes of a kind the pool is sized for: those staying, and those the core quota kept away."""
+        staying = sum(1 for node in self._staying() if node.dedicated is dedicated)
+        return staying + (self.dedicated_shortfall if dedicated else self.spot_shortfall)
+
+    def current(self, *, dedicated: bool) -> int:
+        """Nodes of a kind in the pool now: started ones, including those leaving until they are gone."""
+        started = (node for node in self.nodes if node.state is not NodeState.STARTING)
+        return sum(1 for node in started if node.dedicated is dedicated)
+
+    def resize(
+        self, dedicated: int, spot: int, room: Callable[[int, bool], int], at: datetime
+    ) -> tuple[list[Node], list[Node]]:
+        """Start resizing to `dedicated` + `spot` nodes: new nodes start, surplus ones leave (those not yet
+        started first, then idle ones). `room(wanted, dedicated)` says how many new nodes of a kind the core
+        quota lets in; the rest is that kind's shortfall. Returns the nodes added and the nodes leaving."""
+        if self.state is PoolState.DELETING:
+            raise ServiceError(409, "PoolBeingDeleted", POOL_BEING_DELETED)
+        if self.allocation_state is not AllocationState.STEADY:
+            raise ServiceError(409, "PoolBeingResized", "The specified pool is being resized.")
+        added: list[Node] = []
+        leaving: list[Node] = []
+        shortfall = {}
+        for kind, target in ((True, dedicated), (False, spot)):
+            staying = [node for node in self._staying() if node.dedicated is kind]
+            granted = room(target - len(staying), kind) if target > len(staying) else 0
+            shortfall[kind] = max(0, target - len(staying) - granted)
+            for _ in range(granted):
+                number = next(self._node_numbers)
+                added.append(Node(node_id_for(self.pool_id, number, kind), kind, NodeState.STARTING, at))
+            by_cost = sorted(staying, key=lambda node: _REMOVAL_ORDER[node.state])
+            surplus = by_cost[: max(0, len(staying) - target)]
+            for node in surplus:
+                node.set_state(NodeState.LEAVING_POOL, at)
+            leaving += surplus
+        self.nodes += added
+        self.dedicated_shortfall, self.spot_shortfall = shortfall[True], shortfall[False]
+        self.resize_errors = ()
+        self._set_allocation(AllocationState.RESIZING, at)
+        self.settle(at)  # a resize to the size it has is over at once
+        return added, leaving
+
+    def stop_resize(self, at: datetime) -> list[Node]:
+        """Stop a resize where it stands: nodes not started yet are dropped (returned, now leaving), nodes
+        leaving go on leaving, and the targets become what stays. Steady once nothing is leaving."""
+        if self.allocation_state is AllocationState.STEADY:
+            return []
+        dropped = [node for node in self.nodes if node.state is NodeState.STARTING]
+        for node in dropped:
+            node.set_state(NodeState.LEAVING_POOL, at)
+        self.dedicated_shortfall = self.spot_shortfall = 0
+        self._set_allocation(AllocationState.STOPPING, at)
+        self.settle(at)
+        return dropped
+
+    def node_left(self, node: Node, at: datetime) -> None:
+        self.nodes.remove(node)
+        self.settle(at)
+
+    def settle(self, at: datetime) -> None:
+        """Steady once no node is starting or leaving."""
+        busy = (NodeState.STARTING, NodeState.LEAVING_POOL)
+        if not any(node.state in busy for node in self.nodes):
+            self._set_allocation(AllocationState.STEADY, at)
+
+    def _staying(self) -> list[Node]:
+        return [node for node in self.nodes if node.state is not NodeState.LEAVING_POOL]
+
+    def _set_allocation(self, state: AllocationState, at: datetime) -> None:
+        if state is not self.allocation_state:
+            self.allocation_state, self.allocation_state_transition_time = state, at
+
+
+# Which nodes a resize removes first: those not started yet cost nothing to drop, then those doing nothing.
+_REMOVAL_ORDER = {NodeState.STARTING: 0, NodeState.IDLE: 1, NodeState.RUNNING: 2, NodeState.LEAVING_POOL: 3}
+
+
+def cores_per_node(vm_size: str) -> int:
+    """A VM size's vCPUs read from its name; 1 when the name says nothing (or says 0, as A0 does)."""
+    match = _VM_CORES.match(vm_size)
+    return max(1, int(match.group(1))) if match else 1
 
 
 def node_id_for(pool_id: str, index: int, dedicated: bool) -> str:
@@ -253,10 +367,21 @@ class Account:
             raise ServiceError(404, "PoolNotFound", f"The specified pool {pool_id} does not exist.")
         return found
 
-    def add_pool(self, pool: Pool) -> None:
-        if pool.pool_id.lower() in self.pools:
+    def add_pool(self, pool: Pool, quota: int | None = None) -> None:
+        """Add a pool, unless its id is in use (or still being deleted) or the account's pool quota is
+        reached; as in Batch, a taken id is reported before the quota."""
+        existing = self.pools.get(pool.pool_id.lower())
+        if existing is not None and existing.state is PoolState.DELETING:
+            raise ServiceError(409, "PoolBeingDeleted", POOL_BEING_DELETED)
+        if existing is not None:
             raise ServiceError(409, "PoolExists", "The specified pool already exists.")
+        # Pools being deleted still count: their nodes are not yet released.
+        if quota is not None and len(self.pools) >= quota:
+            raise ServiceError(409, "PoolQuotaReached", "Pool quota for the account has been reached.")
         self.pools[pool.pool_id.lower()] = pool
+
+    def cores(self, *, dedicated: bool) -> int:
+        return sum(pool.cores(dedicated=dedicated) for pool in self.pools.values())
 
     def remove_pool(self, pool: Pool) -> None:
         if self.pools.get(pool.pool_id.lower()) is pool:
@@ -268,9 +393,20 @@ class Account:
             raise ServiceError(404, "JobNotFound", f"The specified job {job_id} does not exist.")
         return found
 
-    def add_job(self, job: Job) -> None:
+    def add_job(self, job: Job, quota: int | None = None) -> None:
+        """Add a job, unless its id is in use or the account's quota of jobs not completed is reached."""
         if job.job_id.lower() in self.jobs:
             raise ServiceError(409, "JobExists", "The specified job already exists.")
+        # Batch counts every job that could still run tasks: all but completed (and deleting) ones.
+        active = sum(
+            1 for other in self.jobs.values() if other.state in (JobState.ACTIVE, JobState.TERMINATING)
+        )
+        if quota is not None and active >= quota:
+            raise ServiceError(
+                409,
+                "ActiveJobAndScheduleQuotaReached",
+                "Active job and schedule quota for the account has been reached.",
+            )
         self.jobs[job.job_id.lower()] = job
 
     def remove_job(self, job: Job) -> None:

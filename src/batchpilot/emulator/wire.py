@@ -177,7 +177,6 @@ def _time(at: datetime | None) -> str | None:
 
 
 def pool_json(pool: Pool, base_url: str) -> dict[str, Any]:
-    dedicated = sum(1 for node in pool.nodes if node.dedicated)
     steady = pool.allocation_state == "steady"
     passthrough: dict[str, Any] = {
         name: pool.body[name]
@@ -202,10 +201,14 @@ def pool_json(pool: Pool, base_url: str) -> dict[str, Any]:
             "allocationState": pool.allocation_state.value,
             "allocationStateTransitionTime": iso(pool.allocation_state_transition_time),
             "vmSize": pool.body.get("vmSize", "standard_a1_v2"),
-            "targetDedicatedNodes": dedicated,
-            "targetLowPriorityNodes": len(pool.nodes) - dedicated,
-            "currentDedicatedNodes": dedicated if steady else 0,
-            "currentLowPriorityNodes": len(pool.nodes) - dedicated if steady else 0,
+            "targetDedicatedNodes": pool.target(dedicated=True),
+            "targetLowPriorityNodes": pool.target(dedicated=False),
+            "currentDedicatedNodes": pool.current(dedicated=True),
+            "currentLowPriorityNodes": pool.current(dedicated=False),
+            # Batch reports why a resize fell short once it has stopped.
+            "resizeErrors": [{"code": error.code, "message": error.message} for error in pool.resize_errors]
+            if steady and pool.resize_errors
+            else None,
             "enableAutoScale": False,
             "enableInterNodeCommunication": False,
             "taskSlotsPerNode": pool.task_slots_per_node,

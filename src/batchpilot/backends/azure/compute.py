@@ -9,20 +9,25 @@ helper re-queues a chunk forever on a persistent 5xx and silently drops an over-
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 
 import anyio
+import structlog
 from azure.batch import models as bm
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from ...errors import BackendError
 from ...spec import JobSpec, PoolSpec, TaskSpec
+from ...subscribers.cleanup import cleanup_command
 from ..base import AddTaskResult, Ensured, TaskCounts, TaskView
 from . import models
-from .errors import service_code, translated
+from .errors import remedy, service_code, translated
 
 Sleep = Callable[[float], Awaitable[None]]
+
+_log = structlog.get_logger("batchpilot.azure")
 
 # A job in these states takes no new tasks; what the user can do about each.
 _UNUSABLE_JOB_STATES = {
@@ -32,6 +37,7 @@ _UNUSABLE_JOB_STATES = {
     "disabled": "it is disabled; enable it again in the portal or pick another run name",
 }
 _READY_NODE_STATES = frozenset({"idle", "running"})
+_SIZE_FIELDS = ("id", "state", "allocationState", "targetDedicatedNodes", "targetLowPriorityNodes")
 
 
 class AzureCompute:
@@ -40,6 +46,7 @@ class AzureCompute:
     def __init__(self, client: BatchClient, secrets: tuple[str, ...] = ()) -> None:
         self._client = client
         self._secrets = secrets
+        self._short_pools: set[str] = set()  # pools already reported as short of nodes
 
     @property
     def client(self) -> BatchClient:
@@ -75,8 +82,10 @@ class AzureCompute:
         """Wait until at least `min_nodes` nodes (capped at the pool's target) are idle or running.
 
         Polls with an interval growing from `first_interval` to `max_interval`. Resize errors (quota,
-        allocation failure) and start-task failures end the wait at once as a BackendError saying what went
-        wrong. Returns the number of ready nodes. Bound the wait with a scope: `with anyio.fail_after(...)`.
+        allocation failure) that leave the pool without nodes, and start-task failures, end the wait at once
+        as a BackendError saying what went wrong and what to do; a pool that got only some of its nodes is
+        logged once (`pool_short_of_nodes`) and waited for with what it has. Returns the number of ready
+        nodes. Bound the wait with a scope: `with anyio.fail_after(...)`.
         """
         interval = first_interval
         while True:
@@ -97,14 +106,15 @@ class AzureCompute:
                     "resizeErrors",
                     "targetDedicatedNodes",
                     "targetLowPriorityNodes",
+                    "currentDedicatedNodes",
+                    "currentLowPriorityNodes",
                 ],
             )
+        target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
         if pool.resize_errors:
-            details = "; ".join(f"{e.code}: {e.message}" for e in pool.resize_errors)
-            raise BackendError(
-                f"pool {pool_id} cannot get its nodes ({details}); raise the quota or lower the node counts",
-                code=pool.resize_errors[0].code,
-            )
+            # Batch keeps the nodes it could get: the tasks run on those, fewer at a time.
+            target = (pool.current_dedicated_nodes or 0) + (pool.current_low_priority_nodes or 0)
+            self._short_of_nodes(pool_id, pool.resize_errors, target)
         with translated(f"list nodes of pool {pool_id}", self._secrets):
             nodes = [
                 node
@@ -119,18 +129,45 @@ class AzureCompute:
         if start_failed or (unusable and len(unusable) == len(nodes)):
             node = (start_failed or unusable)[0]
             raise BackendError(_node_failure(pool_id, node), code=models.value_of(node.state))
-        target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
         ready = sum(1 for node in nodes if models.value_of(node.state) in _READY_NODE_STATES)
         return ready if ready >= max(1, min(min_nodes, target)) else None
 
+    def _short_of_nodes(self, pool_id: str, errors: list[bm.ResizeError], allocated: int) -> None:
+        """Fail when the pool's resize errors left it no node; otherwise say so once and go on."""
+        details = ", ".join(f"{error.code}: {error.message}" for error in errors)
+        cause, fix = remedy(errors[0].code) or (
+            "Batch could not allocate them",
+            "read the pool's resize errors in the Azure portal",
+        )
+        if allocated == 0:
+            raise BackendError(
+                f"pool {pool_id} got no nodes: {cause} ({details}); {fix}; {_pool_kept(pool_id)}",
+                code=errors[0].code,
+            )
+        if pool_id not in self._short_pools:
+            self._short_pools.add(pool_id)
+            _log.warning(
+                "pool_short_of_nodes",
+                pool_id=pool_id,
+                nodes=allocated,
+                reason=f"{cause} ({details})",
+                fix=fix,
+            )
+
     async def ensure_job(self, spec: JobSpec) -> Ensured:
-        with translated(f"create job {spec.job_id}", self._secrets):
-            try:
-                await self._client.create_job(models.job_create_options(spec))
-                return Ensured(spec.job_id, created=True)
-            except ResourceExistsError as exc:
-                if service_code(exc) not in ("JobExists", "JobBeingDeleted"):
-                    raise
+        try:
+            with translated(f"create job {spec.job_id}", self._secrets):
+                try:
+                    await self._client.create_job(models.job_create_options(spec))
+                    return Ensured(spec.job_id, created=True)
+                except ResourceExistsError as exc:
+                    if service_code(exc) not in ("JobExists", "JobBeingDeleted"):
+                        raise
+        except BackendError as exc:
+            if exc.code != "ActiveJobAndScheduleQuotaReached":
+                raise
+            # The run's pool is in place by now, with nodes on their way: say how to remove it too.
+            raise BackendError(f"{exc}; {_pool_kept(spec.pool_id)}", code=exc.code) from exc
         with translated(f"get job {spec.job_id}", self._secrets):
             job = await self._client.get_job(
                 spec.job_id,
@@ -220,6 +257,63 @@ class AzureCompute:
                 # A delete already under way is the outcome asked for.
                 if service_code(exc) != "PoolBeingDeleted":
                     raise
+
+    async def resize_pool(
+        self,
+        pool_id: str,
+        dedicated: int,
+        spot: int,
+        *,
+        first_interval: float = 2.0,
+        max_interval: float = 30.0,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        """Ask Batch for `dedicated` + `spot` nodes; nodes it removes finish their running tasks first.
+
+        Batch resizes only a steady pool (409 PoolBeingResized otherwise), so a resize under way, the pool's
+        first allocation included, is stopped and this waits (interval growing from `first_interval` to
+        `max_interval`) until the pool is steady again. Nothing is sent when the targets are already these.
+        """
+        interval = first_interval
+        while True:
+            with translated(f"get pool {pool_id}", self._secrets):
+                pool = await self._client.get_pool(pool_id, select=list(_SIZE_FIELDS))
+            if models.value_of(pool.state) == bm.BatchPoolState.DELETING:
+                raise BackendError(
+                    f"pool {pool_id} is being deleted; it cannot be resized", code="PoolBeingDeleted"
+                )
+            targets = (pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0)
+            if targets == (dedicated, spot):
+                return
+            allocation = models.value_of(pool.allocation_state)
+            if allocation == bm.AllocationState.STEADY:
+                options = bm.BatchPoolResizeOptions(
+                    target_dedicated_nodes=dedicated,
+                    target_low_priority_nodes=spot,
+                    node_deallocation_option=bm.BatchNodeDeallocationOption.TASK_COMPLETION,
+                )
+                with translated(f"resize pool {pool_id}", self._secrets):
+                    try:
+                        # Only the request: the nodes arrive (or go) in their own time.
+                        await self._client.begin_resize_pool(pool_id, options)
+                        return
+                    except ResourceExistsError as exc:
+                        # Another resize began since the look above: stop that one too.
+                        if service_code(exc) != "PoolBeingResized":
+                            raise
+            elif allocation == bm.AllocationState.RESIZING:
+                # A conflict means it turned steady (or began stopping) since the look above: look again.
+                with (
+                    translated(f"stop resizing pool {pool_id}", self._secrets),
+                    suppress(ResourceExistsError),  # inside: before it is translated
+                ):
+                    await self._client.begin_stop_pool_resize(pool_id)
+            await sleep(interval)
+            interval = min(max_interval, interval * 1.5)
+
+
+def _pool_kept(pool_id: str) -> str:
+    return f"pool {pool_id} is kept, to remove it: {cleanup_command('azure', pool=pool_id)}"
 
 
 def _node_failure(pool_id: str, node: bm.BatchNode) -> str:
