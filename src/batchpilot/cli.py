@@ -33,7 +33,7 @@ from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
 from .monitor.poller import PollSettings
 from .plan import plan_lines
-from .spec import BlobInputs, CleanupPolicy, JobLifetime
+from .spec import BlobInputs, CleanupPolicy, JobLifetime, PoolPolicy
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--keep-inputs", action="store_true", help="keep the input container after success")
     run.add_argument("--delete-job", action="store_true", help="delete the job after success")
-    run.add_argument("--delete-pool", action="store_true", help="delete the pool after success")
+    run.add_argument(
+        "--pool-after", type=PoolPolicy, choices=list(PoolPolicy), metavar="{keep,scale-to-zero,delete}",
+        help="what a run that succeeds does with its pool, which costs money while it has nodes: keep it"
+        " ready (default, or the workload file's cleanup.pool), scale it to zero nodes (the next run brings"
+        " them back), or delete it",
+    )  # fmt: skip
     _add_monitor_options(run)
     _add_backend_options(run)
     _add_log_options(run)
@@ -425,11 +430,12 @@ async def _run(args: argparse.Namespace) -> _Outcome:
     workload = replace(
         workload,
         download_to=out,
-        # The flags add to what the workload file asks for; they never undo a deletion it asks for.
+        # The flags add to what the workload file asks for and never undo a deletion it asks for;
+        # --pool-after, a choice among three, replaces the file's.
         cleanup=CleanupPolicy(
             delete_input_container=cleanup.delete_input_container and not args.keep_inputs,
             delete_job=cleanup.delete_job or args.delete_job,
-            delete_pool=cleanup.delete_pool or args.delete_pool,
+            pool=args.pool_after or cleanup.pool,
         ),
     )
     settings = _engine_settings(args)
@@ -456,7 +462,7 @@ async def _serve(args: argparse.Namespace) -> str:
         workload,
         download_to=_writable_folder(args.out),
         # The job, the pool and the input container serve every batch: nothing is deleted after one.
-        cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, delete_pool=False),
+        cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, pool=PoolPolicy.KEEP),
         job_lifetime=JobLifetime.SERVICE,
     )
     from .backends.azure.requests import RequestTally
@@ -555,7 +561,7 @@ def _finish_run(outcome: _Outcome) -> int:
     # Pools cost money for as long as they have nodes: what the run leaves behind is said, with its remedy.
     for kept in outcome.kept:
         if kept.resource == "pool":
-            _say(f"  kept:    pool {kept.resource_id}: {kept.reason}. Delete it now: {kept.delete_command}")
+            _say(f"  pool:    {kept.resource_id}: {kept.reason}. Delete it now: {kept.delete_command}")
     return EXIT_OK if outcome.summary.ok else EXIT_FAILED
 
 

@@ -281,18 +281,26 @@ def template_fields(text: str) -> list[str]:
     return [name for _, name, _, _ in fields if name is not None]
 
 
+class PoolPolicy(enum.StrEnum):
+    """What a run that fully succeeded does with its pool, which costs money for as long as it has nodes."""
+
+    KEEP = "keep"  # ready for the next run at once, at full cost
+    SCALE_TO_ZERO = "scale-to-zero"  # kept without nodes, at no cost; the next run brings its nodes back
+    DELETE = "delete"
+
+
 @dataclass(frozen=True, slots=True)
 class CleanupPolicy:
     """What a run deletes once every task has succeeded and every output is fetched.
 
     The input container goes, as in the tutorial. The job is kept by default: it costs nothing, and it is
-    what lets the same command, run again, find every task done and do nothing. A run that fails or is
-    interrupted deletes nothing, so running the same command again resumes.
+    what lets the same command, run again, find every task done and do nothing. The pool follows `pool`. A
+    run that fails or is interrupted changes nothing, so running the same command again resumes.
     """
 
     delete_input_container: bool = True
     delete_job: bool = False
-    delete_pool: bool = False
+    pool: PoolPolicy = PoolPolicy.KEEP
 
 
 @dataclass(frozen=True, slots=True)

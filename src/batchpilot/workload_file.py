@@ -18,6 +18,7 @@ Reading is blocking (the file, and the glob that finds the inputs): call it from
 
 from __future__ import annotations
 
+import enum
 import glob
 import re
 import tomllib
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .spec import (
@@ -34,6 +35,7 @@ from .spec import (
     CleanupPolicy,
     ContainerSettings,
     ImageReference,
+    PoolPolicy,
     PoolSpec,
     StartTask,
     TaskConstraints,
@@ -43,6 +45,7 @@ from .spec import (
 )
 
 TABLE = "workload"
+_Choice = TypeVar("_Choice", bound=enum.StrEnum)
 
 # Every key a workload file may hold, by table; anything else is a mistake worth naming (a typo would
 # otherwise be silently ignored).
@@ -68,7 +71,7 @@ KEYS: Mapping[str, frozenset[str]] = {
     ),
     "workload.constraints": frozenset({"max_wall_clock", "max_retries", "retention"}),
     "workload.container": frozenset({"image", "run_options"}),
-    "workload.cleanup": frozenset({"delete_input_container", "delete_job", "delete_pool"}),
+    "workload.cleanup": frozenset({"delete_input_container", "delete_job", "pool"}),
 }  # fmt: skip
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
@@ -183,7 +186,7 @@ def _build(
         cleanup=CleanupPolicy(
             delete_input_container=reader.boolean(cleanup, "workload.cleanup.delete_input_container", True),
             delete_job=reader.boolean(cleanup, "workload.cleanup.delete_job", False),
-            delete_pool=reader.boolean(cleanup, "workload.cleanup.delete_pool", False),
+            pool=reader.choice(cleanup, "workload.cleanup.pool", PoolPolicy, PoolPolicy.KEEP),
         ),
         timeout=timeout or defaults.timeout,
         environment=tuple(sorted(environment.items())),
@@ -375,6 +378,13 @@ class _Reader:
             raise self.source.error(key, f"must be a whole number of at least {minimum}, not {_shown(value)}")
         return value
 
+    def choice(self, table: Mapping[str, Any], key: str, options: type[_Choice], default: _Choice) -> _Choice:
+        value = table.get(_last(key), default.value)
+        if not isinstance(value, str) or value not in {option.value for option in options}:
+            names = ", ".join(f'"{option.value}"' for option in options)
+            raise self.source.error(key, f"must be one of {names}, not {_shown(value)}")
+        return options(value)
+
     def boolean(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
         value = table.get(_last(key), default)
         if not isinstance(value, bool):
@@ -430,7 +440,9 @@ def _kind(value: object) -> str:
 
 
 def _shown(value: object) -> str:
-    """A wrong value as the message shows it: simple values as written, others by their kind."""
+    """A wrong value as the message shows it: simple values as written in TOML, others by their kind."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return repr(value) if isinstance(value, str | int | float) else _kind(value)
 
 

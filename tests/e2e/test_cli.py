@@ -146,7 +146,7 @@ def test_help_explains_the_commands(batchpilot: Run):
         "--log-format",
         "--concurrency",
         "--timeout",
-        "--delete-pool",
+        "--pool-after",
         "resumes",
     ):
         assert flag in result.stdout

@@ -14,6 +14,7 @@ from batchpilot import (
     LocalBackend,
     Orchestrator,
     OutputDownloaded,
+    PoolPolicy,
     PoolSpec,
     RunFinished,
     TaskSucceeded,
@@ -47,7 +48,7 @@ async def test_outputs_are_fetched_as_each_task_succeeds_not_at_the_end(tmp_path
         ),
         pool=PoolSpec("embedded-pool", dedicated_nodes=2),
         download_to=tmp_path / "out",
-        cleanup=CleanupPolicy(delete_job=True, delete_pool=True),
+        cleanup=CleanupPolicy(delete_job=True, pool=PoolPolicy.DELETE),
     )
     seen: list[Event] = []
     async with Orchestrator(LocalBackend(tmp_path / "state")) as orchestrator:

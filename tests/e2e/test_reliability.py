@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 from azure.core.exceptions import HttpResponseError
 
+from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig
 from tests.conftest import EmulatorFactory
 from tests.e2e.conftest import cli_command, leaked_secrets
@@ -127,3 +128,29 @@ def test_polls_failing_past_the_deadline_stop_the_run_and_the_same_command_resum
     assert resumed.returncode == 0, resumed.stderr
     assert "0 added, 5 already in the job" in resumed.stderr
     assert len(list(out.glob("*.mp3"))) == 5
+
+
+def test_a_pool_scaled_to_zero_after_a_run_gets_its_nodes_back_from_the_next(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    with start_emulator() as emulator:
+        env = azure_env(home, emulator, azurite)
+        first = run_azure(env, tmp_path / "first", "--pool-after", "scale-to-zero")
+        after_first = anyio.run(pool_targets, emulator)
+        delete_run_containers(azurite)  # a new job's worth of work, on the same pool
+        second = run_azure(env, tmp_path / "second", "--name", "again")
+        after_second = anyio.run(pool_targets, emulator)
+    assert first.returncode == 0, first.stderr
+    assert f"pool:    {POOL}: scaled to zero nodes" in first.stderr
+    assert after_first == (0, 0)
+    assert second.returncode == 0, second.stderr
+    assert after_second != (0, 0)  # the workload's node counts again
+    assert f"pool:    {POOL}: kept with its nodes" in second.stderr
+    assert len(list((tmp_path / "second").glob("*.mp3"))) == 5
+
+
+async def pool_targets(emulator: RunningEmulator) -> tuple[int, int]:
+    async with batch_client(emulator) as client:
+        pool = await client.get_pool(POOL)
+        return pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0

@@ -11,7 +11,14 @@ from batchpilot.backends.local import executor
 from batchpilot.backends.local.compute import LocalCompute
 from batchpilot.backends.local.storage import FileStager
 from batchpilot.errors import ConfigError
-from batchpilot.spec import BlobInputs, ContainerSettings, PoolSpec, TaskConstraints, TaskTemplate
+from batchpilot.spec import (
+    BlobInputs,
+    ContainerSettings,
+    PoolPolicy,
+    PoolSpec,
+    TaskConstraints,
+    TaskTemplate,
+)
 from batchpilot.workload_file import Defaults, load_workload, one_off_workload
 from batchpilot.workloads import ffmpeg
 
@@ -179,3 +186,11 @@ def test_inputs_can_be_blobs_already_in_a_container(tmp_path: Path):
     assert workload.inputs == BlobInputs("raw-logs", "2024/")
     assert workload.input_container == "raw-logs"
     assert workload.cleanup.delete_input_container is False  # the user's container, never the run's
+
+
+def test_the_pool_policy_is_a_named_choice(tmp_path: Path):
+    workload = load_workload(write(tmp_path, GZIP + '[workload.cleanup]\npool = "scale-to-zero"\n'), DEFAULTS)
+    assert workload.cleanup.pool is PoolPolicy.SCALE_TO_ZERO
+    assert load_workload(write(tmp_path, GZIP), DEFAULTS).cleanup.pool is PoolPolicy.KEEP
+    message = error(tmp_path, GZIP + "[workload.cleanup]\npool = true\n")
+    assert 'workload.cleanup.pool: must be one of "keep", "scale-to-zero", "delete", not true' in message

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from ..backends.base import Backend
 from ..errors import BackendError
 from ..events import Event, ResourceDeleted, ResourceKept, RunFinished, RunStarted
+from ..spec import PoolPolicy
 
 Publish = Callable[..., Awaitable[None]]
 
@@ -38,12 +39,9 @@ class Cleanup:
             if event.summary.ok:
                 await self._clean(started)
             else:
-                await self._keep(
-                    started,
-                    "job",
-                    started.job_id,
-                    "the run did not fully succeed; run the same command again to resume",
-                )
+                resume = "the run did not fully succeed; run the same command again to resume"
+                await self._keep(started, "job", started.job_id, resume)
+                await self._keep(started, "pool", started.pool_id, f"kept with its nodes: {resume}")
 
     async def _clean(self, run: RunStarted) -> None:
         policy = run.cleanup
@@ -53,14 +51,26 @@ class Cleanup:
             await self._delete(run, "job", run.job_id, self._backend.compute.delete_job)
         else:
             await self._keep(run, "job", run.job_id, "kept, so running the same command again does nothing")
-        if policy.delete_pool:
+        if policy.pool is PoolPolicy.DELETE:
             await self._delete(run, "pool", run.pool_id, self._backend.compute.delete_pool)
+        elif policy.pool is PoolPolicy.SCALE_TO_ZERO:
+            try:
+                await self._backend.compute.resize_pool(run.pool_id, 0, 0)
+            except BackendError as exc:
+                await self._keep(run, "pool", run.pool_id, f"kept with its nodes, could not scale it: {exc}")
+                return
+            await self._keep(
+                run,
+                "pool",
+                run.pool_id,
+                "scaled to zero nodes, at no cost; the next run brings its nodes back",
+            )
         else:
             await self._keep(
                 run,
                 "pool",
                 run.pool_id,
-                "kept for the next run; --delete-pool removes it after a run that succeeds",
+                "kept with its nodes, ready for the next run (change with --pool-after scale-to-zero|delete)",
             )
 
     async def _delete(

@@ -68,6 +68,13 @@ class AzureCompute:
                 f"pool {spec.pool_id} is being deleted; wait until it is gone, or choose another pool id",
                 code="PoolBeingDeleted",
             )
+        scaled_to_zero = not (pool.target_dedicated_nodes or pool.target_low_priority_nodes)
+        if scaled_to_zero and spec.dedicated_nodes + spec.spot_nodes:
+            # Left without nodes by an earlier run or an idle service: its nodes come back for this one.
+            await self.resize_pool(spec.pool_id, spec.dedicated_nodes, spec.spot_nodes)
+            # What it now asks for, for the comparison below.
+            pool.target_dedicated_nodes = spec.dedicated_nodes
+            pool.target_low_priority_nodes = spec.spot_nodes
         return Ensured(spec.pool_id, created=False, warnings=models.pool_differences(spec, pool))
 
     async def wait_for_nodes(
