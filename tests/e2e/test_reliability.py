@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -13,6 +14,7 @@ from azure.core.exceptions import HttpResponseError
 
 from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig
+from batchpilot.engine import JOB_GRACE, SAS_MARGIN
 from tests.conftest import EmulatorFactory
 from tests.e2e.conftest import cli_command, leaked_secrets
 from tests.e2e.test_azure import JOB, azure_env, delete_run_containers, events, run_azure
@@ -154,3 +156,23 @@ async def pool_targets(emulator: RunningEmulator) -> tuple[int, int]:
     async with batch_client(emulator) as client:
         pool = await client.get_pool(POOL)
         return pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0
+
+
+def test_task_tokens_hold_for_as_long_as_the_job_can_run_and_no_longer(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    # Nodes judge every token as if the task had run until the job's max wall clock (timeout 1h + grace):
+    # nothing of the job can run longer, so every upload must still be allowed.
+    wall_clock = (timedelta(hours=1) + JOB_GRACE).total_seconds()
+    with start_emulator(faults=FaultConfig(sas_clock_ahead_s=wall_clock)) as emulator:
+        delete_run_containers(azurite)
+        held = run_azure(azure_env(home, emulator, azurite), tmp_path / "held", "--timeout", "1h")
+    # The control: a little past the tokens' own end, the same nodes refuse them, so the check is real.
+    beyond = (timedelta(hours=1) + JOB_GRACE + SAS_MARGIN + timedelta(minutes=1)).total_seconds()
+    with start_emulator(faults=FaultConfig(sas_clock_ahead_s=beyond)) as emulator:
+        delete_run_containers(azurite)
+        refused = run_azure(azure_env(home, emulator, azurite), tmp_path / "refused", "--timeout", "1h")
+    assert held.returncode == 0, held.stderr
+    assert len(list((tmp_path / "held").glob("*.mp3"))) == 5
+    assert refused.returncode == 1
+    assert "AccessDenied" in refused.stderr
