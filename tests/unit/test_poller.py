@@ -24,14 +24,16 @@ SETTINGS = PollSettings(
 )
 
 
-def make(compute: FakeCompute, clock: FakeClock, expected: list[str]) -> tuple[Poller, list[Event]]:
+def make(
+    compute: FakeCompute, clock: FakeClock, expected: list[str], settings: PollSettings = SETTINGS
+) -> tuple[Poller, list[Event]]:
     events: list[Event] = []
 
     async def publish(event: Event) -> None:
         events.append(event)
 
     tracker = TaskTracker("run", "job", expected)
-    return Poller(compute, tracker, publish, settings=SETTINGS, clock=clock, draw=lambda: 0.5), events
+    return Poller(compute, tracker, publish, settings=settings, clock=clock, draw=lambda: 0.5), events
 
 
 async def test_probes_first_lists_only_when_counts_move_and_backs_off_while_idle():
@@ -240,3 +242,84 @@ async def test_a_poll_without_an_answer_in_time_counts_as_failed():
 
 async def _ignore(event: Event) -> None:
     pass
+
+
+@pytest.mark.parametrize(
+    ("tasks", "busy", "reconcile_s"),
+    [(1, 1.0, 30), (1000, 1.0, 30), (1001, 1.0, 60), (4000, 2.0, 120), (50_000, 8.0, 1500)],
+)
+def test_a_bigger_job_gets_a_longer_busy_interval_and_rarer_full_listings(tasks, busy, reconcile_s):
+    sized = SETTINGS.for_tasks(tasks)  # 0.5 ms per task, from the initial 1 s up to the cap of 8 s
+    assert sized.backoff == replace(SETTINGS.backoff, initial=busy)
+    assert sized.reconcile_every == timedelta(seconds=reconcile_s)  # 30 s per page of 1,000 tasks
+    assert replace(sized, backoff=SETTINGS.backoff, reconcile_every=SETTINGS.reconcile_every) == SETTINGS
+
+
+@pytest.mark.parametrize(("tasks", "interval"), [(40, 1.0), (4000, 2.0)])
+async def test_while_tasks_keep_changing_the_interval_grows_with_the_job(tasks, interval):
+    compute, clock = FakeCompute(), FakeClock()
+    ids = [f"t{n}" for n in range(tasks)]
+    for task_id in ids:
+        compute.set(task_id, R, 0)
+    batches = iter(range(0, tasks, tasks // 4))
+
+    def advance(_: float) -> None:
+        first = next(batches, None)
+        if first is not None:
+            for task_id in ids[first : first + tasks // 4]:
+                compute.set(task_id, C, (clock.current - at(0)).total_seconds(), exit_code=0)
+
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ids)
+    await poller.run()
+    assert sum(isinstance(e, TaskSucceeded) for e in events) == tasks
+    assert clock.sleeps == [interval] * 4  # every round brought news: never backed off, never reset lower
+
+
+async def test_a_task_that_changed_while_later_pages_were_read_is_seen_by_the_next_listing():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("a", R, 0)
+    compute.set("b", R, 0)
+    for n in range(1000):  # another run's tasks in the job: they make the listing span two pages
+        compute.set(f"other-{n}", C, 0, exit_code=0)
+    unpaged = compute.list_tasks
+
+    async def list_tasks(job_id: str, changed_since=None):
+        if len(compute.calls_named("list_tasks")) != 1:
+            return await unpaged(job_id, changed_since)
+        # The second listing takes 5 s over its pages: `a` completes after its page was read, `b` before
+        # its own page is. The watermark becomes b's time, 4 s past a's: beyond the skew (2 s).
+        first_page = await unpaged(job_id, changed_since)
+        clock.current += timedelta(seconds=5)
+        compute.set("a", C, 2, exit_code=0)
+        compute.set("b", C, 6, exit_code=0)
+        return [view for view in first_page if view.task_id != "b"] + [compute.tasks["b"]]
+
+    compute.list_tasks = list_tasks
+    poller, events = make(compute, clock, ["a", "b"])
+    await poller.run()
+    assert {e.task_id for e in events if isinstance(e, TaskSucceeded)} == {"a", "b"}
+    # The third listing starts the listing's 5 s earlier than the watermark minus the skew, so it finds `a`
+    # at once instead of at the next full listing, 30 s on.
+    assert compute.calls_named("list_tasks")[2] == at(6 - 2 - 5)
+    assert poller.stats.full_listings == 1
+
+
+async def test_a_listing_of_one_page_adds_no_margin_however_long_it_took():
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("a", R, 0)
+    slow = compute.list_tasks
+
+    async def list_tasks(job_id: str, changed_since=None):
+        clock.current += timedelta(seconds=5)
+        return await slow(job_id, changed_since)
+
+    def advance(_: float) -> None:
+        compute.set("a", C, (clock.current - at(0)).total_seconds(), exit_code=0)
+
+    compute.list_tasks = list_tasks
+    clock.on_sleep = advance
+    poller, _ = make(compute, clock, ["a"])
+    await poller.run()
+    # The first look (full, at t=0, back at t=5) saw `a` running since t=0; the next starts at 0 - skew.
+    assert compute.calls_named("list_tasks") == [None, at(0 - 2)]

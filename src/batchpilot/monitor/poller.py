@@ -2,14 +2,18 @@
 
 Each round costs one cheap probe (task counts). Tasks are listed only when the counts moved, or, instead of
 the probe, right after a listing that brought news; and then only those whose state changed since the
-watermark (minus a skew margin, since clocks and pages disagree a little). A periodic full listing guards
-against counts that lag. The state machine turns listings into events; the
-schedule between rounds comes from the pure backoff policy. A failed poll changes no task: unknown is not
-failed.
+watermark, minus a small skew margin (the service's clocks disagree a little) and, after a listing of
+several pages, minus the time it took (a task can change while later pages are read, after its own page
+was). A periodic full listing guards against counts that lag and transitions that show up later than that.
+Both the interval while tasks keep changing and the period of full listings grow with the job: listing a
+big job costs more, and its tasks can afford a little more latency. The state machine turns listings into
+events; the schedule between rounds comes from the pure backoff policy. A failed poll changes no task:
+unknown is not failed.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -28,6 +32,7 @@ from .state import TaskTracker
 
 _log = structlog.get_logger("batchpilot.monitor")
 _STDERR_TAIL_LINES = 10
+_PAGE = 1000  # tasks per page of a listing (the service's maximum)
 
 
 class Clock(Protocol):
@@ -47,13 +52,31 @@ class SystemClock:
 @dataclass(frozen=True, slots=True)
 class PollSettings:
     backoff: BackoffPolicy = BackoffPolicy()
+    # Between full listings, for each page (1,000 tasks) of the job: a full listing costs a request per page,
+    # so a big job's full listings come less often and cost about the same per minute as a small job's.
     reconcile_every: timedelta = timedelta(seconds=60)
-    skew: timedelta = timedelta(seconds=5)
+    # How much earlier than the watermark a transition may still show up (the service's clocks disagree a
+    # little). Each incremental listing asks again for what changed within it, so it stays small; a later
+    # one is seen at the next full listing.
+    skew: timedelta = timedelta(seconds=1)
+    # While tasks keep changing, the interval is this much per expected task (at least backoff.initial, at
+    # most backoff.cap): 0.25 s up to 500 tasks, 5 s for 10,000.
+    busy_per_task: timedelta = timedelta(milliseconds=0.5)
     # A poll with no answer by then counts as failed (the SDK's own timeouts are far longer).
     poll_timeout: timedelta = timedelta(seconds=120)
     degraded_after: int = 3
     # How long polls may keep failing before the run stops with LostContactError (None: never).
     give_up_after: timedelta | None = timedelta(minutes=15)
+
+    def for_tasks(self, count: int) -> PollSettings:
+        """These settings for a job of `count` tasks: the busy interval and the full listings' period grown
+        with its size."""
+        backoff = self.backoff
+        busy = min(max(backoff.initial, count * self.busy_per_task.total_seconds()), backoff.cap)
+        pages = max(1, math.ceil(count / _PAGE))
+        return replace(
+            self, backoff=replace(backoff, initial=busy), reconcile_every=self.reconcile_every * pages
+        )
 
 
 @dataclass(slots=True)
@@ -82,11 +105,12 @@ class Poller:
         self._compute = compute
         self._tracker = tracker
         self._publish = publish
-        self._settings = settings
+        self._settings = settings.for_tasks(len(tracker.expected))
         self._clock = clock or SystemClock()
         self._draw = draw
         self._last_counts: TaskCounts | None = None
         self._last_full: datetime | None = None
+        self._last_listing_took = timedelta(0)
         self._busy = False
         self._failing_since: datetime | None = None
         self.stats = PollStats()
@@ -183,9 +207,15 @@ class Poller:
             if not (moved or full_due):
                 return False
         watermark = self._tracker.watermark
-        since = None if full_due or watermark is None else watermark - self._settings.skew
+        since = None
+        if not full_due and watermark is not None:
+            since = watermark - self._settings.skew - self._last_listing_took
+        started = self._clock.now()
         with self._answer_within():
             views = await self._compute.list_tasks(job_id, changed_since=since)
+        # One page is one consistent look: no margin after it. Adding one anyway would widen the next
+        # listing by the time this one took to read, which makes that one longer, and so on.
+        self._last_listing_took = self._clock.now() - started if len(views) > _PAGE else timedelta(0)
         self.stats.listings += 1
         self.stats.tasks_listed += len(views)
         if since is None:
