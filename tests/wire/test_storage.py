@@ -353,3 +353,20 @@ async def test_storage_auth_failure_is_one_line_without_the_key(
     assert "credentials refused (403 AuthenticationFailed)" in message
     assert "\n" not in message
     assert STORAGE_KEY not in message
+
+
+async def test_upload_of_a_file_larger_than_a_read_is_streamed_whole_with_its_md5(
+    http: Http, key_backend: AzureBackend, tmp_path: Path
+) -> None:
+    content = bytes(range(256)) * (5 * 4096)  # 5 MiB: more than one read of 4 MiB
+    md5_hex = _write(tmp_path / "big.mp4", content)
+    http.add(blob("/in/big.mp4"), "PUT", status=201)
+
+    outcome = await key_backend.storage.upload(
+        "in", "big.mp4", tmp_path / "big.mp4", md5_hex, check_existing=False
+    )
+
+    assert outcome is UploadOutcome.UPLOADED
+    (put,) = http.sent()
+    assert put.data == content
+    assert put.headers["x-ms-blob-content-md5"] == base64.b64encode(bytes.fromhex(md5_hex)).decode()

@@ -107,14 +107,21 @@ class AzureStorage:
                 and bytes(existing.content_settings.content_md5) == md5
             ):
                 return UploadOutcome.SKIPPED
-            async with await anyio.open_file(source, "rb") as handle:
-                await blob.upload_blob(
-                    _chunks(handle),
-                    length=size,
-                    overwrite=True,
-                    content_settings=ContentSettings(content_md5=bytearray(md5)),
-                    max_concurrency=_TRANSFER_CONCURRENCY,
-                )
+            content_settings = ContentSettings(content_md5=bytearray(md5))
+            if size <= _CHUNK_BYTES:
+                # One trip to a worker thread and one request; streaming would cost a trip per read (and at
+                # the end) plus the SDK's wrapper around the stream, for a file that fits in one read anyway.
+                data = await anyio.Path(source).read_bytes()
+                await blob.upload_blob(data, overwrite=True, content_settings=content_settings)
+            else:
+                async with await anyio.open_file(source, "rb") as handle:
+                    await blob.upload_blob(
+                        _chunks(handle),
+                        length=size,
+                        overwrite=True,
+                        content_settings=content_settings,
+                        max_concurrency=_TRANSFER_CONCURRENCY,
+                    )
         return UploadOutcome.UPLOADED
 
     async def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
