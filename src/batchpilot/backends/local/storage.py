@@ -2,10 +2,17 @@
 
 URLs are `file://` URLs of those folders; permissions and expiry mean nothing on one machine and are ignored.
 The sizes and MD5s that Blob Storage keeps as blob properties are recomputed from the files.
+
+Inputs are copied (into the container, then into each task's folder), so that neither a task nor a later
+edit of the user's file changes what another task reads. Outputs are hard-linked instead (task folder ->
+container -> download folder) where the file system allows: the task that wrote them has ended, and a link
+costs nothing however large the file.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -14,12 +21,12 @@ from urllib.parse import quote, unquote, urlparse
 import anyio
 
 from ...errors import ConfigError, NotFoundError
-from ...files import copy_atomically, md5_of
+from ...files import copy_atomically, md5_of, temporary_sibling
 from ..base import BlobInfo, Permission, UploadOutcome
 
 
 def file_url(path: Path) -> str:
-    return "file://" + quote(str(path.resolve()))
+    return "file://" + quote(os.path.abspath(path))
 
 
 def path_from_url(url: str) -> Path:
@@ -37,10 +44,12 @@ class LocalStorage:
         return self.root / container
 
     def _blob(self, container: str, blob_name: str) -> Path:
-        path = (self._container(container) / blob_name).resolve()
-        if not path.is_relative_to(self._container(container).resolve()):
+        # Checked on the name, not by resolving the path: resolving costs a system call per path component,
+        # several times per task, and only names with `..` can leave (the folders hold no links of ours).
+        relative = posixpath.normpath(blob_name)
+        if relative == ".." or relative.startswith(("/", "../")):
             raise ConfigError(f"blob name {blob_name!r} leaves its container")
-        return path
+        return self._container(container) / relative
 
     async def ensure_container(self, container: str) -> bool:
         path = self._container(container)
@@ -72,8 +81,12 @@ class LocalStorage:
         def sync() -> list[BlobInfo]:
             if not root.is_dir():
                 raise NotFoundError(f"container {container!r} does not exist", code="ContainerNotFound")
+            # Only the folder the prefix reaches into can hold matches: the downloader lists one task's
+            # outputs per succeeded task, and walking (and hashing) the whole container each time made a
+            # run quadratic in its tasks.
+            start = self._blob(container, prefix.rpartition("/")[0])
             found = []
-            for path in sorted(root.rglob("*")):
+            for path in sorted(start.rglob("*")):
                 name = path.relative_to(root).as_posix()
                 if path.is_file() and name.startswith(prefix) and ".partial-" not in path.name:
                     found.append(BlobInfo(name, path.stat().st_size, md5_of(path)))
@@ -85,7 +98,7 @@ class LocalStorage:
         source = self._blob(container, blob_name)
         if not await anyio.Path(source).is_file():
             raise NotFoundError(f"blob {blob_name!r} not found in {container!r}", code="BlobNotFound")
-        await anyio.to_thread.run_sync(copy_atomically, source, dest)
+        await anyio.to_thread.run_sync(_link_atomically, source, dest)
 
     async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
         return file_url(self._container(container))
@@ -106,4 +119,20 @@ class FileStager:
         await anyio.to_thread.run_sync(copy_atomically, path_from_url(url), dest)
 
     async def put(self, container_url: str, blob_name: str, source: Path) -> None:
-        await anyio.to_thread.run_sync(copy_atomically, source, path_from_url(container_url) / blob_name)
+        await anyio.to_thread.run_sync(_link_atomically, source, path_from_url(container_url) / blob_name)
+
+
+def _link_atomically(source: Path, dest: Path) -> None:
+    """`dest` becomes another name of `source`, or a copy of it where the file system cannot link (another
+    device, no hard links). Either way via a temporary name, so `dest` is never partial."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(dest)
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        copy_atomically(source, dest)
+        return
+    os.replace(temporary, dest)
+    # A rename onto another name of the same file does nothing (POSIX): the temporary name would stay.
+    temporary.unlink(missing_ok=True)
