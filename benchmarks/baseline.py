@@ -123,6 +123,7 @@ def run(config: SideConfig) -> SideResult:
         listed = list(batch.list_tasks(job_id))
         now = time.time()
         result.monitor_loops += 1
+        result.tasks_listed += len(listed)
         incomplete = 0
         for task in listed:
             if task.state == bm.BatchTaskState.COMPLETED:

@@ -45,6 +45,7 @@ class SideResult:
     storage_requests: int = 0
     batch_requests: int = 0
     monitor_loops: int = 0
+    tasks_listed: int = 0  # task records the monitor received, summed over its listings
     max_rss_mb: float = 0.0
     ok: bool = True
     note: str = ""

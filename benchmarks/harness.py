@@ -103,6 +103,7 @@ class Measured:
             "monitor_requests": self.monitor_requests,
             "monitor_bytes": self.monitor_bytes,
             "monitor_loops": self.result.monitor_loops,
+            "tasks_listed": self.result.tasks_listed,
             "latency_median_s": round(statistics.median(self.latencies), 3) if self.latencies else None,
             "latency_p95_s": round(self.latency(0.95), 3),
             "max_rss_mb": round(self.result.max_rss_mb, 1),

@@ -32,7 +32,7 @@ def install(storage_port: int, storage_latency_ms: float) -> None:
     async_send = AioHttpTransport.send
 
     def is_storage(request: Any) -> bool:
-        return urlsplit(request.url).port == storage_port
+        return bool(urlsplit(request.url).port == storage_port)
 
     def send(self: RequestsTransport, request: Any, **kwargs: Any) -> Any:
         if is_storage(request):
@@ -52,5 +52,5 @@ def install(storage_port: int, storage_latency_ms: float) -> None:
             COUNTER.batch += 1
         return await async_send(self, request, **kwargs)
 
-    RequestsTransport.send = send  # type: ignore[method-assign,assignment]
-    AioHttpTransport.send = asend  # type: ignore[method-assign,assignment]
+    RequestsTransport.send = send
+    AioHttpTransport.send = asend

@@ -18,6 +18,7 @@ from batchpilot.backends.azure import AzureBackend
 from batchpilot.backends.base import UploadOutcome
 from batchpilot.config import AzureSettings
 from batchpilot.events import Event, InputUploaded, TasksSubmitted, TaskSucceeded
+from batchpilot.monitor.poller import PollStats
 from batchpilot.spec import CleanupPolicy, PoolSpec, TaskTemplate, Workload
 
 from .common import TASK_COMMAND, SideConfig, SideResult
@@ -101,6 +102,9 @@ async def run(config: SideConfig) -> SideResult:
         result.started = time.time()
         summary = await orchestrator.run(workload)
         result.finished = max(result.seen.values(), default=time.time())
+        stats = orchestrator.poll_stats[summary.run_id]
+        assert isinstance(stats, PollStats)
+        result.tasks_listed = stats.tasks_listed
     result.ok = summary.ok
     if not summary.ok:
         result.note = f"{summary.succeeded} succeeded, {len(summary.failed)} failed"

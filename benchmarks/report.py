@@ -58,6 +58,9 @@ def _rows(scenario: dict[str, Any]) -> list[Row]:
     rows.append(("monitor requests", b, p, _ratio(b, p)))
     b, p = base["monitor_bytes"] / 1e6, pilot["monitor_bytes"] / 1e6
     rows.append(("monitor bytes received (MB)", b, p, _ratio(b, p)))
+    if "tasks_listed" in pilot:  # not in results from before it was measured
+        b, p = base["tasks_listed"], pilot["tasks_listed"]
+        rows.append(("monitor task records received", b, p, _ratio(b, p)))
     for key, label in (("latency_median_s", "median"), ("latency_p95_s", "p95")):
         b, p = base[key], pilot[key]
         rows.append((f"detection latency {label} (s)", b, p, _ratio(b, p)))
