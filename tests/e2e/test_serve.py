@@ -23,7 +23,7 @@ from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig, RequestKind
 from batchpilot.workloads import ffmpeg
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import cli_command, cli_env
+from tests.e2e.conftest import cli_command, cli_env, leaked_secrets
 from tests.e2e.test_azure import azure_env
 from tests.e2e.test_cli import assert_playable_mp3
 from tests.emulator.support import Azurite
@@ -60,8 +60,11 @@ class Served:
 
 
 def get(url: str) -> str:
+    """A page the service serves (/healthz, /metrics); none may hold a secret."""
     with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
+        text = str(response.read().decode())
+    assert leaked_secrets(text) == []
+    return text
 
 
 def metric(text: str, name: str) -> float:
