@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +30,25 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
 def cli_command(*args: str) -> list[str]:
     """The CLI as `python -m batchpilot.cli`, with its output also copied for the leak check."""
     return [sys.executable, str(Path(__file__).with_name("cli_tee.py")), *args]
+
+
+def kill_when_logged(args: list[str], env: dict[str, str], log: Path, marker: str) -> None:
+    """Start the CLI, and SIGKILL it (no chance to clean anything up) once its log holds `marker`."""
+    with (
+        log.open("w") as stdout,
+        subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE) as run,
+    ):
+        deadline = time.monotonic() + 60
+        try:
+            while marker not in log.read_text():
+                assert time.monotonic() < deadline, f"the run never logged {marker}"
+                assert run.poll() is None, "the run ended before it could be killed"
+                time.sleep(0.05)
+            run.send_signal(signal.SIGKILL)
+            run.wait(timeout=30)
+        finally:
+            if run.poll() is None:
+                run.kill()
 
 
 def capture_file(tmp_path: Path) -> Path:

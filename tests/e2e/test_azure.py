@@ -4,9 +4,7 @@ HTTP, against the Batch emulator and Azurite, with real ffmpeg. Faults injected 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +14,7 @@ from azure.storage.blob import BlobServiceClient
 from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import cli_command, cli_env, leaked_secrets
+from tests.e2e.conftest import cli_command, cli_env, kill_when_logged, leaked_secrets
 from tests.e2e.test_cli import assert_playable_mp3, leftovers
 from tests.emulator.support import Azurite
 
@@ -129,23 +127,8 @@ def test_a_killed_orchestrator_is_resumed_by_the_same_command(
     # Slow node allocation keeps the tasks queued, so the orchestrator dies with all of them in flight.
     with start_emulator(allocation_delay_s=2.0) as emulator:
         env = azure_env(home, emulator, azurite)
-        log = tmp_path / "killed.log"
         args = cli_command("run", "--backend", "azure", "--sample", "5", "--out", str(out))
-        with (
-            log.open("w") as stdout,
-            subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE) as first,
-        ):
-            deadline = time.monotonic() + 60
-            try:
-                while '"tasks_submitted"' not in log.read_text():
-                    assert time.monotonic() < deadline, "the first run never submitted"
-                    assert first.poll() is None
-                    time.sleep(0.05)
-                first.send_signal(signal.SIGKILL)  # no chance to clean up anything
-                first.wait(timeout=30)
-            finally:
-                if first.poll() is None:
-                    first.kill()
+        kill_when_logged(args, env, tmp_path / "killed.log", '"tasks_submitted"')
         resumed = run_azure(env, out)
         stats = emulator_stats(emulator)
     assert resumed.returncode == 0, resumed.stderr

@@ -3,9 +3,7 @@ still being deleted, an orchestrator killed mid-run, a service that stops answer
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig
 from batchpilot.engine import JOB_GRACE, SAS_MARGIN
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import cli_command, leaked_secrets
+from tests.e2e.conftest import cli_command, kill_when_logged, leaked_secrets
 from tests.e2e.test_azure import JOB, azure_env, delete_run_containers, events, run_azure
 from tests.emulator.support import AZURITE_KEY, CANARY_BATCH_KEY, Azurite, batch_client, eventually
 
@@ -60,24 +58,9 @@ def test_a_job_whose_orchestrator_was_killed_ends_by_itself_once_its_tasks_are_d
     # Slow nodes keep the tasks queued while the orchestrator dies.
     with start_emulator(allocation_delay_s=1.5) as emulator:
         env = azure_env(home, emulator, azurite)
-        log = tmp_path / "killed.log"
         args = cli_command("run", "--backend", "azure", "--sample", "5", "--out", str(tmp_path / "out"))
-        with (
-            log.open("w") as stdout,
-            subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE) as run,
-        ):
-            deadline = time.monotonic() + 60
-            try:
-                # Monitoring has begun, so every task is in and the job was told no more will come.
-                while '"task_state_changed"' not in log.read_text():
-                    assert time.monotonic() < deadline, "the run never started monitoring"
-                    assert run.poll() is None
-                    time.sleep(0.05)
-                run.send_signal(signal.SIGKILL)
-                run.wait(timeout=30)
-            finally:
-                if run.poll() is None:
-                    run.kill()
+        # Once monitoring has begun, every task is in and the job was told no more will come.
+        kill_when_logged(args, env, tmp_path / "killed.log", '"task_state_changed"')
 
         async def ended() -> tuple[str, int]:
             async with batch_client(emulator) as client:
