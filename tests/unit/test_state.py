@@ -53,6 +53,16 @@ def test_a_task_through_its_life_emits_one_event_per_change_and_a_success():
     assert tracker.watermark == at(3)
 
 
+def test_the_watermark_follows_every_task_listed_not_only_ours():
+    # A service's batches share a job: while ours wait in the queue, the others' changes move the watermark,
+    # so that the next listing starts after them instead of at our tasks' creation.
+    tracker = TaskTracker("run", "job", ["ours"])
+    assert tracker.observe([view("ours", A, 1), view("theirs", C, 40, exit_code=0)], at=at(50)) != []
+    assert tracker.watermark == at(40)
+    assert tracker.observe([view("theirs", C, 60, exit_code=0)], at=at(70)) == []  # not ours: no event
+    assert tracker.watermark == at(60)
+
+
 def test_state_changed_carries_previous_and_new_state():
     tracker = TaskTracker("run", "job", ["t"])
     tracker.observe([view("t", A, 0)], at=at(0))

@@ -78,7 +78,7 @@ class TaskTracker:
 
     @property
     def watermark(self) -> datetime | None:
-        """The latest state transition time observed: where an incremental listing can start."""
+        """The latest state transition time of any task listed: where an incremental listing can start."""
         return self._watermark
 
     @property
@@ -107,6 +107,11 @@ class TaskTracker:
     def observe(self, views: Iterable[TaskView], *, at: datetime) -> list[Event]:
         events: list[Event] = []
         for seen in views:
+            # Every task listed moves the watermark, ours or not: a later change of ours comes after it
+            # anyway. Only ours would leave it behind, at our queued tasks' creation, while the rest of
+            # a shared job (a service's other batches) is listed again and again.
+            if self._watermark is None or seen.state_transition_time > self._watermark:
+                self._watermark = seen.state_transition_time
             if seen.task_id not in self._expected:
                 continue
             known = self._known.get(seen.task_id)
@@ -114,8 +119,6 @@ class TaskTracker:
             if verdict in (Verdict.STALE, Verdict.DUPLICATE):
                 continue
             self._known[seen.task_id] = seen
-            if self._watermark is None or seen.state_transition_time > self._watermark:
-                self._watermark = seen.state_transition_time
             events.extend(self._events_for(known, seen, verdict, at))
         return events
 
