@@ -303,12 +303,12 @@ class Service:
 
 def summary_line(metrics: Metrics, workload: Workload) -> str:
     counters = metrics.counters
-    unfinished = (
-        counters["submitted"] + counters["already_in_job"] - counters["succeeded"] - counters["failed"]
-    )
+    # A collection sent again after its answer was lost finds its tasks in the job: submitted all the same.
+    submitted = counters["submitted"] + counters["already_in_job"]
+    unfinished = submitted - counters["succeeded"] - counters["failed"]
     line = (
         f"batchpilot: serve stopped: {metrics.inputs_seen} inputs seen,"
-        f" {counters['submitted']} tasks submitted, {counters['succeeded']} succeeded,"
+        f" {submitted} tasks submitted, {counters['succeeded']} succeeded,"
         f" {counters['failed']} failed (job {workload.job_id})"
     )
     if unfinished > 0:

@@ -23,7 +23,7 @@ from batchpilot.events import (
     TaskSucceeded,
 )
 from batchpilot.metrics import Metrics
-from batchpilot.service import FolderSource, IdleShutdown, PoolSize, Service, Settler, scan
+from batchpilot.service import FolderSource, IdleShutdown, PoolSize, Service, Settler, scan, summary_line
 from tests.helpers import FakeCompute
 
 
@@ -238,3 +238,17 @@ async def test_the_service_counts_the_jobs_tasks_as_work_and_resizes_to_the_work
     await service._scale(idle, busy=False, now=29.0)
     assert compute.calls_named("resize_pool") == [("idle-pool", 2, 3), ("idle-pool", 0, 0)]
     assert (metrics.counters["pool_scaled_full"], metrics.counters["pool_scaled_zero"]) == (1, 1)
+
+
+async def test_the_summary_counts_tasks_a_resent_collection_found_as_submitted():
+    metrics = Metrics()
+    metrics.inputs_seen = 3
+    await metrics(TasksSubmitted(run_id="r", job_id="j", added=2, existing=1))
+    for task_id in ("t1", "t2", "t3"):
+        await metrics(TaskSucceeded(run_id="r", job_id="j", task_id=task_id, exit_code=0, duration_s=1.0))
+    workload = Workload(
+        name="s", inputs=(Path("a.mp4"),), template=TaskTemplate("true", outputs=()), pool=PoolSpec("p")
+    )
+    line = summary_line(metrics, workload)
+    assert "3 inputs seen, 3 tasks submitted, 3 succeeded, 0 failed" in line
+    assert "not finished" not in line
