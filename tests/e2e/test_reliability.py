@@ -159,3 +159,22 @@ def test_task_tokens_hold_for_as_long_as_the_job_can_run_and_no_longer(
     assert len(list((tmp_path / "held").glob("*.mp3"))) == 5
     assert refused.returncode == 1
     assert "AccessDenied" in refused.stderr
+
+
+def test_an_outage_shorter_than_the_deadline_degrades_the_run_which_then_recovers_and_succeeds(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+):
+    delete_run_containers(azurite)
+    # Long enough for three failed polls (each one the SDK's retries long), short of --give-up-after.
+    outage = FaultConfig(outage_after_s=0.0, outage_s=25.0)
+    with start_emulator(faults=outage) as emulator:
+        result = run_azure(azure_env(home, emulator, azurite), tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    kinds = [event["event"] for event in events(result)]
+    assert kinds.count("monitor_degraded") == 1
+    assert kinds.index("monitor_degraded") < kinds.index("monitor_recovered")
+    assert kinds.count("task_succeeded") == 5
+    assert "task_failed" not in kinds
+    degraded = next(event for event in events(result) if event["event"] == "monitor_degraded")
+    assert degraded["level"] == "warning"
+    assert degraded["failed_polls"] == 3
