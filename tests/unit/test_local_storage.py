@@ -1,4 +1,5 @@
-"""The local storage: listings by prefix, names that stay in their container, outputs linked, not copied."""
+"""The local storage: listings by prefix, names that stay in their container, outputs linked, not copied,
+and output blob names as Batch gives them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 
 from batchpilot.backends.base import Permission
 from batchpilot.backends.local import LocalBackend
+from batchpilot.backends.local.executor import output_blob_name
 from batchpilot.backends.local.storage import FileStager
 from batchpilot.errors import ConfigError
 from batchpilot.files import md5_of
+from batchpilot.spec import OutputFile
 
 HOUR = timedelta(hours=1)
 
@@ -71,3 +74,17 @@ async def test_where_links_are_impossible_outputs_are_copied(tmp_path: Path, mon
     assert dest.read_bytes() == b"mp3"
     assert dest.stat().st_ino != written.stat().st_ino
     assert sorted(p.name for p in dest.parent.iterdir()) == ["a.mp3"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "blob"),
+    [
+        ("out/a.mp3", "", "a.mp3"),  # no path: the file's own name, at the top (the tutorial's outputs)
+        ("out/a.mp3", "t1/renamed.mp3", "t1/renamed.mp3"),
+        ("out/*.mp3", "", "a.mp3"),
+        ("out/*.mp3", "t1/", "t1/a.mp3"),
+    ],
+)
+def test_output_blob_names_follow_batch(pattern: str, path: str, blob: str):
+    output = OutputFile(pattern, "file:///container", path)
+    assert output_blob_name(output, "out/a.mp3") == blob

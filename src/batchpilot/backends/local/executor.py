@@ -87,12 +87,13 @@ class Execution:
 
 def output_blob_name(output: OutputFile, matched: str) -> str:
     """Batch's rule: a pattern naming one file uploads to `path` itself; a wildcard pattern uses `path` as
-    a virtual directory in front of each matched file's name."""
+    a virtual directory in front of each matched file's name. Without a path, a file lands at the top of the
+    container under its own name (the tutorial's outputs do)."""
+    name = Path(matched).name
     if glob.has_magic(output.file_pattern):
         prefix = output.path.strip("/")
-        name = Path(matched).name
         return f"{prefix}/{name}" if prefix else name
-    return output.path
+    return output.path or name
 
 
 async def execute(
