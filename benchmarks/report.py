@@ -13,7 +13,8 @@ ANALYSIS = Path(__file__).with_name("analysis.md")
 METHOD = """\
 Both sides run one after the other, each against a fresh Batch emulator and the same Azurite; the latency is
 also added per storage request in the client transport (Azurite has no fault injection). Tasks run in the
-emulator's simulated mode (no processes).
+emulator's simulated mode (no processes); each uploads a small output file through its SAS, as a real task
+would.
 
 - **baseline**: the tutorial's flow (`benchmarks/baseline.py`) with the synchronous SDKs: sequential
   uploads, tasks in collections of 100 one request after another (the tutorial's single `add_collection`
