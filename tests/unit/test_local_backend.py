@@ -199,3 +199,38 @@ async def test_a_restarted_backend_finds_its_job_and_requeues_the_task_cut_short
         await second.compute.delete_job("job")
     with pytest.raises(NotFoundError):
         await second.compute.list_tasks("job")
+
+
+async def test_resize_to_zero_lets_the_running_task_finish_and_queued_ones_wait(tmp_path: Path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    script = (
+        "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch()\n"
+        "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.02)"
+    )
+    waits = f"{PY} -c {shlex.quote(script)} {shlex.quote(str(started))} {shlex.quote(str(release))}"
+    async with LocalBackend(tmp_path / "state") as backend:
+        compute = backend.compute
+        await compute.ensure_pool(PoolSpec("pool", dedicated_nodes=2))
+        await compute.ensure_job(JobSpec("job", "pool"))
+        await compute.add_tasks("job", [TaskSpec("running", waits)])
+        with anyio.fail_after(30):
+            while not started.exists():  # noqa: ASYNC110 - another process makes the file; no event to await
+                await anyio.sleep(0.02)
+
+        await compute.resize_pool("pool", 0, 0)
+        assert compute.slots("pool") == 0
+        await compute.add_tasks("job", [TaskSpec("queued", "true")])
+        await anyio.wait_all_tasks_blocked()
+        views = {view.task_id: view for view in await compute.list_tasks("job")}
+        assert views["queued"].state is TaskState.ACTIVE  # no slot takes it
+        release.touch()
+        finished = await wait_completed(backend, "job", 1)
+        assert (finished["running"].result, finished["running"].requeue_count) == (TaskResult.SUCCESS, 0)
+        assert finished["queued"].state is TaskState.ACTIVE
+
+        await compute.resize_pool("pool", 1, 1)
+        assert compute.slots("pool") == 2
+        finished = await wait_completed(backend, "job", 2)
+        assert finished["queued"].result is TaskResult.SUCCESS
+        with pytest.raises(NotFoundError):
+            await compute.resize_pool("nope", 1, 0)

@@ -74,6 +74,11 @@ class _Task:
     start_time: datetime | None = None
     end_time: datetime | None = None
     cancel_scope: anyio.CancelScope | None = None
+    # The spec never changes, and turning it into a record is most of the cost of each state's record.
+    spec_record: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec_record = _spec_to_json(self.spec)
 
     def move(self, state: TaskState) -> None:
         self.state = state
@@ -104,10 +109,28 @@ class _Job:
 
 
 @dataclass(slots=True, eq=False)
+class _Slot:
+    """One worker. Retiring it lets the task it runs finish; only its wait for a next task is cut short."""
+
+    node_id: str
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # the whole worker
+    waiting: anyio.CancelScope | None = None  # set while it waits for a task, so idle
+    retired: bool = False
+
+    def retire(self) -> None:
+        self.retired = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+
+@dataclass(slots=True, eq=False)
 class _Pool:
     spec: PoolSpec
     queue: MemoryObjectSendStream[tuple[_Job, _Task]]
-    workers: list[anyio.CancelScope] = field(default_factory=list)
+    # Kept open for the pool's life: with no slot at all, queued tasks wait here instead of being refused.
+    waiting: MemoryObjectReceiveStream[tuple[_Job, _Task]]
+    slots: list[_Slot] = field(default_factory=list)  # retired slots stay until their task has finished
+    slots_started: int = 0
 
 
 class LocalCompute:
@@ -126,6 +149,7 @@ class LocalCompute:
     def close(self) -> None:
         for pool in self._pools.values():
             pool.queue.close()
+            pool.waiting.close()
         self._pools.clear()
         self._jobs.clear()
 
@@ -145,6 +169,9 @@ class LocalCompute:
         await anyio.Path(self._root / "shared").mkdir(parents=True, exist_ok=True)
         if spec.pool_id not in self._pools:
             self._start_pool(spec)
+        elif self.slots(spec.pool_id) == 0:
+            # Scaled to zero by an earlier run or an idle service: its slots come back for this one.
+            await self.resize_pool(spec.pool_id, spec.dedicated_nodes, spec.spot_nodes)
         return Ensured(spec.pool_id, created=not existed, warnings=warnings)
 
     async def wait_for_nodes(self, pool_id: str) -> int:
@@ -154,14 +181,42 @@ class LocalCompute:
             raise NotFoundError(f"pool {pool_id!r} not found", code="PoolNotFound") from None
 
     def _start_pool(self, spec: PoolSpec) -> None:
+        send, receive = anyio.create_memory_object_stream[tuple[_Job, _Task]](math.inf)
+        pool = _Pool(spec, send, receive)
+        self._add_slots(pool, spec.total_slots)
+        self._pools[spec.pool_id] = pool
+
+    def _add_slots(self, pool: _Pool, count: int) -> None:
         if self._task_group is None:
             raise RuntimeError("the local backend must be opened with `async with` before use")
-        send, receive = anyio.create_memory_object_stream[tuple[_Job, _Task]](math.inf)
-        pool = _Pool(spec, send)
-        self._pools[spec.pool_id] = pool
-        for slot in range(spec.total_slots):
-            self._task_group.start_soon(self._worker, pool, receive.clone(), f"{spec.pool_id}-slot-{slot}")
-        receive.close()
+        for _ in range(count):
+            slot = _Slot(f"{pool.spec.pool_id}-slot-{pool.slots_started}")
+            pool.slots_started += 1
+            pool.slots.append(slot)
+            self._task_group.start_soon(self._worker, pool, pool.waiting.clone(), slot)
+
+    async def resize_pool(self, pool_id: str, dedicated: int, spot: int) -> None:
+        """Run tasks on (dedicated + spot) x task slots per node; at zero, tasks wait in the queue."""
+        pool = self._pool(pool_id)
+        wanted = (dedicated + spot) * pool.spec.task_slots_per_node
+        serving = [slot for slot in pool.slots if not slot.retired]
+        if wanted > len(serving):
+            self._add_slots(pool, wanted - len(serving))
+        else:
+            # Idle slots go first, as Batch removes idle nodes first.
+            for slot in sorted(serving, key=lambda slot: slot.waiting is None)[: len(serving) - wanted]:
+                slot.retire()
+        _log.info("local_pool_resized", pool_id=pool_id, slots=wanted)
+
+    def slots(self, pool_id: str) -> int:
+        """How many slots the pool runs tasks on now (a retiring slot finishing its task not counted)."""
+        return sum(not slot.retired for slot in self._pool(pool_id).slots)
+
+    def _pool(self, pool_id: str) -> _Pool:
+        try:
+            return self._pools[pool_id]
+        except KeyError:
+            raise NotFoundError(f"pool {pool_id!r} not found", code="PoolNotFound") from None
 
     async def ensure_job(self, spec: JobSpec) -> Ensured:
         if spec.pool_id not in self._pools:
@@ -214,15 +269,18 @@ class LocalCompute:
             )
         job = self._job(job_id)
         results = []
+        added = []
         for spec in tasks:
             if spec.task_id in job.tasks:
                 results.append(AddTaskResult(spec.task_id, AddStatus.EXISTS, "TaskExists", "The task exists"))
                 continue
             task = _Task(spec)
             job.tasks[spec.task_id] = task
-            await self._persist(job, task)
-            self._enqueue(job, task)
+            added.append(task)
             results.append(AddTaskResult(spec.task_id, AddStatus.ADDED))
+        await self._persist(job, *added)
+        for task in added:
+            self._enqueue(job, task)
         return results
 
     async def task_counts(self, job_id: str) -> TaskCounts:
@@ -268,44 +326,58 @@ class LocalCompute:
     async def delete_pool(self, pool_id: str) -> None:
         pool = self._pools.pop(pool_id, None)
         if pool is not None:
-            for worker in pool.workers:
-                worker.cancel()
+            for slot in pool.slots:
+                slot.scope.cancel()
             pool.queue.close()
+            pool.waiting.close()
         await anyio.Path(self._root / "pools" / f"{pool_id}.json").unlink(missing_ok=True)
 
     # --- execution ------------------------------------------------------------------------------------
 
     async def _worker(
-        self, pool: _Pool, queue: MemoryObjectReceiveStream[tuple[_Job, _Task]], node_id: str
+        self, pool: _Pool, queue: MemoryObjectReceiveStream[tuple[_Job, _Task]], slot: _Slot
     ) -> None:
-        with anyio.CancelScope() as scope:
-            pool.workers.append(scope)
+        with slot.scope:
             async with queue:
-                async for job, task in queue:
-                    if self._jobs.get(job.spec.job_id) is job and task.state is TaskState.ACTIVE:
-                        await self._run(job, task, node_id)
+                try:
+                    while not slot.retired:
+                        with anyio.CancelScope() as slot.waiting:
+                            job, task = await queue.receive()
+                        if slot.waiting.cancelled_caught:  # retired while idle: nothing was taken
+                            return
+                        slot.waiting = None
+                        if self._jobs.get(job.spec.job_id) is job and task.state is TaskState.ACTIVE:
+                            await self._run(job, task, slot.node_id)
+                except anyio.EndOfStream:
+                    return
+                finally:
+                    pool.slots.remove(slot)
 
     async def _run(self, job: _Job, task: _Task, node_id: str) -> None:
         task.node_id = node_id
+        # Recorded in memory only: the record on disk says running once the files are in, and a task stopped
+        # while preparing is queued again either way. One write less per task.
         task.move(TaskState.PREPARING)
-        await self._persist(job, task)
-
-        async def running() -> None:
-            task.move(TaskState.RUNNING)
-            await self._persist(job, task)
-
         task_dir = job.directory / "tasks" / task.spec.task_id
         with anyio.CancelScope() as scope:
             task.cancel_scope = scope
             try:
-                execution = await execute(
-                    task.spec,
-                    task_dir,
-                    stager=self._stager,
-                    env=self._environment(job, task, task_dir),
-                    now=_now,
-                    on_running=running,
-                )
+                async with anyio.create_task_group() as record:
+
+                    async def running() -> None:
+                        task.move(TaskState.RUNNING)
+                        # Written while the command runs, not before it starts: the record serves a restart,
+                        # and the task should not wait for it.
+                        record.start_soon(self._persist, job, task)
+
+                    execution = await execute(
+                        task.spec,
+                        task_dir,
+                        stager=self._stager,
+                        env=self._environment(job, task, task_dir),
+                        now=_now,
+                        on_running=running,
+                    )
             except anyio.get_cancelled_exc_class():
                 # Our orchestrator is stopping (or the job was deleted): the executor has killed the process;
                 # the task goes back to the queue on disk and runs again on resume, like a preempted task.
@@ -350,18 +422,24 @@ class LocalCompute:
         env.update(task.spec.environment)
         return env
 
-    async def _persist(self, job: _Job, task: _Task) -> None:
-        await _write_json(job.directory / "tasks" / task.spec.task_id / "task.json", _task_to_json(task))
+    async def _persist(self, job: _Job, *tasks: _Task) -> None:
+        """Write the tasks' records in one trip to a worker thread (a collection's hundred share one)."""
+        records = [
+            (job.directory / "tasks" / task.spec.task_id / "task.json", _task_to_json(task)) for task in tasks
+        ]
+        await anyio.to_thread.run_sync(_write_json_files, records)
 
 
 async def _write_json(path: Path, data: dict[str, Any]) -> None:
-    def sync() -> None:
+    await anyio.to_thread.run_sync(_write_json_files, [(path, data)])
+
+
+def _write_json_files(files: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+    for path, data in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # concurrent writers never collide
         temporary.write_text(json.dumps(data))
         os.replace(temporary, path)
-
-    await anyio.to_thread.run_sync(sync)
 
 
 def _read_task_records(tasks_dir: Path) -> list[_Task]:
@@ -376,16 +454,20 @@ def _read_task_records(tasks_dir: Path) -> list[_Task]:
     return records
 
 
-def _task_to_json(task: _Task) -> dict[str, Any]:
-    spec = asdict(task.spec)
-    constraints = task.spec.constraints
+def _spec_to_json(task_spec: TaskSpec) -> dict[str, Any]:
+    spec = asdict(task_spec)
+    constraints = task_spec.constraints
     spec["constraints"] = {
         "max_wall_clock": constraints.max_wall_clock.total_seconds() if constraints.max_wall_clock else None,
         "max_task_retry_count": constraints.max_task_retry_count,
         "retention": constraints.retention.total_seconds() if constraints.retention else None,
     }
+    return spec
+
+
+def _task_to_json(task: _Task) -> dict[str, Any]:
     return {
-        "spec": spec,
+        "spec": task.spec_record,
         "state": task.state.value,
         "transition_time": task.transition_time.isoformat(),
         "node_id": task.node_id,
