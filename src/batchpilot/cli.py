@@ -31,6 +31,7 @@ from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary, Subscriber
 from .logging import configure_logging, default_format, redact_text, register_secrets
+from .monitor.backoff import BackoffPolicy
 from .monitor.poller import PollSettings
 from .plan import plan_lines
 from .spec import BlobInputs, CleanupPolicy, JobLifetime, PoolPolicy
@@ -239,9 +240,11 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine_settings(args: argparse.Namespace) -> EngineSettings:
-    return EngineSettings(
-        upload_concurrency=args.concurrency, poll=PollSettings(give_up_after=args.give_up_after)
-    )
+    poll = PollSettings(give_up_after=args.give_up_after)
+    if args.backend == "local":
+        # Listing local tasks is a look at memory: poll often, so that a run ends when its last task does.
+        poll = replace(poll, backoff=BackoffPolicy(initial=0.02))
+    return EngineSettings(upload_concurrency=args.concurrency, poll=poll)
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
