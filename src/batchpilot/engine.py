@@ -35,6 +35,7 @@ from .backends.base import (
     UploadOutcome,
 )
 from .backends.local import LocalBackend
+from .concurrency import for_each
 from .errors import BackendError, ConfigError, LostContactError
 from .events import (
     Event,
@@ -363,20 +364,18 @@ class Orchestrator:
         """Upload what is missing. In a container created by this run nothing can be there yet, so nothing is
         looked up first (on Azure that halves the requests of a first run)."""
         storage = self._backend.storage
-        limiter = anyio.CapacityLimiter(self._settings.upload_concurrency)
 
         async def upload(item: StagedInput) -> None:
             skipped = True
             # Blob inputs are in storage already; a task that already ran needs no input.
             if item.path is not None and item.task_id not in done:
-                async with limiter:
-                    outcome = await storage.upload(
-                        workload.input_container,
-                        item.blob_name,
-                        item.path,
-                        item.fingerprint,
-                        check_existing=check_existing,
-                    )
+                outcome = await storage.upload(
+                    workload.input_container,
+                    item.blob_name,
+                    item.path,
+                    item.fingerprint,
+                    check_existing=check_existing,
+                )
                 skipped = outcome is UploadOutcome.SKIPPED
             if skipped:
                 tally.upload_skipped += 1
@@ -386,9 +385,7 @@ class Orchestrator:
                 InputUploaded(run_id=run_id, blob_name=item.blob_name, size=item.size, skipped=skipped)
             )
 
-        async with anyio.create_task_group() as group:
-            for item in staged:
-                group.start_soon(upload, item)
+        await for_each(staged, upload, concurrency=self._settings.upload_concurrency)
 
     async def _build_tasks(self, workload: Workload, staged: Sequence[StagedInput]) -> list[TaskSpec]:
         storage = self._backend.storage

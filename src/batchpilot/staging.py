@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 
 from .backends.base import Storage
+from .concurrency import for_each
 from .errors import ConfigError, NotFoundError
 from .files import md5_of
 from .spec import BlobInputs, StagedInput, Workload
@@ -27,7 +28,6 @@ async def stage_inputs(
 
 
 async def _hash_files(paths: tuple[Path, ...], concurrency: int) -> list[StagedInput]:
-    limiter = anyio.CapacityLimiter(concurrency)
     staged: dict[Path, StagedInput] = {}
 
     def read(path: Path) -> StagedInput:
@@ -35,15 +35,13 @@ async def _hash_files(paths: tuple[Path, ...], concurrency: int) -> list[StagedI
 
     async def stage(path: Path) -> None:
         try:
-            staged[path] = await anyio.to_thread.run_sync(read, path, limiter=limiter)
+            staged[path] = await anyio.to_thread.run_sync(read, path)
         except OSError as exc:
             raise ConfigError(
                 f"cannot read input {path} ({exc.strerror}); fix its permissions or remove it"
             ) from None
 
-    async with anyio.create_task_group() as group:
-        for path in paths:
-            group.start_soon(stage, path)
+    await for_each(paths, stage, concurrency=concurrency)
     return [staged[path] for path in paths]
 
 
