@@ -90,6 +90,7 @@ class SoakResult:
     wrong_outputs: int = 0  # an output whose content names another input
     stray_outputs: int = 0
     errors_logged: int = 0
+    batches_retried: int = 0  # batches run again because the service could not take their tasks
     peak_rss_mb: float = 0.0
     memory_bound_mb: float = MEMORY_BOUND_MB
     wall_s: float = 0.0
@@ -129,6 +130,7 @@ class SoakResult:
             ("inputs", f"{self.inputs:,}"),
             ("tasks in the job", f"{self.tasks_in_job:,}"),
             ("added (found existing on a resend)", f"{self.added:,} ({self.found_existing:,})"),
+            ("batches run again (tasks not taken)", f"{self.batches_retried:,}"),
             ("attempts (requeued)", f"{self.attempts:,} ({self.requeues:,})"),
             ("faults injected", faults),
             ("task listings served", f"{self.task_listings:,} ({self.task_listing_mb:,.0f} MB)"),
@@ -258,16 +260,24 @@ class SoakError(Exception):
 
 
 def _check_log(result: SoakResult, events: list[dict[str, Any]]) -> None:
-    submitted = [event for event in events if event.get("event") == "tasks_submitted"]
-    result.added = sum(event["added"] for event in submitted)
-    result.found_existing = sum(event["existing"] for event in submitted)
+    # From the runs' summaries: a batch whose tasks could not be added is run again, and that run finds in
+    # the job whichever of them a cut-off request did add.
+    finished = [event for event in events if event.get("event") == "run_finished"]
+    result.added = sum(event["tasks_added"] for event in finished)
+    result.found_existing = sum(event["tasks_existing"] for event in finished)
+    result.batches_retried = sum(event.get("event") == "service_batch_retried" for event in events)
     fetched = Counter(
         event["task_id"]
         for event in events
         if event.get("event") == "output_downloaded" and not event.get("skipped")
     )
     result.fetched_twice = sum(count - 1 for count in fetched.values())
-    result.errors_logged = sum(event.get("level") == "error" for event in events)
+    # A run that could not add its tasks ends as an error, and its batch is retried: not a failure of serve.
+    result.errors_logged = sum(
+        event.get("level") == "error"
+        and not (event.get("event") == "run_finished" and event.get("unsubmitted"))
+        for event in events
+    )
 
 
 def _check_outputs(result: SoakResult, out: Path, names: list[str]) -> None:

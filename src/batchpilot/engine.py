@@ -104,6 +104,7 @@ class _RunTally:
     failed: dict[str, FailedTask] = field(default_factory=dict)
     succeeded: set[str] = field(default_factory=set)
     lost_contact: str | None = None
+    unsubmitted: int = 0
 
 
 def job_wall_clock(workload: Workload) -> timedelta | None:
@@ -245,6 +246,7 @@ class Orchestrator:
                 timed_out=deadline.cancelled_caught,
                 stopped=stopped and not deadline.cancelled_caught,
                 lost_contact=tally.lost_contact,
+                unsubmitted=tally.unsubmitted,
             )
             self._downloader.forget(run_id)
             await self._bus.publish(RunFinished(run_id=run_id, summary=summary))
@@ -440,6 +442,7 @@ class Orchestrator:
         for result in rejected:
             reason = f"not added: {result.error_code}: {result.message}"
             tally.failed[result.task_id] = FailedTask(result.task_id, None, reason, "")
+            tally.unsubmitted += result.status is AddStatus.SERVER_ERROR
         await self._bus.publish(
             TasksSubmitted(
                 run_id=run_id,

@@ -230,6 +230,9 @@ class RunSummary:
     stopped: bool = False  # monitoring was stopped (a service shutting down) before every task finished
     # Why monitoring gave up on a service that stopped answering; the tasks went on without us.
     lost_contact: str | None = None
+    # Tasks the service could not take even after retries (5xx, throttling, lost connections): a re-run
+    # adds them, unlike tasks it refused as invalid.
+    unsubmitted: int = 0
 
     @property
     def ok(self) -> bool:

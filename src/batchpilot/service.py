@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -36,7 +36,7 @@ from anyio.abc import TaskGroup
 
 from .backends.base import Storage
 from .engine import Orchestrator
-from .errors import BackendError, BatchpilotError, NotFoundError
+from .errors import BackendError, BatchpilotError, NotFoundError, TransientBackendError
 from .metrics import Metrics
 from .spec import BlobInputs, Workload
 
@@ -64,6 +64,11 @@ class Settler:
         self._settle_s = settle_s
         self._since: dict[str, tuple[Stat, float]] = {}
         self._taken: dict[str, Stat] = {}
+
+    def release(self, names: Iterable[str]) -> None:
+        """Take these again once they settle: their batch could not reach the service."""
+        for name in names:
+            self._taken.pop(name, None)
 
     def observe(self, snapshot: Mapping[str, Stat], now: float) -> tuple[list[str], bool]:
         """The names complete now, and whether any other file is still settling."""
@@ -206,6 +211,8 @@ class Service:
         self._settings = settings
         self._idle_shutdown = idle_shutdown
         self._runs_in_flight = 0
+        self._settler = Settler(settings.settle_s)
+        self._released: set[str] = set()  # inputs taken again for a retry: seen once already
 
     async def run(self, stop: anyio.Event) -> None:
         """Watch and run until `stop` is set; then finish uploads and submissions in flight and return."""
@@ -219,7 +226,7 @@ class Service:
 
     async def _watch(self, runs: TaskGroup) -> None:
         settings = self._settings
-        settler = Settler(settings.settle_s)
+        settler = self._settler
         interval = settings.min_interval_s
         where = self._source.describe()
         _log.info("service_watching", source=where)
@@ -241,7 +248,8 @@ class Service:
                 # Before a batch starts: its tasks are submitted to a pool that is coming back.
                 await self._scale(idle, busy=busy or self._runs_in_flight > 0, now=now)
             if ready:
-                self._metrics.inputs_seen += len(ready)
+                self._metrics.inputs_seen += sum(name not in self._released for name in ready)
+                self._released.difference_update(ready)
                 self._runs_in_flight += 1
                 runs.start_soon(self._run_batch, ready)
             interval = (
@@ -252,14 +260,28 @@ class Service:
     async def _run_batch(self, names: Sequence[str]) -> None:
         workload = replace(self._workload, inputs=self._source.inputs(names))
         _log.info("service_batch", inputs=list(names))
+        retry: str | None = None
         try:
-            await self._orchestrator.run(workload)
+            summary = await self._orchestrator.run(workload)
         except (BatchpilotError, OSError) as exc:
             # One batch's failure (a file removed while it was uploaded, say) is reported and the service
-            # goes on; its inputs are retried when they change or when the service starts again.
+            # goes on; its inputs are retried when they change or when the service starts again, or at
+            # once when only the service's answer was missing.
             _log.error("service_batch_failed", inputs=list(names), error=str(exc))
+            if isinstance(exc, TransientBackendError):
+                retry = str(exc)
+        else:
+            if summary.unsubmitted:
+                retry = f"{summary.unsubmitted} tasks could not be added"
+            elif summary.lost_contact:
+                retry = summary.lost_contact
         finally:
             self._runs_in_flight -= 1
+        if retry is not None:
+            # Running the batch again is safe: what was uploaded, added or fetched is skipped.
+            _log.warning("service_batch_retried", inputs=list(names), reason=retry)
+            self._settler.release(names)
+            self._released.update(names)
 
     async def _scale(self, idle: IdleShutdown, *, busy: bool, now: float) -> None:
         size = idle.wanted(busy, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,17 +14,29 @@ import pytest
 
 from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.backends.azure.requests import request_kind
-from batchpilot.backends.base import TaskCounts, TaskState
+from batchpilot.backends.base import AddStatus, AddTaskResult, TaskCounts, TaskState
 from batchpilot.events import (
+    Event,
     EventBus,
     MonitorDegraded,
+    OutputDownloaded,
     RunSummary,
     TasksSubmitted,
     TaskStateChanged,
     TaskSucceeded,
 )
 from batchpilot.metrics import Metrics
-from batchpilot.service import FolderSource, IdleShutdown, PoolSize, Service, Settler, scan, summary_line
+from batchpilot.service import (
+    FolderSource,
+    IdleShutdown,
+    PoolSize,
+    Service,
+    Settler,
+    WatchSettings,
+    scan,
+    summary_line,
+)
+from batchpilot.spec import TaskSpec
 from tests.helpers import FakeCompute
 
 
@@ -43,6 +56,60 @@ def test_a_rewritten_file_is_taken_again_and_a_removed_one_forgotten():
     assert settler.observe({"a": (2, 2)}, now=2.0) == ([], True)
     assert settler.observe({"a": (2, 2), "b": (1, 1)}, now=3.0) == (["a"], True)
     assert settler.observe({"a": (2, 2), "b": (1, 1)}, now=4.0) == (["b"], False)
+
+
+def test_a_released_file_is_taken_again_once_it_settles():
+    settler = Settler(settle_s=1.0)
+    settler.observe({"a": (1, 1)}, now=0.0)
+    assert settler.observe({"a": (1, 1)}, now=1.0) == (["a"], False)
+    settler.release(["a"])  # its batch could not reach the service
+    assert settler.observe({"a": (1, 1)}, now=2.0) == ([], True)
+    assert settler.observe({"a": (1, 1)}, now=3.0) == (["a"], False)
+
+
+async def test_a_batch_whose_tasks_could_not_be_added_is_run_again(tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    backend = LocalBackend(tmp_path / "state")
+    add_tasks = backend.compute.add_tasks
+    refusals = [5]  # the submitter's five attempts in the first run all fail: the batch is run again
+
+    async def flaky(job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
+        if refusals[0]:
+            refusals[0] -= 1
+            return [AddTaskResult(t.task_id, AddStatus.SERVER_ERROR, "ServerBusy", "busy") for t in tasks]
+        return await add_tasks(job_id, tasks)
+
+    backend.compute.add_tasks = flaky  # type: ignore[method-assign]
+    workload = Workload(
+        name="retry",
+        inputs=(),
+        template=TaskTemplate("/bin/cp {input} {stem}.copy", outputs=("{stem}.copy",)),
+        pool=PoolSpec("retry-pool"),
+        download_to=tmp_path / "out",
+        cleanup=CleanupPolicy(delete_input_container=False),
+    )
+    metrics = Metrics()
+    fetched = anyio.Event()
+
+    async def on_fetched(event: Event) -> None:
+        if isinstance(event, OutputDownloaded):
+            fetched.set()
+
+    settings = WatchSettings(settle_s=0.0, min_interval_s=0.01, max_interval_s=0.05)
+    async with Orchestrator(backend, subscribers=[metrics, on_fetched]) as orchestrator:
+        stop = anyio.Event()
+        service = Service(orchestrator, workload, FolderSource(folder), metrics, settings)
+        async with anyio.create_task_group() as group:
+            group.start_soon(service.run, stop)
+            with anyio.fail_after(30):
+                await fetched.wait()
+            stop.set()
+    assert (tmp_path / "out" / "a.copy").read_text() == "a"
+    assert metrics.counters["runs_started"] == 2  # the first batch, then the same input again
+    assert metrics.inputs_seen == 1
+    assert metrics.counters["succeeded"] == 1
 
 
 def test_scan_takes_matching_regular_files_and_skips_hidden_ones(tmp_path: Path):

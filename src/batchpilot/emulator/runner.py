@@ -508,7 +508,9 @@ class Runtime:
     ) -> None:
         task.exit_code, task.failure, task.end_time = exit_code, failure, end
         task.result = TaskResult.SUCCESS if failure is None and exit_code == 0 else TaskResult.FAILURE
-        job.transition(task, TaskState.COMPLETED, end)
+        # As in Batch, the task turns completed once its outputs are uploaded: the state transition is
+        # stamped now, not at the process's end, or a listing from a watermark could pass it by.
+        job.transition(task, TaskState.COMPLETED, self._now())
         self._stats.tasks_completed += 1
         self._maybe_finish(job)
 
