@@ -7,7 +7,6 @@ the service refused; 2 for a user mistake (one line, no traceback); 130 when int
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys
@@ -84,14 +83,13 @@ def _duration(text: str) -> timedelta:
 
 
 def _minutes(text: str) -> timedelta:
-    """A number of minutes, fractions allowed: 15, 0.5."""
-    try:
-        minutes = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes like 15 or 0.5") from None
-    if not 0 < minutes < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number of minutes above zero, like 15 or 0.5")
-    return timedelta(minutes=minutes)
+    """A number of minutes, fractions allowed: 15, 0.5; the same parser and bounds as durations."""
+    duration = parse_duration(f"{text.strip()}m")
+    if duration is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of minutes above zero like 15 or 0.5, of at most {MAX_DURATION.days}d"
+        )
+    return duration
 
 
 def build_parser() -> argparse.ArgumentParser:
