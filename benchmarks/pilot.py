@@ -15,10 +15,10 @@ from typing import Any, Self
 
 from batchpilot import Orchestrator
 from batchpilot.backends.azure import AzureBackend
-from batchpilot.backends.base import UploadOutcome
 from batchpilot.config import AzureSettings
 from batchpilot.events import Event, InputUploaded, TasksSubmitted, TaskSucceeded
 from batchpilot.monitor.poller import PollStats
+from batchpilot.records import UploadOutcome
 from batchpilot.spec import CleanupPolicy, PoolSpec, TaskTemplate, Workload
 
 from .common import TASK_COMMAND, SideConfig, SideResult

@@ -6,16 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from batchpilot.backends.base import (
-    AddStatus,
-    AddTaskResult,
-    Ensured,
-    TaskCounts,
-    TaskResult,
-    TaskState,
-    TaskView,
-)
 from batchpilot.errors import NotFoundError
+from batchpilot.records import AddStatus, AddTaskResult, Ensured, TaskCounts, TaskResult, TaskState, TaskView
 from batchpilot.spec import JobSpec, PoolSpec, TaskSpec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -4,14 +4,13 @@ async with Orchestrator() as orchestrator:          # the local backend by defau
     summary = await orchestrator.run(workload)
 """
 
-from .backends.base import Backend, Compute, Storage, TaskState
+from .backends.base import Backend, Compute, Storage
 from .backends.local import LocalBackend
+from .bus import EventBus, EventStream, Subscriber
 from .engine import EngineSettings, Orchestrator
 from .errors import BackendError, BatchpilotError, ConfigError, LostContactError
 from .events import (
     Event,
-    EventBus,
-    EventStream,
     InputUploaded,
     JobReady,
     MonitorDegraded,
@@ -26,13 +25,13 @@ from .events import (
     RunFinished,
     RunStarted,
     RunSummary,
-    Subscriber,
     TaskFailed,
     TaskRequeued,
     TasksSubmitted,
     TaskStateChanged,
     TaskSucceeded,
 )
+from .records import TaskState
 from .spec import (
     BlobInputs,
     CleanupPolicy,

@@ -24,11 +24,12 @@ from . import __version__
 from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
 from .backends.local.executor import container_runtime
+from .bus import Subscriber
 from .cli_workload import add_workload_arguments, resolve_service_workload, resolve_workload
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
 from .errors import BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
-from .events import Event, ResourceKept, RunSummary, Subscriber
+from .events import Event, ResourceKept, RunSummary
 from .logging import configure_logging, default_format, redact_text, register_secrets
 from .monitor.backoff import BackoffPolicy
 from .monitor.poller import PollSettings

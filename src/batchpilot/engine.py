@@ -24,23 +24,14 @@ from typing import Self
 import anyio
 import structlog
 
-from .backends.base import (
-    AddStatus,
-    AddTaskResult,
-    Backend,
-    Ensured,
-    Permission,
-    TaskState,
-    TaskView,
-    UploadOutcome,
-)
+from .backends.base import Backend
 from .backends.local import LocalBackend
+from .bus import EventBus, EventStream, Subscriber
+from .clock import Clock, SystemClock
 from .concurrency import for_each
 from .errors import BackendError, ConfigError, LostContactError
 from .events import (
     Event,
-    EventBus,
-    EventStream,
     FailedTask,
     InputUploaded,
     JobReady,
@@ -50,14 +41,14 @@ from .events import (
     RunFinished,
     RunStarted,
     RunSummary,
-    Subscriber,
     TaskFailed,
     TasksSubmitted,
     TaskSucceeded,
 )
 from .monitor.backoff import BackoffPolicy
-from .monitor.poller import Clock, Poller, PollSettings, PollStats, SystemClock
+from .monitor.poller import Poller, PollSettings, PollStats
 from .monitor.state import TaskTracker
+from .records import AddStatus, AddTaskResult, Ensured, Permission, TaskState, TaskView, UploadOutcome
 from .spec import (
     BlobInputs,
     JobLifetime,

@@ -18,7 +18,6 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 
 from .backends.azure.requests import RequestTally
-from .backends.base import TaskState
 from .engine import Orchestrator
 from .errors import ConfigError
 from .events import (
@@ -34,6 +33,7 @@ from .events import (
     TaskStateChanged,
     TaskSucceeded,
 )
+from .records import TaskState
 
 _log = structlog.get_logger("batchpilot.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

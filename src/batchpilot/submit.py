@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
-from .backends.base import AddStatus, AddTaskResult, Compute
+from .backends.base import Compute
+from .clock import Clock, SystemClock
 from .errors import RequestTooLargeError, TransientBackendError
 from .monitor.backoff import BackoffPolicy
-from .monitor.poller import Clock, SystemClock
+from .records import AddStatus, AddTaskResult
 from .spec import TaskSpec
 
 MAX_TASKS_PER_REQUEST = 100

@@ -12,7 +12,6 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.pipeline import PipelineContext, PipelineRequest
 from azure.core.rest import HttpRequest
 
-from batchpilot.backends.base import TaskResult, TaskState
 from batchpilot.emulator import DEFAULT_KEY, RequestKind
 from batchpilot.emulator.auth import verify
 from batchpilot.emulator.cli import add_arguments, config_from_args
@@ -20,6 +19,7 @@ from batchpilot.emulator.query import parse_filter
 from batchpilot.emulator.state import ServiceError, Task
 from batchpilot.emulator.wire import format_duration, parse_duration
 from batchpilot.errors import ConfigError
+from batchpilot.records import TaskResult, TaskState
 from batchpilot.spec import TaskSpec
 
 URL = (

@@ -6,7 +6,8 @@ import anyio
 import pytest
 import structlog
 
-from batchpilot.events import Event, EventBus, RunStarted, TaskSucceeded
+from batchpilot.bus import EventBus
+from batchpilot.events import Event, RunStarted, TaskSucceeded
 from batchpilot.spec import CleanupPolicy
 
 

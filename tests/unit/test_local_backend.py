@@ -12,10 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchpilot.backends.base import AddStatus, Permission, TaskResult, TaskState, UploadOutcome
 from batchpilot.backends.local import LocalBackend
 from batchpilot.errors import NotFoundError, RequestTooLargeError
 from batchpilot.files import md5_of
+from batchpilot.records import AddStatus, Permission, TaskResult, TaskState, UploadOutcome
 from batchpilot.spec import (
     JobSpec,
     OutputFile,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from batchpilot.backends.base import Permission
 from batchpilot.backends.local import LocalBackend
 from batchpilot.backends.local.executor import output_blob_name
 from batchpilot.backends.local.storage import FileStager
 from batchpilot.errors import ConfigError
 from batchpilot.files import md5_of
+from batchpilot.records import Permission
 from batchpilot.spec import OutputFile
 
 HOUR = timedelta(hours=1)

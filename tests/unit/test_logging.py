@@ -9,9 +9,9 @@ import logging
 import pytest
 import structlog
 
-from batchpilot.backends.base import FailureInfo
 from batchpilot.events import TaskFailed
 from batchpilot.logging import configure_logging, register_secrets
+from batchpilot.records import FailureInfo
 from batchpilot.subscribers.log import LogSubscriber, event_fields
 
 KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0wMTIzNDU2Nzg5"

@@ -8,12 +8,12 @@ from datetime import timedelta
 import anyio
 import pytest
 
-from batchpilot.backends.base import TaskCounts, TaskResult, TaskState
 from batchpilot.errors import LostContactError, TransientBackendError
 from batchpilot.events import Event, MonitorDegraded, MonitorRecovered, TaskSucceeded
 from batchpilot.monitor.backoff import BackoffPolicy
 from batchpilot.monitor.poller import Poller, PollSettings
 from batchpilot.monitor.state import TaskTracker
+from batchpilot.records import TaskCounts, TaskResult, TaskState
 from tests.helpers import FakeClock, FakeCompute, at
 
 A, R, C = TaskState.ACTIVE, TaskState.RUNNING, TaskState.COMPLETED

@@ -14,10 +14,9 @@ import pytest
 
 from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.backends.azure.requests import request_kind
-from batchpilot.backends.base import AddStatus, AddTaskResult, TaskCounts, TaskState
+from batchpilot.bus import EventBus
 from batchpilot.events import (
     Event,
-    EventBus,
     MonitorDegraded,
     OutputDownloaded,
     RunSummary,
@@ -26,6 +25,7 @@ from batchpilot.events import (
     TaskSucceeded,
 )
 from batchpilot.metrics import Metrics
+from batchpilot.records import AddStatus, AddTaskResult, TaskCounts, TaskState
 from batchpilot.service import (
     FolderSource,
     IdleShutdown,

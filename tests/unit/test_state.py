@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from batchpilot.backends.base import FailureInfo, TaskResult, TaskState
 from batchpilot.events import TaskFailed, TaskRequeued, TaskStateChanged, TaskSucceeded
 from batchpilot.monitor.state import TaskTracker, Verdict, classify
+from batchpilot.records import FailureInfo, TaskResult, TaskState
 from tests.helpers import at, view
 
 A, P, R, C = TaskState.ACTIVE, TaskState.PREPARING, TaskState.RUNNING, TaskState.COMPLETED

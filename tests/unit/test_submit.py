@@ -3,8 +3,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from batchpilot.backends.base import AddStatus, AddTaskResult
 from batchpilot.errors import RequestTooLargeError, TransientBackendError
+from batchpilot.records import AddStatus, AddTaskResult
 from batchpilot.spec import TaskSpec
 from batchpilot.submit import MAX_TASKS_PER_REQUEST, Submitter
 from tests.helpers import FakeClock, FakeCompute

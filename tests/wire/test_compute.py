@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from batchpilot.backends.azure import AzureBackend
-from batchpilot.backends.base import AddStatus, TaskCounts, TaskResult, TaskState
 from batchpilot.errors import (
     AuthenticationError,
     BackendError,
@@ -14,6 +13,7 @@ from batchpilot.errors import (
     RequestTooLargeError,
     TransientBackendError,
 )
+from batchpilot.records import AddStatus, TaskCounts, TaskResult, TaskState
 from batchpilot.spec import (
     JobSpec,
     OutputFile,

@@ -14,9 +14,9 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from batchpilot.backends.azure import AzureBackend
-from batchpilot.backends.base import BlobInfo, Permission, UploadOutcome
 from batchpilot.config import AzureSettings, BatchSettings, StorageSettings
 from batchpilot.errors import AuthenticationError, ConfigError, NotFoundError
+from batchpilot.records import BlobInfo, Permission, UploadOutcome
 
 from .conftest import BATCH, BLOBS, STORAGE_KEY, Http
 

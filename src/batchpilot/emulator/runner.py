@@ -32,8 +32,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from azure.storage.blob.aio import ContainerClient
 
-from ..backends.base import FailureInfo, TaskResult, TaskState
 from ..backends.local.executor import Execution, execute, output_blob_name
+from ..records import FailureInfo, TaskResult, TaskState
 from .config import EmulatorConfig
 from .faults import Fault, FaultInjector, sas_refusal, task_random
 from .state import (

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import FailureInfo, TaskResult, TaskState
+from ..records import FailureInfo, TaskResult, TaskState
 from ..spec import TaskSpec
 
 POOL_BEING_DELETED = "The specified pool has been marked for deletion and is being reclaimed."

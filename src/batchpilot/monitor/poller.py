@@ -18,35 +18,22 @@ import random
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import datetime, timedelta
 
 import anyio
 import structlog
 
-from ..backends.base import Compute, TaskCounts
+from ..backends.base import Compute
+from ..clock import Clock, SystemClock
 from ..errors import LostContactError, NotFoundError, TransientBackendError
 from ..events import Event, MonitorDegraded, MonitorRecovered, TaskFailed
+from ..records import TaskCounts
 from .backoff import BackoffPolicy
 from .state import TaskTracker
 
 _log = structlog.get_logger("batchpilot.monitor")
 _STDERR_TAIL_LINES = 10
 _PAGE = 1000  # tasks per page of a listing (the service's maximum)
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict
 
-from ..backends.base import TaskResult, TaskState, TaskView
 from ..events import Event, TaskFailed, TaskRequeued, TaskStateChanged, TaskSucceeded
+from ..records import TaskResult, TaskState, TaskView
 
 STAGE = {TaskState.ACTIVE: 0, TaskState.PREPARING: 1, TaskState.RUNNING: 2, TaskState.COMPLETED: 3}
 

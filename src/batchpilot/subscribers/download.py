@@ -19,10 +19,11 @@ from pathlib import Path
 
 import anyio
 
-from ..backends.base import Backend, BlobInfo
+from ..backends.base import Backend
 from ..errors import BackendError
 from ..events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
 from ..files import md5_of
+from ..records import BlobInfo
 
 Publish = Callable[..., Awaitable[None]]
 

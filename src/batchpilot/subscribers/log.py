@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 
-from ..backends.base import FailureInfo
 from ..events import (
     Event,
     MonitorDegraded,
@@ -18,6 +17,7 @@ from ..events import (
     TaskFailed,
     TaskRequeued,
 )
+from ..records import FailureInfo
 
 _WARNINGS = (TaskFailed, TaskRequeued, OutputDownloadFailed, MonitorDegraded)
 

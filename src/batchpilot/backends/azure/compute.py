@@ -19,9 +19,9 @@ from azure.batch.aio import BatchClient
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from ...errors import BackendError
+from ...records import AddTaskResult, Ensured, TaskCounts, TaskView
 from ...spec import JobSpec, PoolSpec, TaskSpec
 from ...subscribers.cleanup import cleanup_command
-from ..base import AddTaskResult, Ensured, TaskCounts, TaskView
 from . import models
 from .errors import remedy, service_code, translated
 

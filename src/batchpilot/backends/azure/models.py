@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 from azure.batch import models as bm
 
+from ...records import AddStatus, AddTaskResult, FailureInfo, TaskCounts, TaskResult, TaskState, TaskView
 from ...spec import JobSpec, OutputFile, PoolSpec, ResourceFile, TaskConstraints, TaskSpec
-from ..base import AddStatus, AddTaskResult, FailureInfo, TaskCounts, TaskResult, TaskState, TaskView
 
 # The fields `task_view` reads; `list_tasks` asks the service for these alone.
 TASK_VIEW_FIELDS = ("id", "state", "stateTransitionTime", "executionInfo", "nodeInfo")

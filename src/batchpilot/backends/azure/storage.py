@@ -30,7 +30,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from ...config import StorageSettings
 from ...errors import ConfigError
-from ..base import BlobInfo, Permission, UploadOutcome
+from ...records import BlobInfo, Permission, UploadOutcome
 from .errors import translated
 
 Clock = Callable[[], datetime]

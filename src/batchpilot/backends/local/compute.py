@@ -30,6 +30,16 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ...errors import BackendError, NotFoundError, RequestTooLargeError
+from ...records import (
+    AddStatus,
+    AddTaskResult,
+    Ensured,
+    FailureInfo,
+    TaskCounts,
+    TaskResult,
+    TaskState,
+    TaskView,
+)
 from ...spec import (
     ContainerSettings,
     JobSpec,
@@ -39,16 +49,6 @@ from ...spec import (
     TaskConstraints,
     TaskSpec,
     UploadCondition,
-)
-from ..base import (
-    AddStatus,
-    AddTaskResult,
-    Ensured,
-    FailureInfo,
-    TaskCounts,
-    TaskResult,
-    TaskState,
-    TaskView,
 )
 from .executor import Execution, Stager, container_runtime, execute
 

@@ -31,8 +31,8 @@ import anyio
 from anyio.abc import Process
 
 from ...errors import ToolNotFoundError
+from ...records import FailureInfo
 from ...spec import ContainerSettings, OutputFile, TaskSpec
-from ..base import FailureInfo
 
 _KILL_GRACE_SECONDS = 3.0
 CONTAINER_RUNTIMES = ("docker", "podman")

@@ -22,7 +22,7 @@ import anyio
 
 from ...errors import ConfigError, NotFoundError
 from ...files import copy_atomically, md5_of, temporary_sibling
-from ..base import BlobInfo, Permission, UploadOutcome
+from ...records import BlobInfo, Permission, UploadOutcome
 
 
 def file_url(path: Path) -> str:

@@ -1,0 +1,37 @@
+"""Time, behind a small protocol so that the poller, the submitter, the Azure adapter and the service can be
+tested with a fake clock instead of sleeping (`batchpilot.testing.FakeClock`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+import anyio
+
+
+class Clock(Protocol):
+    """Wall-clock time (timezone-aware UTC) and sleeping, both swappable."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` (>= 0) seconds; cancellable."""
+        ...
+
+
+class SystemClock:
+    """The real clock: `datetime.now(UTC)` and `anyio.sleep`."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+def utc_now() -> datetime:
+    """`datetime.now(UTC)`, as a plain function for code that only reads the time."""
+    return datetime.now(UTC)
