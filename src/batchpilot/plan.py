@@ -1,7 +1,8 @@
 """`batchpilot plan`: what a run of a workload would upload, create and submit, without creating anything.
 
-The inputs are hashed or listed (read-only) because task ids depend on their content; everything else is
-derived from the workload as the engine derives it, so the ids and commands shown are the ones a run will use.
+The inputs are hashed or listed (read-only) because task ids depend on their content; each task shown is built
+by `tasks.build_task`, the function the engine submits from, with placeholder URLs in place of the SAS URLs a
+run fetches: the ids, commands and output files shown are the ones a run will use.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from .spec import BlobInputs, StagedInput, TaskConstraints, Workload
+from .spec import BlobInputs, StagedInput, TaskConstraints, TaskSpec, UploadCondition, Workload
+from .tasks import build_task
 
 SHOWN_TASKS = 3
 
@@ -37,13 +39,36 @@ def plan_lines(workload: Workload, staged: Sequence[StagedInput], *, backend: st
         options = f" with {template.container.run_options!r}" if template.container.run_options else ""
         lines.append(f"           in container {template.container.image}{options}")
     for item in staged[:SHOWN_TASKS]:
-        lines.append(f"    {item.task_id}: {template.render_command(item.template_values())}")
+        task = planned_task(workload, item)
+        lines.append(f"    {task.task_id}: {task.command_line}")
+        lines.extend(_output_lines(task, workload.output_container))
     if len(staged) > SHOWN_TASKS:
         lines.append(f"    ... and {len(staged) - SHOWN_TASKS} more")
     patterns = ", ".join(template.in_working_dir(pattern) for pattern in template.outputs) or "none"
     destination = workload.download_to if workload.download_to is not None else "(no --out given)"
     lines.append(f"  outputs: {patterns} -> container {workload.output_container} -> {destination}")
     return lines
+
+
+def planned_task(workload: Workload, item: StagedInput) -> TaskSpec:
+    """The task a run would submit for `item`, with placeholder URLs (`<container>/<blob>`, no SAS) where a
+    run puts the SAS URLs it fetches. Pure."""
+    return build_task(
+        workload.template,
+        item,
+        input_url=f"{workload.input_container}/{item.blob_name}",
+        output_url=workload.output_container,
+        environment=workload.environment,
+    )
+
+
+def _output_lines(task: TaskSpec, container: str) -> list[str]:
+    when = {UploadCondition.TASK_SUCCESS: "on success", UploadCondition.TASK_FAILURE: "on failure"}
+    return [
+        f"      {when.get(output.upload_condition, 'always')}: {output.file_pattern}"
+        f" -> container {container}: {output.path}"
+        for output in task.output_files
+    ]
 
 
 def _upload_line(workload: Workload, staged: Sequence[StagedInput]) -> str:
