@@ -12,7 +12,6 @@ fetches only outputs not already on disk.
 
 from __future__ import annotations
 
-import glob
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -25,6 +24,7 @@ import anyio
 import structlog
 
 from .backends.base import Backend
+from .backoff import BackoffPolicy
 from .backends.local import LocalBackend
 from .bus import EventBus, EventStream, Subscriber
 from .clock import Clock, SystemClock
@@ -45,7 +45,6 @@ from .events import (
     TasksSubmitted,
     TaskSucceeded,
 )
-from .monitor.backoff import BackoffPolicy
 from .monitor.poller import Poller, PollSettings, PollStats
 from .monitor.state import TaskTracker
 from .records import AddStatus, AddTaskResult, Ensured, Permission, TaskState, TaskView, UploadOutcome
@@ -53,18 +52,16 @@ from .spec import (
     BlobInputs,
     JobLifetime,
     JobSpec,
-    OutputFile,
     PoolSpec,
-    ResourceFile,
     StagedInput,
     TaskSpec,
-    UploadCondition,
     Workload,
 )
 from .staging import stage_inputs
 from .submit import Submitter
 from .subscribers.cleanup import Cleanup
 from .subscribers.download import OutputDownloader
+from .tasks import build_task
 
 _log = structlog.get_logger("batchpilot.engine")
 
@@ -73,7 +70,6 @@ _log = structlog.get_logger("batchpilot.engine")
 JOB_GRACE = timedelta(minutes=30)
 # Tokens handed to tasks outlive whatever can still run by this much (clock skew, the upload itself).
 SAS_MARGIN = timedelta(minutes=30)
-LOGS_PREFIX = "_logs"
 # Deleting a pool takes Batch a few minutes: look again every few seconds, then every half minute.
 POOL_DELETION_POLL = BackoffPolicy(initial=2.0, factor=1.5, cap=30.0, jitter=0.0)
 
@@ -381,46 +377,24 @@ class Orchestrator:
         await for_each(staged, upload, concurrency=self._settings.upload_concurrency)
 
     async def _build_tasks(self, workload: Workload, staged: Sequence[StagedInput]) -> list[TaskSpec]:
+        """The tasks for `staged`: the SAS URLs are fetched here, the rest is `tasks.build_task` (pure)."""
         storage = self._backend.storage
         expiry = sas_lifetime(workload)
         output_url = await storage.container_url(
             workload.output_container, Permission.CREATE | Permission.WRITE, expiry
         )
-        template = workload.template
-        tasks = []
-        for item in staged:
-            values = item.template_values()
-            input_url = await storage.blob_url(
-                workload.input_container, item.blob_name, Permission.READ, expiry
+        return [
+            build_task(
+                workload.template,
+                item,
+                input_url=await storage.blob_url(
+                    workload.input_container, item.blob_name, Permission.READ, expiry
+                ),
+                output_url=output_url,
+                environment=workload.environment,
             )
-            outputs = [
-                OutputFile(
-                    template.in_working_dir(pattern),
-                    output_url,
-                    _output_path(item.task_id, pattern),
-                    UploadCondition.TASK_SUCCESS,
-                )
-                for pattern in template.render_outputs(values)
-            ]
-            # Kept only for failures, so they can be read after the pool is gone.
-            outputs.append(
-                OutputFile(
-                    "../std*.txt", output_url, f"{LOGS_PREFIX}/{item.task_id}", UploadCondition.TASK_FAILURE
-                )
-            )
-            tasks.append(
-                TaskSpec(
-                    task_id=item.task_id,
-                    command_line=template.render_command(values),
-                    resource_files=(ResourceFile(input_url, item.blob_name),),
-                    output_files=tuple(outputs),
-                    constraints=template.constraints,
-                    display_name=item.name[:1024],
-                    environment=workload.environment,
-                    container=template.container,
-                )
-            )
-        return tasks
+            for item in staged
+        ]
 
     async def _publish_submitted(
         self, run_id: str, job_id: str, results: Sequence[AddTaskResult], tally: _RunTally
@@ -458,8 +432,3 @@ class Orchestrator:
             tally.failed[event.task_id] = FailedTask(
                 event.task_id, event.exit_code, reason, event.stderr_tail
             )
-
-
-def _output_path(task_id: str, pattern: str) -> str:
-    """Batch's destination path: a blob name for a single file, a virtual folder for a wildcard pattern."""
-    return task_id if glob.has_magic(pattern) else f"{task_id}/{pattern}"

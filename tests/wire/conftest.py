@@ -16,6 +16,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 
 from batchpilot.backends.azure import AzureBackend
 from batchpilot.config import AzureSettings, BatchSettings, StorageSettings
+from tests.helpers import FakeClock
 
 BATCH = "https://acct.westeurope.batch.azure.com"
 BLOBS = "https://store.blob.core.windows.net"
@@ -118,6 +119,14 @@ def settings() -> AzureSettings:
 
 
 @pytest.fixture
-async def backend(settings: AzureSettings, retry_sleeps: list[float]) -> AsyncIterator[AzureBackend]:
-    async with AzureBackend(settings, retry_total=2) as opened:
+def clock() -> FakeClock:
+    """The backend's clock: its waits for a pool are recorded, not slept."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def backend(
+    settings: AzureSettings, retry_sleeps: list[float], clock: FakeClock
+) -> AsyncIterator[AzureBackend]:
+    async with AzureBackend(settings, retry_total=2, clock=clock) as opened:
         yield opened

@@ -24,6 +24,7 @@ from batchpilot.spec import (
     TaskSpec,
     UploadCondition,
 )
+from tests.helpers import FakeClock
 
 from .conftest import BATCH_KEY, Http
 
@@ -199,19 +200,15 @@ async def test_resize_pool_sends_the_counts_and_lets_removed_nodes_finish_their_
 
 
 async def test_resize_pool_stops_a_resize_under_way_and_waits_for_steady_first(
-    http: Http, backend: AzureBackend
+    http: Http, backend: AzureBackend, clock: FakeClock
 ) -> None:
     http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("resizing", 0, 0))
     http.batch("POST", "/pools/tutorial-pool/stopresize", status=202)
     http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("stopping", 0, 0))
     http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("steady", 0, 0))
     http.batch("POST", "/pools/tutorial-pool/resize", status=202)
-    waits: list[float] = []
 
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-
-    await backend.compute.resize_pool("tutorial-pool", 1, 4, sleep=sleep)
+    await backend.compute.resize_pool("tutorial-pool", 1, 4)
 
     assert [(s.method, s.path) for s in http.sent()] == [
         ("GET", "/pools/tutorial-pool"),
@@ -220,7 +217,7 @@ async def test_resize_pool_stops_a_resize_under_way_and_waits_for_steady_first(
         ("GET", "/pools/tutorial-pool"),
         ("POST", "/pools/tutorial-pool/resize"),
     ]
-    assert waits == [2.0, 3.0]
+    assert clock.sleeps == [2.0, 3.0]
     assert http.sent("POST")[-1].json()["targetLowPriorityNodes"] == 4
 
 
@@ -234,10 +231,7 @@ async def test_resize_pool_that_lost_a_race_to_another_resize_stops_that_one(
     http.batch("GET", "/pools/tutorial-pool", payload=_pool_size("steady", 1, 0))
     http.batch("POST", "/pools/tutorial-pool/resize", status=202)
 
-    async def sleep(seconds: float) -> None:
-        pass
-
-    await backend.compute.resize_pool("tutorial-pool", 1, 4, sleep=sleep)
+    await backend.compute.resize_pool("tutorial-pool", 1, 4)
 
     assert [(s.method, s.path.rsplit("/", 1)[-1]) for s in http.sent("POST")] == [
         ("POST", "resize"),
@@ -279,7 +273,9 @@ def _pool_status(**extra: object) -> dict[str, object]:
     }
 
 
-async def test_wait_for_nodes_backs_off_until_a_node_is_ready(http: Http, backend: AzureBackend) -> None:
+async def test_wait_for_nodes_backs_off_until_a_node_is_ready(
+    http: Http, backend: AzureBackend, clock: FakeClock
+) -> None:
     http.batch("GET", "/pools/tutorial-pool", payload=_pool_status(), repeat=True)
     http.batch("GET", "/pools/tutorial-pool/nodes", payload={"value": [{"id": "n1", "state": "creating"}]})
     http.batch("GET", "/pools/tutorial-pool/nodes", payload={"value": [{"id": "n1", "state": "starting"}]})
@@ -288,15 +284,10 @@ async def test_wait_for_nodes_backs_off_until_a_node_is_ready(http: Http, backen
         "/pools/tutorial-pool/nodes",
         payload={"value": [{"id": "n1", "state": "idle"}, {"id": "n2", "state": "x"}]},
     )
-    waits: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-
-    ready = await backend.compute.wait_for_nodes("tutorial-pool", min_nodes=1, sleep=sleep)
+    ready = await backend.compute.wait_for_nodes("tutorial-pool", min_nodes=1)
 
     assert ready == 1
-    assert waits == [2.0, 3.0]
+    assert clock.sleeps == [2.0, 3.0]
     pool_get = http.sent("GET")[0]
     assert pool_get.query["$select"] == (
         "id,state,allocationState,resizeErrors,targetDedicatedNodes,targetLowPriorityNodes,"

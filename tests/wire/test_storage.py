@@ -17,6 +17,7 @@ from batchpilot.backends.azure import AzureBackend
 from batchpilot.config import AzureSettings, BatchSettings, StorageSettings
 from batchpilot.errors import AuthenticationError, ConfigError, NotFoundError
 from batchpilot.records import BlobInfo, Permission, UploadOutcome
+from tests.helpers import FakeClock
 
 from .conftest import BATCH, BLOBS, STORAGE_KEY, Http
 
@@ -34,7 +35,7 @@ def sas_query(url: str) -> dict[str, str]:
 
 @pytest.fixture
 async def key_backend(settings: AzureSettings, retry_sleeps: list[float]) -> AsyncIterator[AzureBackend]:
-    async with AzureBackend(settings, retry_total=0, clock=lambda: NOW) as opened:
+    async with AzureBackend(settings, retry_total=0, clock=FakeClock(NOW)) as opened:
         yield opened
 
 
@@ -128,7 +129,7 @@ async def test_entra_id_sas_uses_one_cached_user_delegation_key(
     token = FixedToken()
 
     async with AzureBackend(
-        entra_settings, token_credential=token, retry_total=0, clock=lambda: NOW
+        entra_settings, token_credential=token, retry_total=0, clock=FakeClock(NOW)
     ) as backend:
         first = await backend.storage.container_url(
             "out", Permission.WRITE | Permission.CREATE, timedelta(hours=1)
@@ -152,13 +153,14 @@ async def test_a_delegation_key_is_renewed_before_a_sas_it_signs_would_outlive_i
 ) -> None:
     http.add(blob("/"), "POST", body=DELEGATION_KEY, content_type=XML)
     http.add(blob("/"), "POST", body=DELEGATION_KEY, content_type=XML)
-    now = [NOW]
+    clock = FakeClock(NOW)
 
     async with AzureBackend(
-        entra_settings, token_credential=FixedToken(), retry_total=0, clock=lambda: now[0]
+        entra_settings, token_credential=FixedToken(), retry_total=0, clock=clock
     ) as backend:
         await backend.storage.container_url("out", Permission.WRITE, timedelta(hours=1))
-        now[0] = NOW + timedelta(days=6, hours=23)  # a long service: the first key ends in under an hour
+        # A long service: the first key ends in under an hour.
+        clock.current = NOW + timedelta(days=6, hours=23)
         await backend.storage.container_url("out", Permission.WRITE, timedelta(hours=1))
         with pytest.raises(ConfigError, match="at most 7 days") as raised:
             await backend.storage.container_url("out", Permission.WRITE, timedelta(days=8))

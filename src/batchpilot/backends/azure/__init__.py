@@ -16,11 +16,12 @@ from azure.batch.aio import BatchClient
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.storage.blob.aio import BlobServiceClient
 
+from ...clock import Clock, SystemClock
 from ...config import AzureSettings
 from .auth import Credentials
 from .compute import AzureCompute
 from .requests import RequestTally
-from .storage import AzureStorage, Clock, _utc_now
+from .storage import AzureStorage
 
 __all__ = ("AzureBackend", "AzureCompute", "AzureStorage", "RequestTally")
 
@@ -31,6 +32,7 @@ class AzureBackend:
     `token_credential` replaces DefaultAzureCredential for Entra ID (the caller keeps ownership);
     `retry_total` overrides the SDKs' retry count per request (None keeps their defaults). `requests`
     counts every request by kind, and the throttled ones (pass one in to share it; one is made otherwise).
+    `clock` (a `batchpilot.clock.Clock`) dates the tokens handed to tasks and paces the waits for a pool.
     """
 
     name = "azure"
@@ -41,14 +43,14 @@ class AzureBackend:
         *,
         token_credential: AsyncTokenCredential | None = None,
         retry_total: int | None = None,
-        clock: Clock = _utc_now,
+        clock: Clock | None = None,
         requests: RequestTally | None = None,
     ) -> None:
         self._settings = settings
         self.requests = requests if requests is not None else RequestTally()
         self._token_credential = token_credential
         self._retry_total = retry_total
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._stack: AsyncExitStack | None = None
         self._compute: AzureCompute | None = None
         self._storage: AzureStorage | None = None
@@ -92,7 +94,7 @@ class AzureBackend:
                 )
             )
             secrets = self._settings.secrets
-            self._compute = AzureCompute(batch, secrets)
+            self._compute = AzureCompute(batch, secrets, clock=self._clock)
             self._storage = AzureStorage(blobs, self._settings.storage, clock=self._clock, secrets=secrets)
             # Everything opened; from here on the stack is closed by __aexit__, not by this block.
             self._stack = stack.pop_all()

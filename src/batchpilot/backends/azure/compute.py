@@ -8,24 +8,23 @@ helper re-queues a chunk forever on a persistent 5xx and silently drops an over-
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 
-import anyio
 import structlog
 from azure.batch import models as bm
 from azure.batch.aio import BatchClient
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
+from ...backoff import BackoffPolicy
+from ...clock import Clock, SystemClock
 from ...errors import BackendError
 from ...records import AddTaskResult, Ensured, TaskCounts, TaskView
 from ...spec import JobSpec, PoolSpec, TaskSpec
 from ...subscribers.cleanup import cleanup_command
 from . import models
 from .errors import remedy, service_code, translated
-
-Sleep = Callable[[float], Awaitable[None]]
 
 _log = structlog.get_logger("batchpilot.azure")
 
@@ -38,14 +37,20 @@ _UNUSABLE_JOB_STATES = {
 }
 _READY_NODE_STATES = frozenset({"idle", "running"})
 _SIZE_FIELDS = ("id", "state", "allocationState", "targetDedicatedNodes", "targetLowPriorityNodes")
+# A pool's nodes take minutes to come, and a resize under way to stop: look again after 2 s, then 1.5 times
+# longer each time, up to every 30 s.
+POOL_WAIT = BackoffPolicy(initial=2.0, factor=1.5, cap=30.0, jitter=0.0)
 
 
 class AzureCompute:
     """Implements `batchpilot.backends.base.Compute`. The client belongs to `AzureBackend`."""
 
-    def __init__(self, client: BatchClient, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, client: BatchClient, secrets: tuple[str, ...] = (), *, clock: Clock | None = None
+    ) -> None:
         self._client = client
         self._secrets = secrets
+        self._clock = clock or SystemClock()
         self._short_pools: set[str] = set()  # pools already reported as short of nodes
 
     @property
@@ -82,25 +87,23 @@ class AzureCompute:
         pool_id: str,
         *,
         min_nodes: int = 1,
-        first_interval: float = 2.0,
-        max_interval: float = 30.0,
-        sleep: Sleep = anyio.sleep,
+        backoff: BackoffPolicy = POOL_WAIT,
     ) -> int:
         """Wait until at least `min_nodes` nodes (capped at the pool's target) are idle or running.
 
-        Polls with an interval growing from `first_interval` to `max_interval`. Resize errors (quota,
+        Polls at the intervals of `backoff` (seconds, through the backend's clock). Resize errors (quota,
         allocation failure) that leave the pool without nodes, and start-task failures, end the wait at once
         as a BackendError saying what went wrong and what to do; a pool that got only some of its nodes is
         logged once (`pool_short_of_nodes`) and waited for with what it has. Returns the number of ready
         nodes. Bound the wait with a scope: `with anyio.fail_after(...)`.
         """
-        interval = first_interval
+        interval: float | None = None
         while True:
             ready = await self._nodes_ready(pool_id, min_nodes)
             if ready is not None:
                 return ready
-            await sleep(interval)
-            interval = min(max_interval, interval * 1.5)
+            interval = backoff.next_base(interval, changed=False)
+            await self._clock.sleep(interval)
 
     async def _nodes_ready(self, pool_id: str, min_nodes: int) -> int | None:
         with translated(f"get pool {pool_id}", self._secrets):
@@ -271,17 +274,16 @@ class AzureCompute:
         dedicated: int,
         spot: int,
         *,
-        first_interval: float = 2.0,
-        max_interval: float = 30.0,
-        sleep: Sleep = anyio.sleep,
+        backoff: BackoffPolicy = POOL_WAIT,
     ) -> None:
         """Ask Batch for `dedicated` + `spot` nodes; nodes it removes finish their running tasks first.
 
         Batch resizes only a steady pool (409 PoolBeingResized otherwise), so a resize under way, the pool's
-        first allocation included, is stopped and this waits (interval growing from `first_interval` to
-        `max_interval`) until the pool is steady again. Nothing is sent when the targets are already these.
+        first allocation included, is stopped and this waits (at the intervals of `backoff`, in seconds,
+        through the backend's clock) until the pool is steady again. Nothing is sent when the targets are
+        already these.
         """
-        interval = first_interval
+        interval: float | None = None
         while True:
             with translated(f"get pool {pool_id}", self._secrets):
                 pool = await self._client.get_pool(pool_id, select=list(_SIZE_FIELDS))
@@ -315,8 +317,8 @@ class AzureCompute:
                     suppress(ResourceExistsError),  # inside: before it is translated
                 ):
                     await self._client.begin_stop_pool_resize(pool_id)
-            await sleep(interval)
-            interval = min(max_interval, interval * 1.5)
+            interval = backoff.next_base(interval, changed=False)
+            await self._clock.sleep(interval)
 
 
 def _pool_kept(pool_id: str) -> str:

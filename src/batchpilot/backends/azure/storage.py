@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import secrets as random_token
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -28,12 +28,11 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobServiceClient
 
+from ...clock import Clock, SystemClock
 from ...config import StorageSettings
 from ...errors import ConfigError
 from ...records import BlobInfo, Permission, UploadOutcome
 from .errors import translated
-
-Clock = Callable[[], datetime]
 
 _CHUNK_BYTES = 4 * 1024 * 1024
 # Parallel block transfers within one large file; many files in parallel is the engine's business.
@@ -43,10 +42,6 @@ _DELEGATION_KEY_MAX = timedelta(days=7)
 _DELEGATION_KEY_MARGIN = timedelta(minutes=5)
 # The key's validity starts a little in the past: the service's clock may be behind ours.
 _CLOCK_SKEW = timedelta(minutes=5)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +58,12 @@ class AzureStorage:
         service: BlobServiceClient,
         settings: StorageSettings,
         *,
-        clock: Clock = _utc_now,
+        clock: Clock | None = None,
         secrets: tuple[str, ...] = (),
     ) -> None:
         self._service = service
         self._settings = settings
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._secrets = secrets
         self._delegation: _DelegationKey | None = None
         self._delegation_lock = anyio.Lock()
@@ -159,7 +154,7 @@ class AzureStorage:
             raise
 
     async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
-        expires = self._clock() + expiry
+        expires = self._clock.now() + expiry
         sas_permission = ContainerSasPermissions(
             read=Permission.READ in permissions,
             write=Permission.WRITE in permissions,
@@ -181,7 +176,7 @@ class AzureStorage:
     ) -> str:
         if Permission.LIST in permissions:
             raise ValueError("LIST applies to containers; ask container_url for it")
-        expires = self._clock() + expiry
+        expires = self._clock.now() + expiry
         sas_permission = BlobSasPermissions(
             read=Permission.READ in permissions,
             create=Permission.CREATE in permissions,
@@ -227,7 +222,7 @@ class AzureStorage:
             cached = self._delegation
             if cached is not None and cached.expires >= sas_expires + _DELEGATION_KEY_MARGIN:
                 return cached.key
-            now = self._clock()
+            now = self._clock.now()
             # Ask for the longest key the service allows, so one key signs every URL of a run.
             expires = now + _DELEGATION_KEY_MAX - _CLOCK_SKEW
             if sas_expires + _DELEGATION_KEY_MARGIN > expires:
