@@ -6,6 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import anyio
+import anyio.lowlevel
+
 from batchpilot.errors import NotFoundError
 from batchpilot.records import AddStatus, AddTaskResult, Ensured, TaskCounts, TaskResult, TaskState, TaskView
 from batchpilot.spec import JobSpec, PoolSpec, TaskSpec
@@ -37,6 +40,8 @@ class FakeClock:
         self.current += timedelta(seconds=seconds)
         if self.on_sleep is not None:
             self.on_sleep(seconds)
+        # A real sleep lets other tasks run; so does this one, without waiting.
+        await anyio.lowlevel.checkpoint()
 
 
 @dataclass

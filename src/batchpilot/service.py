@@ -35,6 +35,8 @@ import structlog
 from anyio.abc import TaskGroup
 
 from .backends.base import Storage
+from .backoff import BackoffPolicy
+from .clock import Clock, SystemClock
 from .engine import Orchestrator
 from .errors import BackendError, BatchpilotError, NotFoundError, TransientBackendError
 from .metrics import Metrics
@@ -47,10 +49,20 @@ Stat = tuple[int, int]  # size, mtime in ns
 
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
+    """How the source is looked at, in seconds: a file is taken once unchanged for `settle_s`; looks come
+    every `min_interval_s` while inputs arrive, then `growth` times further apart up to `max_interval_s`."""
+
     settle_s: float = 1.0
     min_interval_s: float = 0.25
     max_interval_s: float = 5.0
     growth: float = 1.5
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        """The looks' schedule (no jitter: one service looks at its own source)."""
+        return BackoffPolicy(
+            initial=self.min_interval_s, factor=self.growth, cap=self.max_interval_s, jitter=0.0
+        )
 
 
 class Settler:
@@ -193,7 +205,10 @@ class ContainerSource:
 
 
 class Service:
-    """Feeds `workload` (its inputs replaced by each batch of new inputs in `source`) to `orchestrator`."""
+    """Feeds `workload` (its inputs replaced by each batch of new inputs in `source`) to `orchestrator`.
+
+    `clock` paces the looks and dates them (the settle time, the idle shutdown); the system clock by default.
+    """
 
     def __init__(
         self,
@@ -203,6 +218,8 @@ class Service:
         metrics: Metrics,
         settings: WatchSettings = WatchSettings(),
         idle_shutdown: timedelta | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self._orchestrator = orchestrator
         self._workload = workload
@@ -210,6 +227,7 @@ class Service:
         self._metrics = metrics
         self._settings = settings
         self._idle_shutdown = idle_shutdown
+        self._clock = clock or SystemClock()
         self._runs_in_flight = 0
         self._settler = Settler(settings.settle_s)
         self._released: set[str] = set()  # inputs taken again for a retry: seen once already
@@ -227,21 +245,22 @@ class Service:
     async def _watch(self, runs: TaskGroup) -> None:
         settings = self._settings
         settler = self._settler
-        interval = settings.min_interval_s
+        backoff = settings.backoff
+        interval = backoff.initial
         where = self._source.describe()
         _log.info("service_watching", source=where)
         idle = None
         if self._idle_shutdown is not None:
-            idle = IdleShutdown(self._idle_shutdown.total_seconds(), anyio.current_time())
+            idle = IdleShutdown(self._idle_shutdown.total_seconds(), self._now())
         while True:
             try:
                 snapshot = await self._source.look()
             except (OSError, BackendError) as exc:
                 # Unknown is not empty: files already taken stay taken, and the next look tries again.
                 _log.warning("watch_failed", source=where, error=str(exc))
-                await anyio.sleep(settings.max_interval_s)
+                await self._clock.sleep(settings.max_interval_s)
                 continue
-            now = anyio.current_time()
+            now = self._now()
             ready, settling = settler.observe(snapshot, now)
             busy = bool(ready) or settling
             if idle is not None:
@@ -252,10 +271,12 @@ class Service:
                 self._released.difference_update(ready)
                 self._runs_in_flight += 1
                 runs.start_soon(self._run_batch, ready)
-            interval = (
-                settings.min_interval_s if busy else min(interval * settings.growth, settings.max_interval_s)
-            )
-            await anyio.sleep(interval)
+            interval = backoff.next_base(interval, changed=busy)
+            await self._clock.sleep(interval)
+
+    def _now(self) -> float:
+        """Seconds on the service's clock, for the settle time and the idle shutdown."""
+        return self._clock.now().timestamp()
 
     async def _run_batch(self, names: Sequence[str]) -> None:
         workload = replace(self._workload, inputs=self._source.inputs(names))

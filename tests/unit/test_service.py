@@ -37,7 +37,7 @@ from batchpilot.service import (
     summary_line,
 )
 from batchpilot.spec import TaskSpec
-from tests.helpers import FakeCompute
+from tests.helpers import FakeClock, FakeCompute
 
 
 def test_a_file_is_taken_once_unchanged_for_the_settle_time_across_two_looks():
@@ -98,9 +98,11 @@ async def test_a_batch_whose_tasks_could_not_be_added_is_run_again(tmp_path: Pat
             fetched.set()
 
     settings = WatchSettings(settle_s=0.0, min_interval_s=0.01, max_interval_s=0.05)
-    async with Orchestrator(backend, subscribers=[metrics, on_fetched]) as orchestrator:
+    # The submitter's backoff between its five attempts (about 7.5 s) passes on a fake clock.
+    clock = FakeClock()
+    async with Orchestrator(backend, subscribers=[metrics, on_fetched], clock=clock) as orchestrator:
         stop = anyio.Event()
-        service = Service(orchestrator, workload, FolderSource(folder), metrics, settings)
+        service = Service(orchestrator, workload, FolderSource(folder), metrics, settings, clock=clock)
         async with anyio.create_task_group() as group:
             group.start_soon(service.run, stop)
             with anyio.fail_after(30):
