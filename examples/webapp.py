@@ -1,5 +1,10 @@
 """A small async web application that embeds batchpilot's orchestrator (aiohttp.web, local backend).
 
+It runs commands: whoever can send it a request runs any program as the user who started it. It therefore
+listens on loopback only by default, answers only requests that carry the token it prints at start
+(`Authorization: Bearer <token>`), and refuses what a browser sends from another site (a cross-origin simple
+request: a form post, a `text/plain` fetch). Put it behind authentication of your own before exposing it.
+
     POST   /jobs                 {"command": "gzip -k {input}", "outputs": ["{input_name}.gz"],
                                   "files": {"a.log": "text..."}}            -> 202 {"id": "..."}
     GET    /jobs/{id}/events     the job's events as server-sent events, from its start until it finishes
@@ -7,14 +12,20 @@
     GET    /jobs/{id}/outputs/N  one output file
     DELETE /jobs/{id}            cancel the job
 
-Run it with `python examples/webapp.py [PORT]` (default 8080; state and files under ./webapp-data). One
+Run it with `python examples/webapp.py [PORT [HOST]]` (default 8080 on 127.0.0.1; state and files under
+./webapp-data; the token is printed on stderr, or read from BATCHPILOT_WEBAPP_TOKEN). A body is JSON
+(`Content-Type: application/json`, at most 1 MiB); a malformed one gets a 400 naming the problem. One
 orchestrator serves every job, several at once; each job runs in the application's task group, in a cancel
 scope of its own, and everything closes with the `async with` blocks in `main()`.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import os
+import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +35,7 @@ from pathlib import Path
 
 import anyio
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from anyio.abc import TaskGroup
 
 from batchpilot import (
@@ -93,18 +105,17 @@ class Jobs:
 
     async def submit(self, command: str, outputs: tuple[str, ...], files: dict[str, str]) -> Job:
         job_id = uuid.uuid4().hex[:12]
+        template = TaskTemplate(command=command, outputs=outputs)  # a bad template raises before any file
         inputs = self.root / job_id / "in"
         await anyio.Path(inputs).mkdir(parents=True)
         paths = []
         for name, text in files.items():
-            if Path(name).name != name or name.startswith("."):
-                raise web.HTTPBadRequest(text=f"file name {name!r}: give a plain name, like a.txt\n")
             paths.append(inputs / name)
             await anyio.Path(inputs / name).write_text(text)
         workload = Workload(
             name=f"web-{job_id}",
             inputs=tuple(paths),
-            template=TaskTemplate(command=command, outputs=outputs),
+            template=template,
             pool=PoolSpec("webapp-pool", dedicated_nodes=2),
             download_to=self.root / job_id / "out",
             cleanup=CleanupPolicy(delete_job=True),
@@ -127,10 +138,17 @@ class Jobs:
 
 
 JOBS = web.AppKey("jobs", Jobs)
+# Limits on what one request may carry: the body, the files in it, the output patterns.
+MAX_BODY_BYTES = 1 << 20
+MAX_FILES = 1000
+MAX_OUTPUTS = 100
+MAX_NAME_BYTES = 255  # a file name on Linux file systems
 
 
-def make_app(jobs: Jobs) -> web.Application:
-    app = web.Application()
+def make_app(jobs: Jobs, token: str) -> web.Application:
+    """The application. Every request must carry `Authorization: Bearer <token>` and come from no other
+    site (403), a POST must be JSON (415), and a malformed body gets a 400 naming its fault."""
+    app = web.Application(middlewares=[_guard(token)], client_max_size=MAX_BODY_BYTES)
     app[JOBS] = jobs
     app.router.add_post("/jobs", post_job)
     app.router.add_get("/jobs/{id}", get_job)
@@ -140,20 +158,83 @@ def make_app(jobs: Jobs) -> web.Application:
     return app
 
 
+def _guard(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # A browser says where a request comes from: anything but this origin (or a typed URL) is another
+        # site's page driving ours, which a token in a header already stops; refused first, all the same.
+        site = request.headers.get("Sec-Fetch-Site")
+        origin = request.headers.get("Origin")
+        if (site is not None and site not in ("same-origin", "none")) or (
+            origin is not None and origin != f"{request.scheme}://{request.host}"
+        ):
+            raise web.HTTPForbidden(text="cross-origin requests are refused\n")
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            raise web.HTTPUnauthorized(
+                text="give the token printed at start: Authorization: Bearer <token>\n",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if request.method == "POST" and request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(text="send JSON, with Content-Type: application/json\n")
+        return await handler(request)
+
+    return guard
+
+
+def _bad(text: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=text + "\n")
+
+
+def plain_name(name: object) -> str | None:
+    """`name` if it is a plain file name (no folder, not hidden, no control characters, at most 255 bytes)."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or any(ord(char) < 32 or ord(char) == 127 for char in name)
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    ):
+        return None
+    return name
+
+
+def parse_job(body: object) -> tuple[str, tuple[str, ...], dict[str, str]]:
+    """The command, output patterns and files of a POST /jobs body; HTTPBadRequest naming the first fault."""
+    if not isinstance(body, dict):
+        raise _bad('give a JSON object: {"command": ..., "outputs": [...], "files": {...}}')
+    command, outputs, files = body.get("command"), body.get("outputs"), body.get("files")
+    if not isinstance(command, str) or not command.strip():
+        raise _bad('"command" must be a non-empty string, like "gzip -k {input}"')
+    if not isinstance(outputs, list) or not all(isinstance(pattern, str) and pattern for pattern in outputs):
+        raise _bad('"outputs" must be a list of file patterns, like ["{input_name}.gz"] (or [])')
+    if len(outputs) > MAX_OUTPUTS:
+        raise _bad(f'"outputs" holds {len(outputs)} patterns; at most {MAX_OUTPUTS}')
+    if not isinstance(files, dict) or not files:
+        raise _bad('"files" must be an object of at least one file, like {"a.txt": "text"}')
+    if len(files) > MAX_FILES:
+        raise _bad(f'"files" holds {len(files)} files; at most {MAX_FILES}')
+    for name, text in files.items():
+        if plain_name(name) is None:
+            raise _bad(f"file name {name!r}: give a plain name, like a.txt (no folder, no dot first)")
+        if not isinstance(text, str):
+            raise _bad(f"file {name!r}: its content must be a string")
+    return command, tuple(outputs), dict(files)
+
+
 async def post_job(request: web.Request) -> web.Response:
     try:
         body = await request.json()
-        command, outputs, files = body["command"], tuple(body["outputs"]), dict(body["files"])
-    except (ValueError, KeyError, TypeError):
-        raise web.HTTPBadRequest(
-            text='give JSON: {"command": ..., "outputs": [...], "files": {...}}\n'
-        ) from None
-    if not files:
-        raise web.HTTPBadRequest(text="give at least one file\n")
+    except ValueError:
+        raise _bad("the body is not JSON") from None
+    command, outputs, files = parse_job(body)
     try:
         job = await request.app[JOBS].submit(command, outputs, files)
-    except BatchpilotError as exc:  # a bad template, say
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    except BatchpilotError as exc:  # a bad template or output pattern, say
+        raise _bad(str(exc)) from None
     return web.json_response({"id": job.id}, status=202)
 
 
@@ -203,19 +284,26 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 async def job_output(request: web.Request) -> web.FileResponse:
     job = _job(request)
     out = job.workload.download_to
-    name = request.match_info["name"]
-    if out is None or Path(name).name != name or not (out / name).is_file():
+    name = plain_name(request.match_info["name"])
+    if out is None or name is None or not (out / name).is_file():
         raise web.HTTPNotFound(text="no such output\n")
     return web.FileResponse(out / name)
 
 
-async def main(port: int, root: Path) -> None:
+async def main(port: int, host: str, root: Path) -> None:
+    token = os.environ.get("BATCHPILOT_WEBAPP_TOKEN") or secrets.token_urlsafe(32)
     async with open_jobs(root) as jobs:
-        runner = web.AppRunner(make_app(jobs))
+        runner = web.AppRunner(make_app(jobs, token))
         await runner.setup()
         try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            print(f"listening on http://127.0.0.1:{port}", file=sys.stderr)
+            await web.TCPSite(runner, host, port).start()
+            print(f"listening on http://{host}:{port}", file=sys.stderr)
+            if not ipaddress.ip_address(host).is_loopback:
+                print(
+                    "warning: reachable from other machines; anyone with the token runs commands",
+                    file=sys.stderr,
+                )
+            print(f"token: {token}  (send Authorization: Bearer <token>)", file=sys.stderr)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
@@ -234,9 +322,10 @@ async def open_jobs(root: Path) -> AsyncIterator[Jobs]:
             group.cancel_scope.cancel()
 
 
-def _port(argv: list[str]) -> int:
-    return int(argv[1]) if len(argv) > 1 else 8080
+def _address(argv: list[str]) -> tuple[int, str]:
+    """PORT [HOST] from the command line: 8080 on 127.0.0.1 (loopback) unless given."""
+    return (int(argv[1]) if len(argv) > 1 else 8080), (argv[2] if len(argv) > 2 else "127.0.0.1")
 
 
 if __name__ == "__main__":
-    anyio.run(main, _port(sys.argv), Path("webapp-data"))
+    anyio.run(main, *_address(sys.argv), Path("webapp-data"))

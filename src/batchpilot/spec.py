@@ -59,12 +59,32 @@ def container_name(*parts: str) -> str:
 # --- pool and job -----------------------------------------------------------------------------------------
 
 
+# The default pool: what the service accepts today (checked 2026-11-30), not the tutorial's pool, whose Ubuntu
+# 20.04 node agent Batch retired on 2025-04-23 (Azure/Batch#174; examples/tutorial-pool.toml keeps it).
+# - Image: Canonical's Ubuntu 24.04 LTS with `batch.node.ubuntu 24.04`, as Microsoft's own samples now use
+#   (Azure-Samples/azure-batch-samples#328) and as List Supported Images lists it, with no end of support
+#   (Azure/Batch#178 shows the entry). SKU `server` is the Generation 2 image (capability Generation2VMImage);
+#   22.04 was not chosen: its support ends 2027-06-30 (Azure/Batch#200).
+# - VM size: Standard_D2s_v5 (2 vCPUs, 8 GiB), a general-purpose size that boots both Hyper-V generations
+#   (learn.microsoft.com/azure/virtual-machines/generation-2, "Generation 2 VM sizes": Dsv5 Gen1 and Gen2),
+#   from a family not announced for retirement: Batch retires D, Ds, Dv2, Dsv2 and LS (Azure/Batch#140,
+#   2026-05-15), Azure retires Av2 (the tutorial's A1_v2), Amv2, B v1, F, Fs, Fsv2, Lsv2, G and Gs on
+#   2028-11-15 (aka.ms/AzureVMRetirementUpdate_Sept2025). `batchpilot check` asks the service about both.
+DEFAULT_VM_SIZE = "Standard_D2s_v5"
+DEFAULT_NODE_AGENT_SKU_ID = "batch.node.ubuntu 24.04"
+
+
 @dataclass(frozen=True, slots=True)
 class ImageReference:
-    publisher: str = "Canonical"
-    offer: str = "0001-com-ubuntu-server-focal"
-    sku: str = "20_04-lts"
+    """A Marketplace image, as Batch's ImageReference; the default is Ubuntu 24.04 LTS (Generation 2)."""
+
+    publisher: str = "canonical"
+    offer: str = "ubuntu-24_04-lts"
+    sku: str = "server"
     version: str = "latest"
+
+    def __str__(self) -> str:
+        return f"{self.publisher}/{self.offer}/{self.sku}/{self.version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +117,9 @@ class PoolSpec:
     """
 
     pool_id: str
-    vm_size: str = "STANDARD_A1_v2"
+    vm_size: str = DEFAULT_VM_SIZE
     image: ImageReference = ImageReference()
-    node_agent_sku_id: str = "batch.node.ubuntu 20.04"
+    node_agent_sku_id: str = DEFAULT_NODE_AGENT_SKU_ID
     dedicated_nodes: int = 1
     spot_nodes: int = 0
     task_slots_per_node: int = 1
@@ -239,6 +259,7 @@ class TaskTemplate:
             unknown_out = sorted(set(template_fields(pattern)) - PLACEHOLDERS)
             if unknown_out:
                 raise ConfigError(f"unknown placeholder {{{unknown_out[0]}}} in output pattern {pattern!r}")
+            check_output_pattern(pattern, pattern.format_map(dict.fromkeys(PLACEHOLDERS, "x")))
 
     def render_command(self, values: Mapping[str, str]) -> str:
         quoted = {key: shlex.quote(value) for key, value in {**values, "output_dir": self.output_dir}.items()}
@@ -249,14 +270,45 @@ class TaskTemplate:
         return f'/bin/sh -c \'mkdir -p "$0" && exec "$@"\' {shlex.quote(self.output_dir)} {command}'
 
     def render_outputs(self, values: Mapping[str, str]) -> tuple[str, ...]:
-        """Output patterns relative to the output dir, i.e. as the files land in the download folder."""
+        """Output patterns relative to the output dir, i.e. as the files land in the download folder.
+        ConfigError when a value (a blob name, say) makes one leave the output dir."""
         return tuple(
-            pattern.format_map({**values, "output_dir": self.output_dir}) for pattern in self.outputs
+            check_output_pattern(pattern, pattern.format_map({**values, "output_dir": self.output_dir}))
+            for pattern in self.outputs
         )
 
     def in_working_dir(self, pattern: str) -> str:
         """A rendered output pattern as Batch matches it: relative to the task's working dir."""
         return pattern if self.output_dir == "." else posixpath.join(self.output_dir, pattern)
+
+
+def leaves_root(relative: str) -> bool:
+    """True when a POSIX path, taken relative to some root, is absolute, holds a NUL, or steps out of that
+    root with `..` (judged on the name alone, as Batch and Storage judge names)."""
+    if relative.startswith("/") or "\0" in relative:
+        return True
+    depth = 0
+    for part in relative.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def check_output_pattern(pattern: str, rendered: str) -> str:
+    """`rendered` (output pattern `pattern` with its values) normalized, if it names files inside the output
+    dir; ConfigError otherwise. Batch lets a pattern reach the task's dir (`../std*.txt`, its stdout and
+    stderr) and no further; a workload's outputs land in the download folder, so they stay in the output dir."""
+    normalized = posixpath.normpath(rendered) if rendered else ""
+    if normalized in ("", ".") or leaves_root(rendered) or normalized.startswith(".."):
+        raise ConfigError(
+            f"output pattern {pattern!r} ({rendered!r}) must name files inside the output dir, "
+            "like '{input_name}.gz' or 'out/*.png'; no absolute path, no '..'"
+        )
+    return normalized
 
 
 def template_fields(text: str) -> list[str]:

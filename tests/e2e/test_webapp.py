@@ -1,8 +1,10 @@
 """examples/webapp.py end to end on the local backend: POST a job, read its events as server-sent events,
-fetch its result and an output; cancel another while it runs."""
+fetch its result and an output; cancel another while it runs. It runs commands, so it answers only with its
+token, never to another site, and refuses a malformed body with a 400 (issue 16, item 8)."""
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import sys
@@ -14,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from examples.webapp import make_app, open_jobs
 
 PY = shlex.quote(sys.executable)
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 UPPER = "import sys; open(sys.argv[1] + '.up', 'w').write(open(sys.argv[1]).read().upper())"
 
 
@@ -26,7 +30,10 @@ def sse(text: str) -> list[tuple[str, dict]]:
 
 
 async def test_a_job_is_posted_streamed_and_its_result_fetched(tmp_path: Path) -> None:
-    async with open_jobs(tmp_path) as jobs, TestClient(TestServer(make_app(jobs))) as client:
+    async with (
+        open_jobs(tmp_path) as jobs,
+        TestClient(TestServer(make_app(jobs, TOKEN)), headers=AUTH) as client,
+    ):
         response = await client.post(
             "/jobs",
             json={
@@ -62,7 +69,10 @@ async def test_one_job_is_cancelled_while_another_finishes(tmp_path: Path) -> No
     gate = tmp_path / "gate"
     script = f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.02)"
     waits = f"{PY} -c {shlex.quote(script)} {{input}}"
-    async with open_jobs(tmp_path) as jobs, TestClient(TestServer(make_app(jobs))) as client:
+    async with (
+        open_jobs(tmp_path) as jobs,
+        TestClient(TestServer(make_app(jobs, TOKEN)), headers=AUTH) as client,
+    ):
         slow = await (
             await client.post("/jobs", json={"command": waits, "outputs": [], "files": {"s.txt": ""}})
         ).json()
@@ -77,3 +87,68 @@ async def test_one_job_is_cancelled_while_another_finishes(tmp_path: Path) -> No
             events = sse(await (await client.get(f"/jobs/{slow['id']}/events")).text())
         assert events[-1] == ("end", {"state": "cancelled"})
         gate.write_text("")
+
+
+async def test_a_request_without_the_token_or_from_another_site_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "RAN"
+    body = {"command": f"touch {marker}", "outputs": [], "files": {"a.txt": ""}}
+    async with open_jobs(tmp_path) as jobs, TestClient(TestServer(make_app(jobs, TOKEN))) as client:
+        assert (await client.post("/jobs", json=body)).status == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await client.post("/jobs", json=body, headers=wrong)).status == 401
+        assert (await client.post("/jobs", json=body, headers={"Authorization": TOKEN})).status == 401
+        # A cross-site form or fetch: a simple request, text/plain, from another origin.
+        form = {**AUTH, "Content-Type": "text/plain", "Origin": "https://evil.example"}
+        assert (await client.post("/jobs", data=json.dumps(body), headers=form)).status == 403
+        fetch = {**AUTH, "Sec-Fetch-Site": "cross-site"}
+        assert (await client.post("/jobs", json=body, headers=fetch)).status == 403
+        assert (await client.post("/jobs", json=body, headers={**AUTH, "Origin": "null"})).status == 403
+        plain = {**AUTH, "Content-Type": "text/plain"}
+        assert (await client.post("/jobs", data=json.dumps(body), headers=plain)).status == 415
+        assert (await client.get("/jobs/x")).status == 401
+        same_site = {**AUTH, "Sec-Fetch-Site": "same-origin"}
+        assert (await client.get("/jobs/x", headers=same_site)).status == 404
+    assert not marker.exists()
+    assert not jobs.by_id
+
+
+BAD_BODIES = [
+    [],
+    {"command": 7, "outputs": [], "files": {"a": ""}},
+    {"command": "", "outputs": [], "files": {"a": ""}},
+    {"command": ["true"], "outputs": [], "files": {"a": ""}},
+    {"command": "true", "outputs": "{input_name}.gz", "files": {"a": ""}},
+    {"command": "true", "outputs": [3], "files": {"a": ""}},
+    {"command": "true", "outputs": [], "files": ["a"]},
+    {"command": "true", "outputs": [], "files": {}},
+    {"command": "true", "outputs": [], "files": {"": "x"}},
+    {"command": "true", "outputs": [], "files": {"a\0b": "x"}},
+    {"command": "true", "outputs": [], "files": {"../a": "x"}},
+    {"command": "true", "outputs": [], "files": {"/etc/passwd": "x"}},
+    {"command": "true", "outputs": [], "files": {"a/b": "x"}},
+    {"command": "true", "outputs": [], "files": {"..": "x"}},
+    {"command": "true", "outputs": [], "files": {"a\nb": "x"}},
+    {"command": "true", "outputs": [], "files": {"x" * 300: "x"}},
+    {"command": "true", "outputs": [], "files": {"a": 5}},
+    {"command": "true", "outputs": ["../../../../../../ESCAPE-MARK.txt"], "files": {"a": "x"}},
+    {"command": "true", "outputs": ["/tmp/ESCAPE-MARK.txt"], "files": {"a": "x"}},
+]
+
+
+async def test_a_malformed_body_gets_a_400_naming_its_fault(tmp_path: Path) -> None:
+    async with (
+        open_jobs(tmp_path) as jobs,
+        TestClient(TestServer(make_app(jobs, TOKEN)), headers=AUTH) as client,
+    ):
+        for body in BAD_BODIES:
+            response = await client.post("/jobs", json=body)
+            assert response.status == 400, body
+            text = await response.text()
+            assert text.count("\n") == 1 and "Traceback" not in text, text
+        not_json = await client.post("/jobs", data=b"{", headers={"Content-Type": "application/json"})
+        assert not_json.status == 400
+        huge = await client.post("/jobs", data=io.BytesIO(b" " * (2 << 20)), headers={"Content-Type": "application/json"})
+        assert huge.status == 413
+        assert (await client.get("/jobs/x/outputs/a%00b")).status == 404
+    assert not jobs.by_id
+    assert not list(tmp_path.rglob("ESCAPE-MARK.txt"))
