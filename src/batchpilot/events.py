@@ -100,6 +100,11 @@ class TaskStateChanged(Event):
     failure: FailureInfo | None = None
     retry_count: int = 0
     requeue_count: int = 0
+    # The service's times for the task's latest attempt (Batch: executionInfo.startTime/endTime) and for this
+    # state (stateTransitionTime); the run report draws its timeline from them.
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    transition_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +114,9 @@ class TaskSucceeded(Event):
     task_id: str
     exit_code: int | None
     duration_s: float | None
+    node_id: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +128,9 @@ class TaskFailed(Event):
     failure: FailureInfo | None
     duration_s: float | None
     stderr_tail: str = ""
+    node_id: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

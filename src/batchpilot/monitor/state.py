@@ -145,15 +145,21 @@ class TaskTracker:
                 failure=seen.failure,
                 retry_count=seen.retry_count,
                 requeue_count=seen.requeue_count,
+                start_time=seen.start_time,
+                end_time=seen.end_time,
+                transition_time=seen.state_transition_time,
             )
         )
         if seen.state is TaskState.COMPLETED:
             duration = _duration(seen)
+            times = _AttemptFields(node_id=seen.node_id, start_time=seen.start_time, end_time=seen.end_time)
             if _succeeded(seen):
-                events.append(TaskSucceeded(**common, exit_code=seen.exit_code, duration_s=duration))
+                events.append(TaskSucceeded(**common, exit_code=seen.exit_code, duration_s=duration, **times))
             else:
                 events.append(
-                    TaskFailed(**common, exit_code=seen.exit_code, failure=seen.failure, duration_s=duration)
+                    TaskFailed(
+                        **common, exit_code=seen.exit_code, failure=seen.failure, duration_s=duration, **times
+                    )
                 )
         return events
 
@@ -163,6 +169,12 @@ class _TaskEventFields(TypedDict):
     at: datetime
     job_id: str
     task_id: str
+
+
+class _AttemptFields(TypedDict):
+    node_id: str | None
+    start_time: datetime | None
+    end_time: datetime | None
 
 
 def _succeeded(view: TaskView) -> bool:
