@@ -299,9 +299,10 @@ def leaves_root(relative: str) -> bool:
 
 
 def check_output_pattern(pattern: str, rendered: str) -> str:
-    """`rendered` (output pattern `pattern` with its values) normalized, if it names files inside the output
-    dir; ConfigError otherwise. Batch lets a pattern reach the task's dir (`../std*.txt`, its stdout and
-    stderr) and no further; a workload's outputs land in the download folder, so they stay in the output dir."""
+    """`rendered` (output pattern `pattern` with its values) normalized, if it names files inside the
+    output dir; ConfigError otherwise. Batch lets a pattern reach the task's dir (`../std*.txt`, its stdout
+    and stderr) and no further; a workload's outputs land in the download folder: they stay in the output
+    dir."""
     normalized = posixpath.normpath(rendered) if rendered else ""
     if normalized in ("", ".") or leaves_root(rendered) or normalized.startswith(".."):
         raise ConfigError(
