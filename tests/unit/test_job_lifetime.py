@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
-from batchpilot.backends.base import Compute
+from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.engine import JOB_GRACE, SAS_MARGIN, job_wall_clock, sas_lifetime
 from batchpilot.errors import BackendError
-from batchpilot.spec import JobLifetime, JobSpec, TaskConstraints, TaskSpec
+from batchpilot.spec import JobLifetime, JobSpec, TaskConstraints
+from batchpilot.testing import InMemoryBackend, Succeed
 
-
-class RecordingCompute:
-    """The local compute, with the job-related calls written down in order."""
-
-    def __init__(self, inner: Compute) -> None:
-        self._inner = inner
-        self.calls: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def ensure_job(self, spec: JobSpec) -> Any:
-        self.calls.append(("ensure_job", spec))
-        return await self._inner.ensure_job(spec)
-
-    async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Any:
-        self.calls.append(("add_tasks", len(tasks)))
-        return await self._inner.add_tasks(job_id, tasks)
-
-    async def end_job_when_done(self, job_id: str) -> None:
-        self.calls.append(("end_job_when_done", job_id))
-        await self._inner.end_job_when_done(job_id)
+JOB_CALLS = ("ensure_job", "add_tasks", "end_job_when_done")
 
 
 def workload(tmp_path: Path, lifetime: JobLifetime) -> Workload:
@@ -57,14 +34,18 @@ def workload(tmp_path: Path, lifetime: JobLifetime) -> Workload:
     )
 
 
-async def run_recorded(tmp_path: Path, job: Workload) -> list[tuple[str, Any]]:
-    backend = LocalBackend(tmp_path / "state")
-    recording = RecordingCompute(backend.compute)
-    backend.compute = recording  # type: ignore[assignment]
+def copies(task) -> Succeed:  # what the template's `cp {input} {stem}.copy` leaves
+    [(name, content)] = task.inputs.items()
+    return Succeed(files={f"{Path(name).stem}.copy": content})
+
+
+async def run_recorded(tmp_path: Path, job: Workload) -> list[tuple[str, object]]:
+    """The job-related calls the engine makes, in order."""
+    backend = InMemoryBackend(script=copies)
     async with Orchestrator(backend) as orchestrator:
         summary = await orchestrator.run(job)
     assert summary.ok
-    return recording.calls
+    return [(name, argument) for name, argument in backend.compute.calls if name in JOB_CALLS]
 
 
 async def test_a_one_shot_run_bounds_its_job_and_lets_it_end_after_the_last_task_is_added(tmp_path: Path):
@@ -98,15 +79,10 @@ def test_task_tokens_outlive_everything_that_can_still_run(tmp_path: Path):
 
 async def test_new_inputs_for_a_job_that_has_ended_are_a_clear_error(tmp_path: Path):
     job = workload(tmp_path, JobLifetime.RUN)
-    backend = LocalBackend(tmp_path / "state")
-    inner = backend.compute
-
-    class EndedJob(RecordingCompute):
-        async def ensure_job(self, spec: JobSpec) -> Any:
-            ensured = await inner.ensure_job(spec)
-            return replace(ensured, created=False, ended="AllTasksComplete")
-
-    backend.compute = EndedJob(inner)  # type: ignore[assignment]
+    backend = InMemoryBackend(script=copies)
+    await backend.compute.ensure_pool(job.pool)
+    await backend.compute.ensure_job(JobSpec(job.job_id, job.pool.pool_id))
+    backend.compute.end_job(job.job_id, "AllTasksComplete")
     async with Orchestrator(backend) as orchestrator:
         with pytest.raises(BackendError, match="job batchpilot-lifetime has ended") as raised:
             await orchestrator.run(job)
