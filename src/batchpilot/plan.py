@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+from .attempts import UNLIMITED_RETRIES
 from .spec import BlobInputs, StagedInput, TaskConstraints, TaskSpec, UploadCondition, Workload
 from .tasks import build_task
 
@@ -83,9 +84,13 @@ def _upload_line(workload: Workload, staged: Sequence[StagedInput]) -> str:
 def _constraints(constraints: TaskConstraints) -> str:
     return (
         f"max wall clock {_duration(constraints.max_wall_clock)},"
-        f" max retries {constraints.max_task_retry_count},"
+        f" max retries {_retries(constraints.max_task_retry_count)},"
         f" retention {_duration(constraints.retention, 'the service default (7 days)')}"
     )
+
+
+def _retries(count: int) -> str:
+    return "unlimited" if count == UNLIMITED_RETRIES else str(count)
 
 
 def _duration(value: timedelta | None, unset: str = "unlimited") -> str:

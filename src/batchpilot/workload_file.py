@@ -28,6 +28,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .attempts import RETRY_COUNT_RULE, is_retry_count
 from .errors import ConfigError
 from .spec import (
     PLACEHOLDERS,
@@ -226,8 +227,7 @@ def _template(table: dict[str, Any], reader: _Reader) -> TaskTemplate:
             output_dir=reader.string(table, "workload.output_dir") or ".",
             constraints=TaskConstraints(
                 max_wall_clock=reader.duration(limits, "workload.constraints.max_wall_clock"),
-                max_task_retry_count=reader.integer(limits, "workload.constraints.max_retries", 0, minimum=0)
-                or 0,
+                max_task_retry_count=reader.retry_count(limits, "workload.constraints.max_retries", 0),
                 retention=reader.duration(limits, "workload.constraints.retention"),
             ),
             container=ContainerSettings(
@@ -285,7 +285,7 @@ def _start_task(pool: dict[str, Any], reader: _Reader) -> StartTask | None:
         command_line=reader.string(table, f"{key}.command_line", required=True),
         run_elevated=reader.boolean(table, f"{key}.run_elevated", True),
         wait_for_success=reader.boolean(table, f"{key}.wait_for_success", True),
-        max_task_retry_count=reader.integer(table, f"{key}.max_retries", 1, minimum=0) or 0,
+        max_task_retry_count=reader.retry_count(table, f"{key}.max_retries", 1),
     )
 
 
@@ -377,6 +377,15 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.source.error(key, f"must be a whole number of at least {minimum}, not {_shown(value)}")
         return value
+
+    def retry_count(self, table: Mapping[str, Any], key: str, default: int) -> int:
+        """A maxTaskRetryCount: -1 (retry without limit, as Batch) or 0..100."""
+        value = table.get(_last(key))
+        if value is None:
+            return default
+        if not is_retry_count(value):
+            raise self.source.error(key, f"{RETRY_COUNT_RULE}, not {_shown(value)}")
+        return int(value)
 
     def choice(self, table: Mapping[str, Any], key: str, options: type[_Choice], default: _Choice) -> _Choice:
         value = table.get(_last(key), default.value)

@@ -132,6 +132,29 @@ async def test_retries_then_succeeds_and_counts_the_retry(tmp_path: Path):
         assert (view.result, view.retry_count) == (TaskResult.SUCCESS, 1)
 
 
+async def test_minus_one_retries_without_limit_as_batch_does(tmp_path: Path):
+    async with opened(tmp_path) as backend:
+        counter = tmp_path / "attempts"
+        # Fails four times, then succeeds: more tries than any small limit would allow.
+        command = (
+            f'{PY} -c "import pathlib, sys; c = pathlib.Path({str(counter)!r}); '
+            f"n = len(c.read_text()) if c.exists() else 0; c.write_text('x' * (n + 1)); "
+            f'sys.exit(0 if n >= 4 else 1)"'
+        )
+        task = TaskSpec("stubborn", command, constraints=TaskConstraints(max_task_retry_count=-1))
+        await backend.compute.add_tasks("job", [task])
+        view = (await wait_completed(backend, "job", 1))["stubborn"]
+        assert (view.result, view.retry_count) == (TaskResult.SUCCESS, 4)
+
+
+async def test_zero_retries_fails_after_the_first_attempt(tmp_path: Path):
+    async with opened(tmp_path) as backend:
+        task = TaskSpec("once", "false", constraints=TaskConstraints(max_task_retry_count=0))
+        await backend.compute.add_tasks("job", [task])
+        view = (await wait_completed(backend, "job", 1))["once"]
+        assert (view.result, view.retry_count, view.exit_code) == (TaskResult.FAILURE, 0, 1)
+
+
 async def test_wall_clock_limit_kills_the_task(tmp_path: Path):
     async with opened(tmp_path) as backend:
         task = TaskSpec(

@@ -102,8 +102,20 @@ def test_pool_and_container_settings(tmp_path: Path):
         (('["{input_name}.gz"]', '["{out}.gz"]'), "w.toml:5: workload.outputs: unknown placeholder {out}"),
         (('"gzip -k {input}"', '"gzip -k {input"'), "w.toml:4: workload.command: malformed template"),
         (
-            ("max_retries = 2", "max_retries = -1"),
-            "w.toml:11: workload.constraints.max_retries: must be a whole",
+            ("max_retries = 2", "max_retries = -2"),
+            "w.toml:11: workload.constraints.max_retries: must be -1 (retry without limit) or a whole number"
+            " from 0 to 100, not -2",
+        ),
+        (
+            ("max_retries = 2", "max_retries = 101"),
+            "w.toml:11: workload.constraints.max_retries: must be -1 (retry without limit) or a whole number"
+            " from 0 to 100, not 101",
+        ),
+        (("max_retries = 2", "max_retries = 2.5"), "w.toml:11: workload.constraints.max_retries: must be -1"),
+        (("max_retries = 2", 'max_retries = "3"'), "w.toml:11: workload.constraints.max_retries: must be -1"),
+        (
+            ("max_retries = 2", "max_retries = true"),
+            "w.toml:11: workload.constraints.max_retries: must be -1",
         ),
         (("max_retries = 2", "max_retrys = 2"), "w.toml:11: workload.constraints.max_retrys: unknown key"),
         (('timeout = "2h"', 'timeout = "soon"'), "w.toml:6: workload.timeout: must be a duration"),
@@ -133,6 +145,23 @@ def test_mistakes_are_one_line_naming_key_and_line(tmp_path: Path, replace, expe
     assert expected.split("w.toml", 1)[1] in message
     if "not valid TOML" in expected:
         assert "line 12" in message  # tomllib's own position
+
+
+@pytest.mark.parametrize("count", [-1, 0, 1, 100])
+def test_max_retries_takes_batchs_values_minus_one_meaning_without_limit(tmp_path: Path, count: int):
+    text = GZIP.replace("max_retries = 2", f"max_retries = {count}")
+    text += f'\n[workload.pool.start_task]\ncommand_line = "true"\nmax_retries = {count}\n'
+    workload = load_workload(write(tmp_path, text), DEFAULTS)
+    assert workload.template.constraints.max_task_retry_count == count
+    assert workload.pool.start_task is not None
+    assert workload.pool.start_task.max_task_retry_count == count
+
+
+def test_the_start_tasks_max_retries_is_checked_the_same_way(tmp_path: Path):
+    text = GZIP + '\n[workload.pool.start_task]\ncommand_line = "true"\nmax_retries = 1000\n'
+    message = error(tmp_path, text)
+    assert "workload.pool.start_task.max_retries: must be -1 (retry without limit)" in message
+    assert message.endswith("not 1000")
 
 
 def test_unknown_placeholders_are_refused_before_anything_is_read():

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from azure.storage.blob.aio import ContainerClient
 
+from ..attempts import Decision, Interruption, after_attempt
 from ..backends.local.executor import Execution, execute, output_blob_name
 from ..records import FailureInfo, TaskResult, TaskState
 from .config import EmulatorConfig
@@ -56,7 +57,6 @@ log = structlog.get_logger(__name__)
 
 _FETCH_CHUNK = 1 << 16
 _WILDCARD = re.compile(r"[*?]+")
-_FINAL_FAILURES = frozenset({"MaxWallClockTimeExpiry", "BlobAccessDenied", "FileUploadAccessDenied"})
 
 
 class HttpStager:
@@ -145,6 +145,20 @@ class EndReason(enum.Enum):
     JOB_TERMINATED = "job terminated"
     JOB_DELETED = "job deleted"
     NODE_REMOVED = "node removed"  # by a resize whose nodeDeallocationOption is terminate
+
+
+# How an attempt cut short ends (for `attempts.after_attempt`), and the failure a terminated one ends with.
+_ENDED: dict[EndReason, tuple[Interruption, FailureInfo | None]] = {
+    EndReason.PREEMPTED: (Interruption.NODE_LOST, None),
+    EndReason.JOB_TERMINATED: (
+        Interruption.TERMINATED,
+        FailureInfo("usererror", "TaskEnded", "The task was ended because its job was terminated"),
+    ),
+    EndReason.NODE_REMOVED: (
+        Interruption.TERMINATED,
+        FailureInfo("usererror", "TaskEnded", "The task was ended because its node left the pool"),
+    ),
+}
 
 
 @dataclass(slots=True, eq=False)
@@ -398,15 +412,8 @@ class Runtime:
             self._finish_attempt(job, task, execution)
             if execution.succeeded:
                 node.total_tasks_succeeded += 1
-        elif attempt.reason is EndReason.PREEMPTED:
-            self._faults.record(Fault.PREEMPT)
-            self._requeue(job, task)
-        elif attempt.reason is EndReason.JOB_TERMINATED:
-            ended = FailureInfo("usererror", "TaskEnded", "The task was ended because its job was terminated")
-            self._complete(job, task, exit_code=None, failure=ended, end=self._now())
-        elif attempt.reason is EndReason.NODE_REMOVED:
-            ended = FailureInfo("usererror", "TaskEnded", "The task was ended because its node left the pool")
-            self._complete(job, task, exit_code=None, failure=ended, end=self._now())
+        elif attempt.reason is not None and attempt.reason in _ENDED:
+            self._finish_interrupted(job, task, attempt.reason)
 
     async def _execute(self, node: Node, job: Job, task: Task, attempt: Attempt) -> Execution:
         async def on_running() -> None:
@@ -489,11 +496,13 @@ class Runtime:
     # --- outcomes ---------------------------------------------------------------------------------------
 
     def _finish_attempt(self, job: Job, task: Task, execution: Execution) -> None:
-        retries = task.spec.constraints.max_task_retry_count
-        # The wall clock counts from the task's first start, and a refused token stays refused: a retry of
-        # either cannot help.
-        retryable = execution.failure is None or execution.failure.code not in _FINAL_FAILURES
-        if not execution.succeeded and retryable and (retries == -1 or task.retry_count < retries):
+        decision = after_attempt(
+            exit_code=execution.exit_code,
+            failure=execution.failure,
+            retry_count=task.retry_count,
+            max_task_retry_count=task.spec.constraints.max_task_retry_count,
+        )
+        if decision is Decision.RETRY:
             task.retry_count += 1
             task.last_retry_time = execution.end_time
             job.transition(task, TaskState.ACTIVE, execution.end_time)
@@ -502,6 +511,22 @@ class Runtime:
         self._complete(
             job, task, exit_code=execution.exit_code, failure=execution.failure, end=execution.end_time
         )
+
+    def _finish_interrupted(self, job: Job, task: Task, reason: EndReason) -> None:
+        interruption, failure = _ENDED[reason]
+        decision = after_attempt(
+            exit_code=None,
+            failure=failure,
+            retry_count=task.retry_count,
+            max_task_retry_count=task.spec.constraints.max_task_retry_count,
+            interrupted=interruption,
+        )
+        if decision is Decision.REQUEUE:
+            if reason is EndReason.PREEMPTED:
+                self._faults.record(Fault.PREEMPT)
+            self._requeue(job, task)
+        else:
+            self._complete(job, task, exit_code=None, failure=failure, end=self._now())
 
     def _complete(
         self, job: Job, task: Task, *, exit_code: int | None, failure: FailureInfo | None, end: datetime

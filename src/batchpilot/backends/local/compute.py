@@ -29,7 +29,9 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ...attempts import Decision, after_attempt
 from ...errors import BackendError, NotFoundError, RequestTooLargeError
+from ...images import ImageVerdict, Reason, Verdict
 from ...records import (
     AddStatus,
     AddTaskResult,
@@ -154,6 +156,10 @@ class LocalCompute:
         self._jobs.clear()
 
     # --- pools and jobs -------------------------------------------------------------------------------
+
+    async def check_pool_image(self, spec: PoolSpec) -> ImageVerdict:
+        """Nothing to check: local pools are slots on this machine, with no image or node agent."""
+        return ImageVerdict(Verdict.OK, Reason.NO_IMAGES)
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         if spec.container_images:
@@ -396,13 +402,19 @@ class LocalCompute:
     async def _finish(self, job: _Job, task: _Task, execution: Execution) -> None:
         task.start_time, task.end_time = execution.start_time, execution.end_time
         task.exit_code, task.failure = execution.exit_code, execution.failure
-        if not execution.succeeded and task.retry_count < task.spec.constraints.max_task_retry_count:
+        decision = after_attempt(
+            exit_code=execution.exit_code,
+            failure=execution.failure,
+            retry_count=task.retry_count,
+            max_task_retry_count=task.spec.constraints.max_task_retry_count,
+        )
+        if decision is Decision.RETRY:
             task.retry_count += 1
             task.move(TaskState.ACTIVE)
             await self._persist(job, task)
             self._enqueue(job, task)
             return
-        task.result = TaskResult.SUCCESS if execution.succeeded else TaskResult.FAILURE
+        task.result = TaskResult.SUCCESS if decision is Decision.SUCCEED else TaskResult.FAILURE
         task.move(TaskState.COMPLETED)
         await self._persist(job, task)
 
