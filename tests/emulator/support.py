@@ -65,14 +65,13 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float 
 def pool_options(
     pool_id: str, *, nodes: int = 1, slots: int = 1, start_task: bool = False
 ) -> m.BatchPoolCreateOptions:
-    image = m.BatchVmImageReference(
-        publisher="Canonical", offer="0001-com-ubuntu-server-focal", sku="20_04-lts"
-    )
+    # Ubuntu 24.04 (Generation 1, as STANDARD_A1_v2 boots): the emulator refuses 20.04's retired agent.
+    image = m.BatchVmImageReference(publisher="canonical", offer="ubuntu-24_04-lts", sku="server-gen1")
     return m.BatchPoolCreateOptions(
         id=pool_id,
         vm_size="STANDARD_A1_v2",
         virtual_machine_configuration=m.VirtualMachineConfiguration(
-            image_reference=image, node_agent_sku_id="batch.node.ubuntu 20.04"
+            image_reference=image, node_agent_sku_id="batch.node.ubuntu 24.04"
         ),
         target_dedicated_nodes=nodes,
         task_slots_per_node=slots,

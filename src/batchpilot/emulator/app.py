@@ -24,7 +24,8 @@ from aiohttp import web
 from .auth import verify
 from .config import EmulatorConfig
 from .faults import Fault, FaultInjector, OutageMode, RequestKind
-from .query import parse_filter, parse_max_results, parse_select, parse_skip_token
+from .images import IMAGE_PROPERTIES, check_agent_for_growth, check_pool_image
+from .query import compile_filter, parse_filter, parse_max_results, parse_select, parse_skip_token
 from .runner import Runtime
 from .state import (
     JOB_BEING_DELETED,
@@ -148,6 +149,7 @@ class Emulator:
             ("GET", "/jobs/{job_id}/tasks/{task_id}", RequestKind.TASK_GET, self.get_task),
             ("GET", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
             ("HEAD", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
+            ("GET", "/supportedimages", RequestKind.IMAGE_LIST, self.list_supported_images),
         ]
 
     def build(self) -> web.Application:
@@ -272,6 +274,7 @@ class Emulator:
         slots = _count(body, "taskSlotsPerNode", default=1)
         if slots < 1:
             raise invalid_property("taskSlotsPerNode", slots)
+        check_pool_image(self.config.supported_images, body, _utcnow())
         # As in Batch, a pool beyond the core quota gets the nodes that fit and a resize error for the rest.
         wanted = {True: dedicated, False: spot}  # by node kind: dedicated or not
         granted = {
@@ -338,6 +341,8 @@ class Emulator:
         except ValueError:
             raise invalid_property("nodeDeallocationOption", option) from None
         vm_size = str(pool.body.get("vmSize", ""))
+        if dedicated > pool.target(dedicated=True) or spot > pool.target(dedicated=False):
+            check_agent_for_growth(self.config.supported_images, pool.body, _utcnow())
 
         def room(wanted: int, dedicated: bool) -> int:
             return self._nodes_within_core_quota(wanted, vm_size, dedicated=dedicated)
@@ -540,6 +545,33 @@ class Emulator:
         if request.method == "HEAD":
             headers["Content-Length"] = str(stat.st_size)
         return web.Response(body=content, headers=headers)
+
+    # --- supported images -------------------------------------------------------------------------------
+
+    async def list_supported_images(self, request: web.Request) -> web.Response:
+        query = request.query
+        matches = compile_filter(query.get("$filter"), IMAGE_PROPERTIES)
+        limit = parse_max_results(query.get("maxresults"))
+        start = max(0, parse_skip_token(query.get("$skiptoken")) + 1)
+        images = [image for image in self.config.supported_images if matches(image)]
+        page = images[start : start + limit]
+        body: dict[str, Any] = {
+            "odata.metadata": f"{_base(request)}/$metadata#supportedimages",
+            "value": [image.to_json() for image in page],
+        }
+        if start + limit < len(images):
+            body["odata.nextLink"] = _next_link(request, str(start + limit - 1))
+        return json_response(body)
+
+
+def _next_link(request: web.Request, skip_token: str) -> str:
+    """The link to the next page: the SDK follows it as given, so everything that shaped this page
+    (api-version, $filter, $select, maxresults) travels in it."""
+    query = request.query
+    shaping = ("api-version", "$filter", "$select", "maxresults")
+    params = {name: query[name] for name in shaping if name in query}
+    params["$skiptoken"] = skip_token
+    return f"{_base(request)}{request.path}?{urlencode(params, quote_via=quote)}"
 
 
 def create_app(config: EmulatorConfig) -> web.Application:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import DEFAULT_ACCOUNT, DEFAULT_KEY, EmulatorConfig
 from .faults import FaultConfig, OutageMode, RequestKind
+from .images import DEFAULT_IMAGES, load_images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_seconds_range,
         help="run no processes: each task takes a duration in MIN-MAX seconds (or one value), e.g. 0.5-2",
     )
+    parser.add_argument(
+        "--supported-images", type=Path, metavar="FILE",
+        help="what List Supported Images answers: a JSON file holding the service's answer ({\"value\": "
+        "[...]}) or a list of its entries; pools whose node agent is not listed or is past its "
+        "batchSupportEndOfLife are refused (default: a built-in list where Ubuntu 20.04 has ended)",
+    )  # fmt: skip
     faults = parser.add_argument_group("fault injection (deterministic under --seed)")
     faults.add_argument("--seed", type=int, default=0, help="seed for every fault decision")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
@@ -120,6 +127,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         allocation_delay_s=args.allocation_delay_s,
         deletion_delay_s=args.deletion_delay_s,
         simulate_s=args.simulate,
+        supported_images=load_images(args.supported_images) if args.supported_images else DEFAULT_IMAGES,
         faults=FaultConfig(
             seed=args.seed,
             latency_ms=args.latency_ms,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .faults import FaultConfig
+from .images import DEFAULT_IMAGES, SupportedImage
 
 # The key of the emulator's default account: any base64 works; this one says what it is when decoded.
 DEFAULT_ACCOUNT = "emulator"
@@ -28,6 +29,8 @@ class EmulatorConfig:
     simulate_s         (min, max) seconds: tasks take a duration in that range without running a process
     faults             fault injection (latency, 429, 500, dropped connections, preemption, lagging counts,
                        an outage of list calls, SAS expiry checks) and the account's quotas
+    supported_images   what List Supported Images answers (`GET /supportedimages`); a pool whose node agent
+                       is not listed or is past its `batchSupportEndOfLife` is refused, as is growing one
     """
 
     host: str = "127.0.0.1"
@@ -39,6 +42,7 @@ class EmulatorConfig:
     deletion_delay_s: float = 0.2
     simulate_s: tuple[float, float] | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
+    supported_images: tuple[SupportedImage, ...] = DEFAULT_IMAGES
 
     def __post_init__(self) -> None:
         if self.allocation_delay_s < 0 or self.deletion_delay_s < 0:

@@ -42,6 +42,7 @@ class RequestKind(enum.StrEnum):
     TASK_LIST = "task.list"
     TASK_GET = "task.get"
     TASK_FILE = "task.file"
+    IMAGE_LIST = "image.list"
     OTHER = "other"
 
 

@@ -1,27 +1,35 @@
 """The OData subset of Batch's list operations: `$filter`, `$select`, `maxresults` and skip tokens.
 
-Filters are parsed once into a predicate over a task: comparisons (`eq ne gt ge lt le`) of a property with
-a string or `datetime'...'` literal, joined by `and` / `or` (and binds tighter) with parentheses. Properties:
-`id`, `state`, `stateTransitionTime`, `creationTime`, `executionInfo/result`, `executionInfo/exitCode`.
+A filter is parsed once into a predicate over one kind of item (task, pool, job, supported image), from a
+table of the properties Batch lets that list filter on ("OData filters in Batch",
+learn.microsoft.com/rest/api/batchservice/odata-filters-in-batch): comparisons (`eq ne gt ge lt le`) of a
+property with a string, number or `datetime'...'` literal, `startswith(property,'prefix')` where the list
+allows it, joined by `and` / `or` (and binds tighter) with parentheses. Anything else is Batch's
+400 `InvalidQueryParameterValue`.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .state import ServiceError, Task
 
 MAX_RESULTS = 1000
+# A filter longer than this is refused before it is parsed: no request makes the parser work without bound.
+MAX_FILTER_CHARS = 4096
 
+T = TypeVar("T")
+Predicate = Callable[[T], bool]
 TaskPredicate = Callable[[Task], bool]
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<open>\()|(?P<close>\))|datetime'(?P<datetime>[^']*)'|'(?P<string>(?:[^']|'')*)'"
-    r"|(?P<number>-?\d+)|(?P<word>[A-Za-z][A-Za-z0-9_/]*))"
+    r"\s*(?:(?P<open>\()|(?P<close>\))|(?P<comma>,)|datetime'(?P<datetime>[^']*)'"
+    r"|'(?P<string>(?:[^']|'')*)'|(?P<number>-?\d+)|(?P<word>[A-Za-z][A-Za-z0-9_/]*))"
 )
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq,
@@ -31,13 +39,27 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "lt": operator.lt,
     "le": operator.le,
 }
-_PROPERTIES: dict[str, Callable[[Task], object]] = {
-    "id": lambda task: task.task_id,
-    "state": lambda task: task.state.value,
-    "stateTransitionTime": lambda task: task.state_transition_time,
-    "creationTime": lambda task: task.creation_time,
-    "executionInfo/result": lambda task: task.result.value if task.result else None,
-    "executionInfo/exitCode": lambda task: task.exit_code,
+ALL_OPERATORS = frozenset(_OPERATORS)
+EQUALITY = frozenset({"eq", "ne"})
+
+
+@dataclass(frozen=True, slots=True)
+class Property(Generic[T]):
+    """One filterable property: how to read it from an item, the operators Batch allows on it, and whether
+    `startswith(property,'...')` is allowed."""
+
+    get: Callable[[T], object]
+    operators: frozenset[str] = ALL_OPERATORS
+    startswith: bool = False
+
+
+TASK_PROPERTIES: dict[str, Property[Task]] = {
+    "id": Property(lambda task: task.task_id, startswith=True),
+    "state": Property(lambda task: task.state.value, EQUALITY),
+    "stateTransitionTime": Property(lambda task: task.state_transition_time),
+    "creationTime": Property(lambda task: task.creation_time),
+    "executionInfo/result": Property(lambda task: task.result.value if task.result else None, EQUALITY),
+    "executionInfo/exitCode": Property(lambda task: task.exit_code),
 }
 
 
@@ -46,12 +68,21 @@ def invalid(message: str) -> ServiceError:
 
 
 def parse_filter(text: str | None) -> TaskPredicate:
+    """A task list's `$filter` as a predicate over tasks."""
+    return compile_filter(text, TASK_PROPERTIES)
+
+
+def compile_filter(text: str | None, properties: Mapping[str, Property[T]]) -> Predicate[T]:
+    """`text` (None or blank: everything) as a predicate over items with these `properties`; 400
+    InvalidQueryParameterValue when it cannot be parsed or names what the list does not filter on."""
     if not text or not text.strip():
-        return lambda _task: True
-    tokens = _tokenize(text)
-    predicate, rest = _parse_or(tokens)
-    if rest:
-        raise invalid(f"unexpected {rest[0][1]!r} in $filter {text!r}")
+        return lambda _item: True
+    if len(text) > MAX_FILTER_CHARS:
+        raise invalid(f"$filter is {len(text)} characters; the limit is {MAX_FILTER_CHARS}")
+    parser = _Parser(_tokenize(text), properties)
+    predicate = parser.parse_or()
+    if parser.tokens:
+        raise invalid(f"unexpected {parser.tokens[0][1]!r} in $filter {text!r}")
     return predicate
 
 
@@ -93,46 +124,81 @@ def _tokenize(text: str) -> _Tokens:
             break
         match = _TOKEN.match(text, position)
         if match is None:
-            raise invalid(f"cannot parse $filter at {text[position:]!r}")
+            raise invalid(f"cannot parse $filter at {text[position : position + 40]!r}")
         kind = match.lastgroup or ""
         tokens.append((kind, match.group(kind)))
         position = match.end()
     return tokens
 
 
-def _parse_or(tokens: _Tokens) -> tuple[TaskPredicate, _Tokens]:
-    left, tokens = _parse_and(tokens)
-    while tokens and tokens[0] == ("word", "or"):
-        right, tokens = _parse_and(tokens[1:])
-        left = _either(left, right)
-    return left, tokens
+class _Parser(Generic[T]):
+    """Recursive descent over the tokens; nesting is bounded by the filter's length limit."""
 
+    def __init__(self, tokens: _Tokens, properties: Mapping[str, Property[T]]) -> None:
+        self.tokens = tokens
+        self.properties = properties
 
-def _parse_and(tokens: _Tokens) -> tuple[TaskPredicate, _Tokens]:
-    left, tokens = _parse_term(tokens)
-    while tokens and tokens[0] == ("word", "and"):
-        right, tokens = _parse_term(tokens[1:])
-        left = _both(left, right)
-    return left, tokens
+    def parse_or(self) -> Predicate[T]:
+        left = self.parse_and()
+        while self.tokens and self.tokens[0] == ("word", "or"):
+            self.tokens = self.tokens[1:]
+            left = _either(left, self.parse_and())
+        return left
 
+    def parse_and(self) -> Predicate[T]:
+        left = self.parse_term()
+        while self.tokens and self.tokens[0] == ("word", "and"):
+            self.tokens = self.tokens[1:]
+            left = _both(left, self.parse_term())
+        return left
 
-def _parse_term(tokens: _Tokens) -> tuple[TaskPredicate, _Tokens]:
-    if tokens and tokens[0][0] == "open":
-        inner, rest = _parse_or(tokens[1:])
-        if not rest or rest[0][0] != "close":
-            raise invalid("unbalanced parentheses in $filter")
-        return inner, rest[1:]
-    if len(tokens) < 3 or tokens[0][0] != "word" or tokens[1][0] != "word":
-        raise invalid("expected `property operator value` in $filter")
-    (_, name), (_, op_name), (kind, literal) = tokens[:3]
-    getter = _PROPERTIES.get(name)
-    if getter is None:
-        raise invalid(f"$filter on {name!r} is not supported; use one of {', '.join(_PROPERTIES)}")
-    op = _OPERATORS.get(op_name)
-    if op is None:
-        raise invalid(f"unknown operator {op_name!r} in $filter")
-    value = _literal(kind, literal)
-    return _compare(getter, op, value), tokens[3:]
+    def parse_term(self) -> Predicate[T]:
+        tokens = self.tokens
+        if tokens and tokens[0][0] == "open":
+            self.tokens = tokens[1:]
+            inner = self.parse_or()
+            if not self.tokens or self.tokens[0][0] != "close":
+                raise invalid("unbalanced parentheses in $filter")
+            self.tokens = self.tokens[1:]
+            return inner
+        if tokens and tokens[0] == ("word", "startswith"):
+            return self._startswith()
+        if len(tokens) < 3 or tokens[0][0] != "word" or tokens[1][0] != "word":
+            raise invalid("expected `property operator value` in $filter")
+        (_, name), (_, op_name), (kind, literal) = tokens[:3]
+        prop = self._property(name)
+        if op_name not in _OPERATORS:
+            raise invalid(f"unknown operator {op_name!r} in $filter")
+        if op_name not in prop.operators:
+            raise invalid(
+                f"$filter cannot use {op_name!r} on {name!r}; use {', '.join(sorted(prop.operators))}"
+            )
+        self.tokens = tokens[3:]
+        return _compare(prop.get, _OPERATORS[op_name], _literal(kind, literal))
+
+    def _startswith(self) -> Predicate[T]:
+        shape = [kind for kind, _ in self.tokens[1:6]]
+        if shape != ["open", "word", "comma", "string", "close"]:
+            raise invalid("expected startswith(property,'prefix') in $filter")
+        name, prefix = self.tokens[2][1], _literal("string", self.tokens[4][1])
+        prop = self._property(name)
+        if not prop.startswith:
+            raise invalid(f"$filter cannot use startswith on {name!r}")
+        self.tokens = self.tokens[6:]
+        get = prop.get
+
+        def predicate(item: T) -> bool:
+            value = get(item)
+            # Batch ids compare without regard to case.
+            return isinstance(value, str) and value.lower().startswith(str(prefix).lower())
+
+        return predicate
+
+    def _property(self, name: str) -> Property[T]:
+        prop = self.properties.get(name)
+        if prop is None:
+            raise invalid(f"$filter on {name!r} is not supported; use one of {', '.join(self.properties)}")
+        return prop
 
 
 def _literal(kind: str, literal: str) -> object:
@@ -150,11 +216,9 @@ def _literal(kind: str, literal: str) -> object:
     raise invalid(f"expected a literal in $filter, got {literal!r}")
 
 
-def _compare(
-    getter: Callable[[Task], object], op: Callable[[Any, Any], bool], value: object
-) -> TaskPredicate:
-    def predicate(task: Task) -> bool:
-        actual = getter(task)
+def _compare(getter: Callable[[T], object], op: Callable[[Any, Any], bool], value: object) -> Predicate[T]:
+    def predicate(item: T) -> bool:
+        actual = getter(item)
         if actual is None or type(actual) is not type(value):
             # Comparing a missing or differently typed property is false, as in OData, never an error.
             return op is operator.ne and actual != value
@@ -163,9 +227,9 @@ def _compare(
     return predicate
 
 
-def _both(left: TaskPredicate, right: TaskPredicate) -> TaskPredicate:
-    return lambda task: left(task) and right(task)
+def _both(left: Predicate[T], right: Predicate[T]) -> Predicate[T]:
+    return lambda item: left(item) and right(item)
 
 
-def _either(left: TaskPredicate, right: TaskPredicate) -> TaskPredicate:
-    return lambda task: left(task) or right(task)
+def _either(left: Predicate[T], right: Predicate[T]) -> Predicate[T]:
+    return lambda item: left(item) or right(item)
