@@ -13,7 +13,8 @@ from datetime import datetime
 
 
 class TaskState(enum.StrEnum):
-    """Batch's task states."""
+    """Batch's task states (REST: TaskState), in the order a task goes through them; a retried or requeued
+    task goes back to ACTIVE."""
 
     ACTIVE = "active"
     PREPARING = "preparing"
@@ -22,13 +23,17 @@ class TaskState(enum.StrEnum):
 
 
 class TaskResult(enum.StrEnum):
+    """How a completed task ended (REST: TaskExecutionInformation.result): success is exit code 0 with no
+    failure info."""
+
     SUCCESS = "success"
     FAILURE = "failure"
 
 
 @dataclass(frozen=True, slots=True)
 class FailureInfo:
-    """Why a task failed, in Batch's terms: category (usererror/servererror), code and message."""
+    """Why a task failed, in Batch's terms (REST: TaskFailureInformation): `category` is `usererror` or
+    `servererror`, `code` a short identifier such as `FileUploadFailed`, `message` one human-readable line."""
 
     category: str
     code: str
@@ -37,7 +42,13 @@ class FailureInfo:
 
 @dataclass(frozen=True, slots=True)
 class TaskView:
-    """One task as the service reports it: the fields the monitor uses and nothing else."""
+    """One task as the service reports it (REST: CloudTask), trimmed to the fields the monitor uses.
+
+    `state_transition_time` (timezone-aware UTC) is when it entered `state`; `exit_code`, `result` and
+    `failure` describe its last attempt; `retry_count` counts retries after a nonzero exit, `requeue_count`
+    attempts cut short by a lost node (spot preemption) that did not count as retries. `start_time` and
+    `end_time` are those of the last attempt, None until it started or ended.
+    """
 
     task_id: str
     state: TaskState
@@ -54,6 +65,9 @@ class TaskView:
 
 @dataclass(frozen=True, slots=True)
 class TaskCounts:
+    """A job's tasks by state (REST: Get Task Counts); `running` includes preparing tasks, and completed
+    tasks split into `succeeded` and `failed`. The service may report these a few seconds behind a listing."""
+
     active: int = 0
     running: int = 0
     completed: int = 0
@@ -62,10 +76,14 @@ class TaskCounts:
 
     @property
     def total(self) -> int:
+        """Every task in the job: active + running + completed."""
         return self.active + self.running + self.completed
 
 
 class AddStatus(enum.StrEnum):
+    """The status of one task in an add-collection answer (REST: TaskAddStatus): `EXISTS` is Batch's
+    `TaskExists` error, reported here as its own status because a re-run expects it."""
+
     ADDED = "added"
     EXISTS = "exists"
     CLIENT_ERROR = "clienterror"
@@ -74,7 +92,8 @@ class AddStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AddTaskResult:
-    """The outcome for one task of an add-collection request."""
+    """The outcome for one task of an add-collection request (REST: TaskAddResult); `error_code` and
+    `message` are the service's, None when the task was added."""
 
     task_id: str
     status: AddStatus
@@ -94,6 +113,8 @@ class Ensured:
 
 
 class Permission(enum.Flag):
+    """What a SAS URL lets its holder do (Storage's `sp` letters r, c, w, l); combine with `|`."""
+
     READ = enum.auto()
     CREATE = enum.auto()
     WRITE = enum.auto()
@@ -102,11 +123,17 @@ class Permission(enum.Flag):
 
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
+    """One blob: its full `name` in the container, its `size` in bytes and the MD5 Blob Storage keeps for
+    it (hex), None when the store has none (a blob uploaded in blocks)."""
+
     name: str
     size: int
     md5_hex: str | None
 
 
 class UploadOutcome(enum.StrEnum):
+    """What `Storage.upload` did: sent the file, or skipped it because a blob of the same size and MD5 was
+    already there."""
+
     UPLOADED = "uploaded"
     SKIPPED = "skipped"
