@@ -89,6 +89,10 @@ class ImageReference:
 
 @dataclass(frozen=True, slots=True)
 class StartTask:
+    """What each node runs when it joins the pool, before any task (Batch's StartTask): `command_line` run
+    elevated (as admin) by default; with `wait_for_success` no task is scheduled on a node until it exits 0;
+    it is retried up to `max_task_retry_count` times."""
+
     command_line: str
     run_elevated: bool = True
     wait_for_success: bool = True
@@ -136,11 +140,15 @@ class PoolSpec:
 
     @property
     def total_slots(self) -> int:
+        """How many tasks the pool runs at once: (dedicated + spot nodes) x task slots per node."""
         return (self.dedicated_nodes + self.spot_nodes) * self.task_slots_per_node
 
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
+    """A job (Batch's JobAddParameter, trimmed): its id, the pool its tasks run on, and the longest it may
+    live, counted from its creation (None: no limit); the service then ends it and its tasks."""
+
     job_id: str
     pool_id: str
     # Counted from the job's creation; the service then ends it and its tasks, with or without us.
@@ -170,6 +178,7 @@ class UploadCondition(enum.StrEnum):
     TASK_COMPLETION = "taskcompletion"
 
     def applies(self, *, succeeded: bool) -> bool:
+        """Whether an output with this condition is uploaded after an attempt that `succeeded` or not."""
         if self is UploadCondition.TASK_COMPLETION:
             return True
         return succeeded == (self is UploadCondition.TASK_SUCCESS)
@@ -199,6 +208,11 @@ class OutputFile:
 
 @dataclass(frozen=True, slots=True)
 class TaskConstraints:
+    """Batch's TaskConstraints: `max_wall_clock` is the longest a task may run, counted from its first start
+    (None: no limit, i.e. Batch's default); `max_task_retry_count` retries after a nonzero exit, -1 without
+    limit, 0 never (REST: maxTaskRetryCount); `retention` is how long the node keeps the task's directory
+    after it completes (None: Batch's default, 7 days)."""
+
     max_wall_clock: timedelta | None = None
     max_task_retry_count: int = 0
     retention: timedelta | None = None
@@ -262,6 +276,9 @@ class TaskTemplate:
             check_output_pattern(pattern, pattern.format_map(dict.fromkeys(PLACEHOLDERS, "x")))
 
     def render_command(self, values: Mapping[str, str]) -> str:
+        """The command line for one input: placeholders replaced by the shell-quoted `values` (keys among
+        `PLACEHOLDERS`; `output_dir` is the template's own), wrapped to create the output folder first when it
+        is not the working dir. KeyError when a placeholder the command uses has no value."""
         quoted = {key: shlex.quote(value) for key, value in {**values, "output_dir": self.output_dir}.items()}
         command = self.command.format_map(quoted)
         if self.output_dir == ".":
@@ -403,6 +420,29 @@ class Workload:
             # too, so that nodes pull it once when they start instead of on each task.
             images = (*self.pool.container_images, container.image)
             object.__setattr__(self, "pool", replace(self.pool, container_images=images))
+
+    def renamed(self, name: str) -> Workload:
+        """This workload under another `name`, with the job id and containers of that name.
+
+        `dataclasses.replace(workload, name=...)` keeps the ids derived from the old name (they are derived
+        once, at construction): its job would be the old one's. Ids and containers given explicitly (that
+        differ from what the old name derives) are kept, as are input blobs' own container."""
+        derived_job = batch_id("batchpilot", self.name)
+        job_id = "" if self.job_id == derived_job else self.job_id
+        input_container = self.input_container
+        derived_input = container_name(self.job_id, "input")
+        if not isinstance(self.inputs, BlobInputs) and input_container == derived_input:
+            input_container = ""
+        output_container = self.output_container
+        if output_container == container_name(self.job_id, "output"):
+            output_container = ""
+        return replace(
+            self,
+            name=name,
+            job_id=job_id,
+            input_container=input_container,
+            output_container=output_container,
+        )
 
 
 @dataclass(frozen=True, slots=True)
