@@ -128,6 +128,8 @@ class EventBus:
             await busy.idle.wait()
 
     def queue_depths(self) -> dict[str, int]:
+        """Events published but not yet handled, by subscriber name (a subscriber's inbox holds at most
+        `inbox_size`; a full one makes publishers wait)."""
         return {inbox.name: inbox.pending for inbox in self._inboxes}
 
     async def _pump(self, inbox: _Inbox, receive: MemoryObjectReceiveStream[Event]) -> None:

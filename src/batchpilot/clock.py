@@ -26,9 +26,11 @@ class SystemClock:
     """The real clock: `datetime.now(UTC)` and `anyio.sleep`."""
 
     def now(self) -> datetime:
+        """`datetime.now(UTC)`: timezone-aware UTC."""
         return datetime.now(UTC)
 
     async def sleep(self, seconds: float) -> None:
+        """`anyio.sleep(seconds)`: yields to other tasks, cancellable."""
         await anyio.sleep(seconds)
 
 

@@ -38,6 +38,16 @@ _PAGE = 1000  # tasks per page of a listing (the service's maximum)
 
 @dataclass(frozen=True, slots=True)
 class PollSettings:
+    """How the monitor polls a job (times are `timedelta`s; the schedule's are seconds in `backoff`).
+
+    Each round is a cheap task-counts probe, or a listing of the tasks changed since the watermark (minus
+    `skew`); a full listing every `reconcile_every` per 1,000 tasks. While tasks keep changing the interval
+    is `busy_per_task` per task (within the backoff's bounds), and it grows by the backoff while nothing
+    changes. A poll unanswered within `poll_timeout` counts as failed; after `degraded_after` failures in a
+    row the run is degraded (MonitorDegraded), and after `give_up_after` of failures (None: never) it stops
+    with LostContactError. `ConfigError` from `BackoffPolicy` for impossible bounds.
+    """
+
     backoff: BackoffPolicy = BackoffPolicy()
     # Between full listings, for each page (1,000 tasks) of the job: a full listing costs a request per page,
     # so a big job's full listings come less often and cost about the same per minute as a small job's.
@@ -68,6 +78,10 @@ class PollSettings:
 
 @dataclass(slots=True)
 class PollStats:
+    """What one run's monitor did so far: requests by kind (`probes` of task counts, `listings`, of which
+    `full_listings`), `tasks_listed` in all, failed polls (all, and in a row now), whether it is `degraded`,
+    and every interval it waited, in seconds. Live: it changes while the run is monitored."""
+
     probes: int = 0
     listings: int = 0
     full_listings: int = 0
