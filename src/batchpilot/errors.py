@@ -21,6 +21,12 @@ class ToolNotFoundError(ConfigError):
     """A program the workload needs (ffmpeg, docker) is not available."""
 
 
+class UnsupportedImageError(ConfigError):
+    """The pool's image or node agent is one the service does not take (not listed, past its end of Batch
+    support, a node agent that does not go with it, or the wrong Hyper-V generation for the VM size).
+    Raised before anything is created; the message names a supported replacement."""
+
+
 class BackendError(BatchpilotError):
     """The compute or storage service refused or failed a request."""
 
@@ -59,3 +65,8 @@ class RunTimeoutError(BatchpilotError):
 
 class LostContactError(BackendError):
     """Polls kept failing past the deadline: task states are unknown, and the tasks go on without us."""
+
+
+class ImageCheckError(BackendError):
+    """The service's supported images could not be read, so the pool's image is unchecked: nothing was
+    created, and the run stops rather than skip the check."""

@@ -44,6 +44,7 @@ import anyio.lowlevel
 from .clock import Clock
 from .errors import BackendError, NotFoundError, RequestTooLargeError
 from .files import temporary_sibling
+from .images import ImageVerdict, Reason, SupportedImage, Verdict, judge
 from .records import (
     AddStatus,
     AddTaskResult,
@@ -385,8 +386,17 @@ class InMemoryCompute:
         self.nodes: dict[str, tuple[int, int]] = {}  # pool id -> (dedicated, spot) asked for
         self.jobs: dict[str, _Job] = {}
         self.calls: list[tuple[str, object]] = []
+        # What List Supported Images answers; None: no image list, every pool's image is fine.
+        self.supported_images: list[SupportedImage] | None = None
 
     # --- pools and jobs ---
+
+    async def check_pool_image(self, spec: PoolSpec) -> ImageVerdict:
+        """Judge the pool's image against `supported_images` (if set) at the clock's time; creates nothing."""
+        self.calls.append(("check_pool_image", spec))
+        if self.supported_images is None:
+            return ImageVerdict(Verdict.OK, Reason.NO_IMAGES)
+        return judge(self.supported_images, spec, self._now())
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         """Create the pool, or reuse one of that id (with a warning when its slot count differs)."""

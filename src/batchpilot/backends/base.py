@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from ..images import ImageVerdict
 from ..records import (
     AddTaskResult,
     BlobInfo,
@@ -28,6 +29,12 @@ class Compute(Protocol):
     """Pools, jobs and tasks: Batch, or the local machine standing in for it."""
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured: ...
+
+    async def check_pool_image(self, spec: PoolSpec) -> ImageVerdict:
+        """Whether the service takes the pool's image, node agent and VM size today (`images.judge` over
+        Batch's List Supported Images), or, when a pool of that id exists, the image it runs. Creates
+        nothing. BackendError when the service cannot be asked; a backend without images answers ok."""
+        ...
 
     async def wait_for_nodes(self, pool_id: str) -> int:
         """Return once the pool has nodes that can run tasks (how many). Raise BackendError when it cannot

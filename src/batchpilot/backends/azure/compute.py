@@ -20,6 +20,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from ...backoff import BackoffPolicy
 from ...clock import Clock, SystemClock
 from ...errors import BackendError
+from ...images import ExistingPool, ImageVerdict, SupportedImage, judge
 from ...records import AddTaskResult, Ensured, TaskCounts, TaskView
 from ...spec import JobSpec, PoolSpec, TaskSpec
 from ...subscribers.cleanup import cleanup_command
@@ -57,6 +58,25 @@ class AzureCompute:
     def client(self) -> BatchClient:
         """The SDK client, for calls beyond the protocol (e.g. `check`)."""
         return self._client
+
+    async def supported_images(self) -> list[SupportedImage]:
+        """Every entry of List Supported Images (`GET /supportedimages`, all pages)."""
+        with translated("list supported images", self._secrets):
+            return [models.supported_image(item) async for item in self._client.list_supported_images()]
+
+    async def existing_pool(self, pool_id: str) -> ExistingPool | None:
+        """The image, node agent and size of the pool `pool_id`, or None when there is no such pool."""
+        with translated(f"get pool {pool_id}", self._secrets):
+            try:
+                pool = await self._client.get_pool(pool_id, select=list(models.POOL_IMAGE_FIELDS))
+            except ResourceNotFoundError:
+                return None
+        return models.existing_pool(pool)
+
+    async def check_pool_image(self, spec: PoolSpec) -> ImageVerdict:
+        images = await self.supported_images()
+        existing = await self.existing_pool(spec.pool_id)
+        return judge(images, spec, self._clock.now(), existing=existing)
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         with translated(f"create pool {spec.pool_id}", self._secrets):

@@ -8,8 +8,17 @@ from datetime import UTC, datetime
 
 from azure.batch import models as bm
 
+from ...images import ExistingPool, SupportedImage
 from ...records import AddStatus, AddTaskResult, FailureInfo, TaskCounts, TaskResult, TaskState, TaskView
-from ...spec import JobSpec, OutputFile, PoolSpec, ResourceFile, TaskConstraints, TaskSpec
+from ...spec import (
+    ImageReference,
+    JobSpec,
+    OutputFile,
+    PoolSpec,
+    ResourceFile,
+    TaskConstraints,
+    TaskSpec,
+)
 
 # The fields `task_view` reads; `list_tasks` asks the service for these alone.
 TASK_VIEW_FIELDS = ("id", "state", "stateTransitionTime", "executionInfo", "nodeInfo")
@@ -215,3 +224,43 @@ def odata_datetime(moment: datetime) -> str:
     """`moment` as Batch's OData filters spell it: datetime'2025-01-02T03:04:05.678Z' (UTC)."""
     utc = _aware(moment).astimezone(UTC)
     return f"datetime'{utc.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z'"
+
+
+# --- supported images -------------------------------------------------------------------------------------
+
+# What `existing_pool` reads of a pool: its image, node agent and size.
+POOL_IMAGE_FIELDS = ("id", "vmSize", "virtualMachineConfiguration")
+
+
+def _image_reference(image: bm.BatchVmImageReference) -> ImageReference:
+    return ImageReference(
+        publisher=image.publisher or "",
+        offer=image.offer or "",
+        sku=image.sku or "",
+        version=image.version or "latest",
+    )
+
+
+def supported_image(item: bm.BatchSupportedImage) -> SupportedImage:
+    """One entry of List Supported Images as the core's record; the end of support made timezone-aware."""
+    end = item.batch_support_end_of_life
+    return SupportedImage(
+        node_agent_sku_id=item.node_agent_sku_id,
+        image=_image_reference(item.image_reference),
+        os_type=value_of(item.os_type),
+        capabilities=tuple(item.capabilities or ()),
+        verification_type=value_of(item.verification_type),
+        end_of_life=_aware(end) if end is not None else None,
+    )
+
+
+def existing_pool(pool: bm.BatchPool) -> ExistingPool:
+    config = pool.virtual_machine_configuration
+    image = config.image_reference if config is not None else None
+    return ExistingPool(
+        pool_id=pool.id or "",
+        # A pool on a gallery image (virtualMachineImageId) has no Marketplace name to look up.
+        image=_image_reference(image) if image is not None and image.offer else None,
+        node_agent_sku_id=config.node_agent_sku_id if config is not None else None,
+        vm_size=pool.vm_size or "",
+    )
