@@ -4,11 +4,25 @@ async with Orchestrator() as orchestrator:          # the local backend by defau
     summary = await orchestrator.run(workload)
 """
 
+from collections.abc import Sequence
+
 from .backends.base import Backend, Compute, Storage
 from .backends.local import LocalBackend
 from .bus import EventBus, EventStream, Subscriber
-from .engine import EngineSettings, Orchestrator
-from .errors import BackendError, BatchpilotError, ConfigError, LostContactError
+from .clock import Clock
+from .engine import EngineSettings
+from .engine import Orchestrator as _EngineOrchestrator
+from .errors import (
+    AllocationFailedError,
+    BackendError,
+    BatchpilotError,
+    ConfigError,
+    JobEndedError,
+    LostContactError,
+    PoolBeingDeletedError,
+    Quota,
+    QuotaReachedError,
+)
 from .events import (
     Event,
     InputUploaded,
@@ -50,7 +64,31 @@ from .subscribers.log import LogSubscriber
 
 __version__ = "0.1.0"
 
+
+class Orchestrator(_EngineOrchestrator):
+    """`async with Orchestrator() as orch: summary = await orch.run(workload)`: the engine
+    (`batchpilot.engine.Orchestrator`) on the local backend, `LocalBackend()`, unless given another
+    (`Orchestrator(AzureBackend(settings))`). The engine itself names no backend; this is where the default
+    is chosen."""
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        subscribers: Sequence[Subscriber] = (),
+        settings: EngineSettings = EngineSettings(),
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(
+            LocalBackend() if backend is None else backend,
+            subscribers=subscribers,
+            settings=settings,
+            clock=clock,
+        )
+
+
 __all__ = (
+    "AllocationFailedError",
     "Backend",
     "BackendError",
     "BatchpilotError",
@@ -64,6 +102,7 @@ __all__ = (
     "EventStream",
     "ImageReference",
     "InputUploaded",
+    "JobEndedError",
     "JobLifetime",
     "JobReady",
     "JobSpec",
@@ -76,10 +115,13 @@ __all__ = (
     "Orchestrator",
     "OutputDownloadFailed",
     "OutputDownloaded",
+    "PoolBeingDeletedError",
     "PoolDeletionPending",
     "PoolPolicy",
     "PoolReady",
     "PoolSpec",
+    "Quota",
+    "QuotaReachedError",
     "ResourceDeleted",
     "ResourceKept",
     "RunFinished",

@@ -25,10 +25,11 @@ from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
 from .backends.local.executor import container_runtime
 from .bus import Subscriber
+from .cli_errors import backend_error_line
 from .cli_workload import add_workload_arguments, resolve_service_workload, resolve_workload
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
-from .errors import BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
+from .errors import BackendError, BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
 from .events import Event, ResourceKept, RunSummary
 from .logging import configure_logging, default_format, redact_text, register_secrets
 from .monitor.backoff import BackoffPolicy
@@ -317,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _say(f"batchpilot: error: {exc}")
         return EXIT_USAGE
+    except BackendError as exc:
+        # The remedy (`batchpilot cleanup ...`) is the command line's: backends only say what happened.
+        _say(backend_error_line(exc, getattr(args, "backend", "local")))
+        return EXIT_FAILED
     except BatchpilotError as exc:
         _say(f"batchpilot: {type(exc).__name__}: {exc}")
         return EXIT_FAILED

@@ -25,11 +25,10 @@ import structlog
 
 from .backends.base import Backend
 from .backoff import BackoffPolicy
-from .backends.local import LocalBackend
 from .bus import EventBus, EventStream, Subscriber
 from .clock import Clock, SystemClock
 from .concurrency import for_each
-from .errors import BackendError, ConfigError, LostContactError
+from .errors import ConfigError, JobEndedError, LostContactError, PoolBeingDeletedError
 from .events import (
     Event,
     FailedTask,
@@ -114,20 +113,20 @@ def sas_lifetime(workload: Workload) -> timedelta:
 class Orchestrator:
     """`async with Orchestrator(backend) as orch: summary = await orch.run(workload)`.
 
-    Without a backend it runs on the local one. `events()` streams every event; extra subscribers (any
-    `async def __call__(event)`) get their own inbox. Several workloads may run concurrently on one
-    orchestrator.
+    The engine names no backend: the caller gives one (`batchpilot.Orchestrator`, the face, defaults to the
+    local one). `events()` streams every event; extra subscribers (any `async def __call__(event)`) get their
+    own inbox. Several workloads may run concurrently on one orchestrator.
     """
 
     def __init__(
         self,
-        backend: Backend | None = None,
+        backend: Backend,
         *,
         subscribers: Sequence[Subscriber] = (),
         settings: EngineSettings = EngineSettings(),
         clock: Clock | None = None,
     ) -> None:
-        self._backend: Backend = backend if backend is not None else LocalBackend()
+        self._backend: Backend = backend
         self._extra_subscribers = tuple(subscribers)
         self._settings = settings
         self._clock = clock or SystemClock()
@@ -261,11 +260,11 @@ class Orchestrator:
         tally.existing += len(staged) - len(to_add)
         ended = job_ready[0].ended
         if ended is not None and to_add:
-            raise BackendError(
+            raise JobEndedError(
                 f"job {workload.job_id} has ended ({ended}) and takes no new tasks, but {len(to_add)} inputs"
-                f" are new or changed; delete it (batchpilot cleanup --job {workload.job_id}) and run again,"
-                " or run under another name",
-                code="JobCompleted",
+                " are new or changed",
+                job_id=workload.job_id,
+                reason=ended,
             )
 
         async def submitted(results: Sequence[AddTaskResult]) -> None:
@@ -324,9 +323,8 @@ class Orchestrator:
         while True:
             try:
                 return await self._backend.compute.ensure_pool(spec)
-            except BackendError as exc:
-                if exc.code != "PoolBeingDeleted":
-                    raise
+            except PoolBeingDeletedError:
+                pass
             if interval is None:
                 await self._bus.publish(PoolDeletionPending(run_id=run_id, pool_id=spec.pool_id))
             interval = POOL_DELETION_POLL.next_base(interval, changed=False)

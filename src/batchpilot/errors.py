@@ -1,12 +1,17 @@
 """One exception family for everything batchpilot raises on purpose.
 
 `ConfigError` is a user mistake (bad flag, missing setting, unreadable input): the CLI prints its message as
-one line and exits 2. `BackendError` is the service (or the local machine standing in for it) saying no;
-`transient` tells the caller whether trying again may help. Messages never carry secrets: backends build
-them from service codes and resource names, and the log chain redacts anything that slips through.
+one line and exits 2. `BackendError` is the service (or the local machine standing in for it) saying no; its
+subclasses name the cases a caller acts on (`TransientBackendError`: try again later; `PoolBeingDeletedError`:
+wait; `QuotaReachedError`, `AllocationFailedError`, `JobEndedError`: a person has to act). Messages say what
+happened, never what to type: the CLI adds the remedy (`batchpilot cleanup ...`) from the type and its
+fields, so an embedder gets no command-line advice. Messages never carry secrets: backends build them from
+service codes and resource names, and the log chain redacts anything that slips through.
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class BatchpilotError(Exception):
@@ -28,9 +33,8 @@ class UnsupportedImageError(ConfigError):
 
 
 class BackendError(BatchpilotError):
-    """The compute or storage service refused or failed a request."""
-
-    transient: bool = False
+    """The compute or storage service refused or failed a request. `code` is the service's error code
+    (e.g. "PoolQuotaReached"), or None; it is for logs and reports: callers branch on the subclass."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -38,9 +42,8 @@ class BackendError(BatchpilotError):
 
 
 class TransientBackendError(BackendError):
-    """Worth retrying: throttling, server errors, dropped connections."""
-
-    transient = True
+    """Worth retrying: throttling, server errors, dropped connections. `retry_after` is the server's
+    Retry-After in seconds, or None."""
 
     def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, code=code)
@@ -59,14 +62,68 @@ class AuthenticationError(BackendError):
     """The service rejected our credentials. Never retried."""
 
 
-class RunTimeoutError(BatchpilotError):
-    """The run did not finish within its timeout; what it created is left in place for a resume."""
-
-
 class LostContactError(BackendError):
     """Polls kept failing past the deadline: task states are unknown, and the tasks go on without us."""
+
+
+class PoolBeingDeletedError(BackendError):
+    """A pool of this id is still being deleted: Batch refuses the id (409 PoolBeingDeleted) until the
+    deletion ends, which takes minutes. `pool_id` names it when known. The engine waits it out."""
+
+    def __init__(
+        self, message: str, *, pool_id: str | None = None, code: str | None = "PoolBeingDeleted"
+    ) -> None:
+        super().__init__(message, code=code)
+        self.pool_id = pool_id
+
+
+class Quota(enum.Enum):
+    """A Batch account quota (Batch: "Batch service quotas and limits")."""
+
+    POOLS = "pools"
+    ACTIVE_JOBS = "active jobs"
+    DEDICATED_CORES = "dedicated cores"
+    VM_SERIES_CORES = "dedicated cores of a VM series"
+    SPOT_CORES = "spot (low-priority) cores"
+
+
+class QuotaReachedError(BackendError):
+    """The Batch account's `quota` is used up, so a pool, a job or nodes could not be had.
+
+    `kept_pool` names this run's pool when it was left in place (created, or kept without nodes), which
+    costs money until it is deleted; None when no pool of the run exists."""
+
+    def __init__(
+        self, message: str, *, quota: Quota, kept_pool: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.quota = quota
+        self.kept_pool = kept_pool
+
+
+class AllocationFailedError(BackendError):
+    """Azure could not allocate the pool's VMs (AllocationFailed, AllocationTimedOut): none is to be had now
+    of that size in that region. `kept_pool` as in `QuotaReachedError`."""
+
+    def __init__(self, message: str, *, kept_pool: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.kept_pool = kept_pool
+
+
+class JobEndedError(BackendError):
+    """Job `job_id` has ended (completed or terminated; `reason` is Batch's termination reason) and takes
+    no new tasks, yet the run has tasks to add. Deleting the job, or running under another name, mends it."""
+
+    def __init__(self, message: str, *, job_id: str, reason: str, code: str | None = "JobCompleted") -> None:
+        super().__init__(message, code=code)
+        self.job_id = job_id
+        self.reason = reason
 
 
 class ImageCheckError(BackendError):
     """The service's supported images could not be read, so the pool's image is unchecked: nothing was
     created, and the run stops rather than skip the check."""
+
+
+class StateInUseError(ConfigError):
+    """Another process holds a folder this one would write (a job's state, a watched folder). Exit 2."""

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Workload
+from batchpilot.cli_errors import backend_error_line
 from batchpilot.engine import JOB_GRACE, SAS_MARGIN, job_wall_clock, sas_lifetime
-from batchpilot.errors import BackendError
+from batchpilot.errors import JobEndedError
 from batchpilot.spec import JobLifetime, JobSpec, TaskConstraints
 from batchpilot.testing import InMemoryBackend, Succeed
 
@@ -84,8 +85,13 @@ async def test_new_inputs_for_a_job_that_has_ended_are_a_clear_error(tmp_path: P
     await backend.compute.ensure_job(JobSpec(job.job_id, job.pool.pool_id))
     backend.compute.end_job(job.job_id, "AllTasksComplete")
     async with Orchestrator(backend) as orchestrator:
-        with pytest.raises(BackendError, match="job batchpilot-lifetime has ended") as raised:
+        with pytest.raises(JobEndedError, match="job batchpilot-lifetime has ended") as raised:
             await orchestrator.run(job)
     message = str(raised.value)
     assert "\n" not in message
-    assert "batchpilot cleanup --job batchpilot-lifetime" in message
+    assert (raised.value.job_id, raised.value.reason) == ("batchpilot-lifetime", "AllTasksComplete")
+    # What happened only: the remedy is the command line's, which names the command that mends it.
+    assert "batchpilot cleanup" not in message
+    line = backend_error_line(raised.value, "local")
+    assert line.startswith(f"batchpilot: BackendError: {message}; ")
+    assert "delete it (batchpilot cleanup --backend local --job batchpilot-lifetime) and run again" in line

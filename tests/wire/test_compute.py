@@ -7,9 +7,13 @@ import pytest
 
 from batchpilot.backends.azure import AzureBackend
 from batchpilot.errors import (
+    AllocationFailedError,
     AuthenticationError,
     BackendError,
     NotFoundError,
+    PoolBeingDeletedError,
+    Quota,
+    QuotaReachedError,
     RequestTooLargeError,
     TransientBackendError,
 )
@@ -135,8 +139,9 @@ async def test_pool_being_deleted_is_a_clear_error(http: Http, backend: AzureBac
     http.batch_error("POST", "/pools", 409, "PoolExists")
     http.batch("GET", "/pools/tutorial-pool", payload={**EXISTING_POOL, "state": "deleting"})
 
-    with pytest.raises(BackendError, match="tutorial-pool is being deleted"):
+    with pytest.raises(PoolBeingDeletedError, match="tutorial-pool is being deleted") as raised:
         await backend.compute.ensure_pool(POOL)
+    assert raised.value.pool_id == "tutorial-pool"
 
 
 async def test_other_conflict_on_pool_create_is_not_mistaken_for_exists(
@@ -144,7 +149,7 @@ async def test_other_conflict_on_pool_create_is_not_mistaken_for_exists(
 ) -> None:
     http.batch_error("POST", "/pools", 409, "PoolBeingDeleted")
 
-    with pytest.raises(BackendError, match="409 PoolBeingDeleted") as raised:
+    with pytest.raises(PoolBeingDeletedError, match="409 PoolBeingDeleted") as raised:
         await backend.compute.ensure_pool(POOL)
     assert raised.value.code == "PoolBeingDeleted"
 
@@ -256,7 +261,7 @@ async def test_resize_pool_errors_are_clear(http: Http, backend: AzureBackend) -
 
     with pytest.raises(NotFoundError):
         await backend.compute.resize_pool("gone", 0, 0)
-    with pytest.raises(BackendError, match="tutorial-pool is being deleted; it cannot be resized"):
+    with pytest.raises(PoolBeingDeletedError, match="tutorial-pool is being deleted; it cannot be resized"):
         await backend.compute.resize_pool("tutorial-pool", 0, 0)
 
 
@@ -299,9 +304,46 @@ async def test_wait_for_nodes_surfaces_a_quota_error(http: Http, backend: AzureB
     errors = [{"code": "AccountCoreQuotaReached", "message": "The core quota was reached."}]
     http.batch("GET", "/pools/tutorial-pool", payload=_pool_status(resizeErrors=errors))
 
-    with pytest.raises(BackendError, match="AccountCoreQuotaReached: The core quota was reached") as raised:
+    with pytest.raises(
+        QuotaReachedError, match="AccountCoreQuotaReached: The core quota was reached"
+    ) as raised:
         await backend.compute.wait_for_nodes("tutorial-pool")
     assert raised.value.code == "AccountCoreQuotaReached"
+    assert (raised.value.quota, raised.value.kept_pool) == (Quota.DEDICATED_CORES, "tutorial-pool")
+    # What happened only: the remedy and the cleanup command are the CLI's.
+    assert "batchpilot" not in str(raised.value)
+
+
+async def test_wait_for_nodes_surfaces_an_allocation_failure(http: Http, backend: AzureBackend) -> None:
+    errors = [{"code": "SomethingNew", "message": "No capacity."}]
+    http.batch("GET", "/pools/tutorial-pool", payload=_pool_status(resizeErrors=errors))
+
+    with pytest.raises(AllocationFailedError, match="got no nodes: Batch could not allocate them") as raised:
+        await backend.compute.wait_for_nodes("tutorial-pool")
+    assert raised.value.kept_pool == "tutorial-pool"
+
+
+@pytest.mark.parametrize(
+    ("code", "quota"),
+    [("PoolQuotaReached", Quota.POOLS), ("AccountVmSeriesCoreQuotaReached", Quota.VM_SERIES_CORES)],
+)
+async def test_a_quota_refusal_is_typed_by_its_quota(
+    http: Http, backend: AzureBackend, code: str, quota: Quota
+) -> None:
+    http.batch_error("POST", "/pools", 409, code)
+
+    with pytest.raises(QuotaReachedError, match=f"create pool tutorial-pool: .* \\(409 {code}\\)$") as raised:
+        await backend.compute.ensure_pool(POOL)
+    assert (raised.value.quota, raised.value.kept_pool, raised.value.code) == (quota, None, code)
+
+
+async def test_the_job_quota_names_the_pool_it_leaves(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("POST", "/jobs", 409, "ActiveJobAndScheduleQuotaReached")
+
+    with pytest.raises(QuotaReachedError, match="quota of active jobs is reached") as raised:
+        await backend.compute.ensure_job(JobSpec("job-1", "tutorial-pool"))
+    assert (raised.value.quota, raised.value.kept_pool) == (Quota.ACTIVE_JOBS, "tutorial-pool")
+    assert "batchpilot" not in str(raised.value)
 
 
 async def test_wait_for_nodes_surfaces_a_failed_start_task(http: Http, backend: AzureBackend) -> None:

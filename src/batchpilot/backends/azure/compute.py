@@ -19,13 +19,12 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from ...backoff import BackoffPolicy
 from ...clock import Clock, SystemClock
-from ...errors import BackendError
+from ...errors import BackendError, PoolBeingDeletedError, QuotaReachedError
 from ...images import ExistingPool, ImageVerdict, SupportedImage, judge
 from ...records import AddTaskResult, Ensured, TaskCounts, TaskView
 from ...spec import JobSpec, PoolSpec, TaskSpec
-from ...subscribers.cleanup import cleanup_command
 from . import models
-from .errors import remedy, service_code, translated
+from .errors import Explained, Kind, azure_fix, explain, explained_error, service_code, translated
 
 _log = structlog.get_logger("batchpilot.azure")
 
@@ -89,10 +88,7 @@ class AzureCompute:
         with translated(f"get pool {spec.pool_id}", self._secrets):
             pool = await self._client.get_pool(spec.pool_id)
         if models.value_of(pool.state) == bm.BatchPoolState.DELETING:
-            raise BackendError(
-                f"pool {spec.pool_id} is being deleted; wait until it is gone, or choose another pool id",
-                code="PoolBeingDeleted",
-            )
+            raise PoolBeingDeletedError(f"pool {spec.pool_id} is being deleted", pool_id=spec.pool_id)
         scaled_to_zero = not (pool.target_dedicated_nodes or pool.target_low_priority_nodes)
         if scaled_to_zero and spec.dedicated_nodes + spec.spot_nodes:
             # Left without nodes by an earlier run or an idle service: its nodes come back for this one.
@@ -113,9 +109,10 @@ class AzureCompute:
 
         Polls at the intervals of `backoff` (seconds, through the backend's clock). Resize errors (quota,
         allocation failure) that leave the pool without nodes, and start-task failures, end the wait at once
-        as a BackendError saying what went wrong and what to do; a pool that got only some of its nodes is
-        logged once (`pool_short_of_nodes`) and waited for with what it has. Returns the number of ready
-        nodes. Bound the wait with a scope: `with anyio.fail_after(...)`.
+        as a BackendError saying what went wrong (for resize errors a QuotaReachedError or an
+        AllocationFailedError naming the pool as kept); a pool that got only some of its nodes is logged once
+        (`pool_short_of_nodes`) and waited for with what it has. Returns the number of ready nodes.
+        Bound the wait with a scope: `with anyio.fail_after(...)`.
         """
         interval: float | None = None
         while True:
@@ -165,14 +162,14 @@ class AzureCompute:
     def _short_of_nodes(self, pool_id: str, errors: list[bm.ResizeError], allocated: int) -> None:
         """Fail when the pool's resize errors left it no node; otherwise say so once and go on."""
         details = ", ".join(f"{error.code}: {error.message}" for error in errors)
-        cause, fix = remedy(errors[0].code) or (
-            "Batch could not allocate them",
-            "read the pool's resize errors in the Azure portal",
-        )
+        explained = explain(errors[0].code) or Explained("Batch could not allocate them", Kind.ALLOCATION)
+        cause = explained.cause
         if allocated == 0:
-            raise BackendError(
-                f"pool {pool_id} got no nodes: {cause} ({details}); {fix}; {_pool_kept(pool_id)}",
+            raise explained_error(
+                explained,
+                f"pool {pool_id} got no nodes: {cause} ({details})",
                 code=errors[0].code,
+                pool_id=pool_id,
             )
         if pool_id not in self._short_pools:
             self._short_pools.add(pool_id)
@@ -181,7 +178,7 @@ class AzureCompute:
                 pool_id=pool_id,
                 nodes=allocated,
                 reason=f"{cause} ({details})",
-                fix=fix,
+                fix=azure_fix(explained),
             )
 
     async def ensure_job(self, spec: JobSpec) -> Ensured:
@@ -193,11 +190,9 @@ class AzureCompute:
                 except ResourceExistsError as exc:
                     if service_code(exc) not in ("JobExists", "JobBeingDeleted"):
                         raise
-        except BackendError as exc:
-            if exc.code != "ActiveJobAndScheduleQuotaReached":
-                raise
-            # The run's pool is in place by now, with nodes on their way: say how to remove it too.
-            raise BackendError(f"{exc}; {_pool_kept(spec.pool_id)}", code=exc.code) from exc
+        except QuotaReachedError as exc:
+            # The run's pool is in place by now, with nodes on their way: it is named as kept.
+            raise QuotaReachedError(str(exc), quota=exc.quota, kept_pool=spec.pool_id, code=exc.code) from exc
         with translated(f"get job {spec.job_id}", self._secrets):
             job = await self._client.get_job(
                 spec.job_id,
@@ -308,8 +303,8 @@ class AzureCompute:
             with translated(f"get pool {pool_id}", self._secrets):
                 pool = await self._client.get_pool(pool_id, select=list(_SIZE_FIELDS))
             if models.value_of(pool.state) == bm.BatchPoolState.DELETING:
-                raise BackendError(
-                    f"pool {pool_id} is being deleted; it cannot be resized", code="PoolBeingDeleted"
+                raise PoolBeingDeletedError(
+                    f"pool {pool_id} is being deleted; it cannot be resized", pool_id=pool_id
                 )
             targets = (pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0)
             if targets == (dedicated, spot):
@@ -339,10 +334,6 @@ class AzureCompute:
                     await self._client.begin_stop_pool_resize(pool_id)
             interval = backoff.next_base(interval, changed=False)
             await self._clock.sleep(interval)
-
-
-def _pool_kept(pool_id: str) -> str:
-    return f"pool {pool_id} is kept, to remove it: {cleanup_command('azure', pool=pool_id)}"
 
 
 def _node_failure(pool_id: str, node: bm.BatchNode) -> str:

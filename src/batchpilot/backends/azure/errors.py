@@ -4,7 +4,9 @@ Every call into an Azure SDK goes through `translated(...)`. The mapping looks a
 service's error code (Batch: `error.code`; Storage: `error_code`), never at message text. Messages are built
 from the operation, status, code and the service's first message line, then passed through `redact`, so no
 key, connection string or SAS signature can travel in an exception. A code the user can act on (a quota, a
-pool still being deleted, a pool that could not get its nodes) is explained instead, with what to do.
+pool still being deleted, a pool that could not get its nodes) becomes its own type (`QuotaReachedError`,
+`PoolBeingDeletedError`, `AllocationFailedError`), with a message that says what happened; what to do about
+it is the caller's to say (the CLI adds the `batchpilot cleanup ...` remedy).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -25,9 +28,13 @@ from azure.core.exceptions import (
 )
 
 from ...errors import (
+    AllocationFailedError,
     AuthenticationError,
     BackendError,
     NotFoundError,
+    PoolBeingDeletedError,
+    Quota,
+    QuotaReachedError,
     RequestTooLargeError,
     TransientBackendError,
 )
@@ -37,54 +44,82 @@ _TOO_LARGE_CODES = frozenset({"RequestBodyTooLarge", "RequestEntityTooLarge"})
 _AUTH_STATUSES = frozenset({401, 403})
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _QUOTAS = "in the Azure portal (Batch account > Quotas)"
-_NODE_SETTINGS = (
-    "the pool's node counts or VM size (--nodes, --spot-nodes, --vm-size, or the workload's pool)"
+
+
+class Kind(enum.Enum):
+    """The kind of refusal a service code names, beyond what its HTTP status says."""
+
+    QUOTA = "quota"
+    POOL_BEING_DELETED = "pool being deleted"
+    ALLOCATION = "allocation"
+
+
+@dataclass(frozen=True, slots=True)
+class Explained:
+    """What a service code means: the cause in words, its kind, and for a quota which one."""
+
+    cause: str
+    kind: Kind
+    quota: Quota | None = None
+
+
+_SPOT_CORES = Explained(
+    "the Batch account's spot (low-priority) core quota is reached", Kind.QUOTA, Quota.SPOT_CORES
 )
-_SPOT_CORE_QUOTA = (
-    "the Batch account's spot (low-priority) core quota is reached",
-    f"raise the spot core quota {_QUOTAS}, use dedicated nodes instead, or lower {_NODE_SETTINGS}",
-)
-# By lower-cased service code (Batch spells some codes in two ways): what happened, and what to do about it.
-_REMEDIES = {
-    "poolquotareached": (
-        "the Batch account's pool quota is reached",
-        f"raise the pool quota {_QUOTAS}, or delete unused pools: "
-        "batchpilot cleanup --backend azure --pool ID",
+# By lower-cased service code (Batch spells some codes in two ways).
+_CODES = {
+    "poolquotareached": Explained("the Batch account's pool quota is reached", Kind.QUOTA, Quota.POOLS),
+    "activejobandschedulequotareached": Explained(
+        "the Batch account's quota of active jobs is reached", Kind.QUOTA, Quota.ACTIVE_JOBS
     ),
-    "activejobandschedulequotareached": (
-        "the Batch account's quota of active jobs is reached",
-        f"raise the job quota {_QUOTAS}, or delete jobs you no longer need: "
-        "batchpilot cleanup --backend azure --job ID",
-    ),
-    "poolbeingdeleted": (
-        "a pool of that id is still being deleted",
-        "wait until it is gone (a few minutes) and run again, or choose another pool id",
-    ),
+    "poolbeingdeleted": Explained("a pool of that id is still being deleted", Kind.POOL_BEING_DELETED),
     # Resize errors: why a pool has fewer nodes than asked for.
-    "accountcorequotareached": (
-        "the Batch account's dedicated core quota is reached",
-        f"raise the dedicated core quota {_QUOTAS}, lower {_NODE_SETTINGS}, or delete unused pools",
+    "accountcorequotareached": Explained(
+        "the Batch account's dedicated core quota is reached", Kind.QUOTA, Quota.DEDICATED_CORES
     ),
-    "accountvmseriescorequotareached": (
+    "accountvmseriescorequotareached": Explained(
         "the Batch account's dedicated core quota for this VM series is reached",
-        f"raise that VM series' quota {_QUOTAS}, or change {_NODE_SETTINGS}",
+        Kind.QUOTA,
+        Quota.VM_SERIES_CORES,
     ),
-    "accountlowprioritycorequotareached": _SPOT_CORE_QUOTA,
-    "accountspotcorequotareached": _SPOT_CORE_QUOTA,
-    "allocationfailed": (
-        "Azure could not allocate the VMs",
-        f"try again later, or change {_NODE_SETTINGS}, or use another region",
-    ),
-    "allocationtimedout": (
-        "allocating the VMs timed out",
-        f"try again later, or change {_NODE_SETTINGS}, or use another region",
-    ),
+    "accountlowprioritycorequotareached": _SPOT_CORES,
+    "accountspotcorequotareached": _SPOT_CORES,
+    "allocationfailed": Explained("Azure could not allocate the VMs", Kind.ALLOCATION),
+    "allocationtimedout": Explained("allocating the VMs timed out", Kind.ALLOCATION),
+}
+# Where the Azure side of a quota is changed: logged with a pool short of nodes (the run goes on, so no
+# exception carries it).
+_QUOTA_FIXES = {
+    Quota.POOLS: f"raise the pool quota {_QUOTAS}",
+    Quota.ACTIVE_JOBS: f"raise the job quota {_QUOTAS}",
+    Quota.DEDICATED_CORES: f"raise the dedicated core quota {_QUOTAS}",
+    Quota.VM_SERIES_CORES: f"raise that VM series' quota {_QUOTAS}",
+    Quota.SPOT_CORES: f"raise the spot core quota {_QUOTAS}, or use dedicated nodes instead",
 }
 
 
-def remedy(code: str | None) -> tuple[str, str] | None:
-    """What a service code means and what the user can do about it, when batchpilot knows."""
-    return _REMEDIES.get((code or "").lower())
+def explain(code: str | None) -> Explained | None:
+    """What a service code means, when batchpilot knows."""
+    return _CODES.get((code or "").lower())
+
+
+def azure_fix(explained: Explained) -> str:
+    """What can be changed on the Azure side about `explained` (no batchpilot command)."""
+    if explained.quota is not None:
+        return _QUOTA_FIXES[explained.quota]
+    return "try again later, with other node counts or VM size, or in another region"
+
+
+def explained_error(
+    explained: Explained, message: str, *, code: str | None, pool_id: str | None = None
+) -> BackendError:
+    """The typed error for `explained`; `pool_id` is the run's pool, left in place, where there is one."""
+    if explained.kind is Kind.QUOTA:
+        assert explained.quota is not None  # every quota code names its quota
+        return QuotaReachedError(message, quota=explained.quota, kept_pool=pool_id, code=code)
+    if explained.kind is Kind.POOL_BEING_DELETED:
+        return PoolBeingDeletedError(message, pool_id=pool_id, code=code)
+    return AllocationFailedError(message, kept_pool=pool_id, code=code)
 
 
 def service_code(exc: HttpResponseError) -> str | None:
@@ -159,9 +194,10 @@ def translate(exc: AzureError, operation: str, secrets: tuple[str, ...] = ()) ->
         return NotFoundError(message, code=code)
     if status == 413 or code in _TOO_LARGE_CODES:
         return RequestTooLargeError(message, code=code)
-    if explained := remedy(code):
-        cause, fix = explained
-        return BackendError(redact(f"{operation}: {cause} ({described}); {fix}", secrets), code=code)
+    if explained := explain(code):
+        return explained_error(
+            explained, redact(f"{operation}: {explained.cause} ({described})", secrets), code=code
+        )
     if status in _TRANSIENT_STATUSES:
         return TransientBackendError(message, code=code, retry_after=retry_after_seconds(exc))
     return BackendError(message, code=code)
