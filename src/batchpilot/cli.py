@@ -26,7 +26,7 @@ from .backends.local import LocalBackend, default_root
 from .backends.local.executor import container_runtime
 from .bus import Subscriber
 from .cli_errors import backend_error_line
-from .cli_workload import add_workload_arguments, resolve_service_workload, resolve_workload
+from .cli_workload import add_workload_arguments, resolve_pool, resolve_service_workload, resolve_workload
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
 from .errors import BackendError, BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
@@ -161,7 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="validate the backend's settings and reach its services, creating nothing",
-        description="Validate settings and reachability of Batch and Storage without creating anything.",
+        description=(
+            "Validate settings and reachability of Batch and Storage without creating anything. On Azure, "
+            "also ask Batch (List Supported Images) whether it takes the pool's image, node agent and VM "
+            "size today: that of --workload FILE, else of batchpilot.toml's [workload], else the default "
+            "pool. A retired or unlisted image, a node agent that does not go with it, or a Hyper-V "
+            "generation the VM size cannot boot is one line naming a supported replacement, exit 2."
+        ),
+    )
+    check.add_argument(
+        "--workload", type=Path, metavar="FILE", help="the workload file whose pool to check (Azure)"
     )
     _add_backend_options(check)
     _add_log_options(check)
@@ -483,6 +492,9 @@ async def _serve(args: argparse.Namespace) -> str:
     subscribers: list[Subscriber] = [*_subscribers(args), metrics]
     backend = _backend(args, requests=requests)
     async with Orchestrator(backend, subscribers=subscribers, settings=settings) as orchestrator:
+        # Before the first batch creates the pool: a refused image stops the service (exit 2), never only
+        # one batch; a warning is logged. Each batch's run reuses this verdict.
+        await orchestrator.check_pool_image(workload.pool)
         stop = anyio.Event()
         async with anyio.create_task_group() as group:
             group.start_soon(_stop_on_signals, stop)
@@ -531,8 +543,18 @@ async def _plan(args: argparse.Namespace) -> None:
             staged = await stage_inputs(workload, backend.storage)
     else:
         staged = await stage_inputs(workload, None)
+    image_line = None
+    if args.backend == "azure":
+        # As `run` would before creating anything: a refusal or an unreachable service stops the plan.
+        from .engine import check_pool_image
+        from .images import describe
+
+        async with _backend(args) as backend:
+            image_line = describe(workload.pool, await check_pool_image(backend.compute, workload.pool))
     for line in plan_lines(workload, staged, backend=args.backend):
         print(line)
+    if image_line is not None:
+        print(f"  {image_line[0].lower()}{image_line[1:]}")
 
 
 async def _check(args: argparse.Namespace) -> None:
@@ -542,7 +564,8 @@ async def _check(args: argparse.Namespace) -> None:
         return
     from .backends.azure.check import check as azure_check
 
-    for line in await azure_check(_azure_settings(args)):
+    pool = await resolve_pool(args)
+    for line in await azure_check(_azure_settings(args), pool=pool):
         _say(line)
 
 
@@ -589,6 +612,7 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
         f"  outputs: {summary.downloaded} downloaded to {out}, {summary.download_skipped} already there"
         + (f", {summary.download_failed} FAILED" if summary.download_failed else ""),
     ]
+    lines.extend(f"  warning: {warning}" for warning in summary.warnings)
     for failed in summary.failed:
         code = f"exit code {failed.exit_code}" if failed.exit_code is not None else "no exit code"
         lines.append(f"  failed:  {failed.task_id} ({code}): {failed.reason}")

@@ -198,3 +198,11 @@ def _with_flags(workload: Workload, args: argparse.Namespace) -> Workload:
     timeout: timedelta = args.timeout or workload.timeout
     workload = replace(workload, pool=pool, timeout=timeout)
     return _renamed(workload, args.name) if args.name else workload
+
+
+async def resolve_pool(args: argparse.Namespace) -> PoolSpec:
+    """The pool `run` would use, for `check`: that of --workload FILE, else of batchpilot.toml's [workload]
+    (or --config FILE's), else of the shipped ffmpeg example. Its inputs are not looked for."""
+    path = args.workload or await _workload_in_settings(args.config) or ffmpeg.WORKLOAD_FILE
+    workload = await _load(path, _defaults(args), inputs=())
+    return workload.pool

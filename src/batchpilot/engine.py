@@ -23,7 +23,7 @@ from typing import Self
 import anyio
 import structlog
 
-from .backends.base import Backend
+from .backends.base import Backend, Compute
 from .backoff import BackoffPolicy
 from .bus import EventBus, EventStream, Subscriber
 from .clock import Clock, SystemClock
@@ -44,6 +44,7 @@ from .events import (
     TasksSubmitted,
     TaskSucceeded,
 )
+from .images import ImageVerdict, Verdict, enforced, unchecked
 from .monitor.poller import Poller, PollSettings, PollStats
 from .monitor.state import TaskTracker
 from .records import AddStatus, AddTaskResult, Ensured, Permission, TaskState, TaskView, UploadOutcome
@@ -91,6 +92,7 @@ class _RunTally:
     succeeded: set[str] = field(default_factory=set)
     lost_contact: str | None = None
     unsubmitted: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 def job_wall_clock(workload: Workload) -> timedelta | None:
@@ -108,6 +110,17 @@ def sas_lifetime(workload: Workload) -> timedelta:
     if wall_clock is None:
         wall_clock = workload.timeout + (workload.template.constraints.max_wall_clock or workload.timeout)
     return wall_clock + SAS_MARGIN
+
+
+async def check_pool_image(compute: Compute, spec: PoolSpec) -> ImageVerdict:
+    """`compute.check_pool_image(spec)`, with a refusal raised as UnsupportedImageError (one line naming the
+    image, the date and a replacement) and a service that cannot be asked as ImageCheckError: `run`, `serve`,
+    `plan` and `check` stop before anything is created rather than skip the check."""
+    try:
+        verdict = await compute.check_pool_image(spec)
+    except BackendError as exc:
+        raise unchecked(spec, exc) from exc
+    return enforced(spec, verdict)
 
 
 class Orchestrator:
@@ -136,6 +149,7 @@ class Orchestrator:
         self.poll_stats: dict[str, object] = {}
         self._monitoring: dict[str, tuple[anyio.CancelScope, PollStats]] = {}
         self._stop_monitoring = False
+        self._image_verdicts: dict[PoolSpec, ImageVerdict] = {}
 
     @property
     def backend(self) -> Backend:
@@ -180,6 +194,20 @@ class Orchestrator:
         for scope, _ in self._monitoring.values():
             scope.cancel()
 
+    async def check_pool_image(self, spec: PoolSpec) -> ImageVerdict:
+        """Ask the service whether it takes the pool's image before anything is created (once per pool spec
+        per orchestrator). A warning is logged (`pool_image`) and returned; a refusal raises
+        UnsupportedImageError (naming a replacement); a service that cannot be asked raises ImageCheckError:
+        the check is never skipped."""
+        verdict = self._image_verdicts.get(spec)
+        if verdict is not None:
+            return verdict
+        verdict = await check_pool_image(self._backend.compute, spec)
+        if verdict.verdict is Verdict.WARNING:
+            _log.warning("pool_image", pool_id=spec.pool_id, reason=verdict.reason, detail=verdict.message)
+        self._image_verdicts[spec] = verdict
+        return verdict
+
     def events(self) -> EventStream:
         """Every event from now until the orchestrator closes: `async for event in orch.events()`."""
         return self._bus.stream()
@@ -193,8 +221,9 @@ class Orchestrator:
         staged = await stage_inputs(
             workload, self._backend.storage, concurrency=self._settings.upload_concurrency
         )
+        image = await self.check_pool_image(workload.pool)
         run_id = uuid.uuid4().hex[:12]
-        tally = _RunTally()
+        tally = _RunTally(warnings=(image.message,) if image.verdict is Verdict.WARNING else ())
         with structlog.contextvars.bound_contextvars(run_id=run_id, job_id=workload.job_id):
             await self._bus.publish(
                 RunStarted(
@@ -233,6 +262,7 @@ class Orchestrator:
                 stopped=stopped and not deadline.cancelled_caught,
                 lost_contact=tally.lost_contact,
                 unsubmitted=tally.unsubmitted,
+                warnings=tally.warnings,
             )
             self._downloader.forget(run_id)
             await self._bus.publish(RunFinished(run_id=run_id, summary=summary))

@@ -231,6 +231,9 @@ class RunSummary:
     # Tasks the service could not take even after retries (5xx, throttling, lost connections): a re-run
     # adds them, unlike tasks it refused as invalid.
     unsubmitted: int = 0
+    # What the user should know and act on, though the run went on: e.g. a reused pool past its image's end
+    # of Batch support, or an image whose support ends soon.
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

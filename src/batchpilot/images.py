@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from .errors import BackendError, ImageCheckError, UnsupportedImageError
 from .spec import ImageReference, PoolSpec
 
 # A warning this long before an image's end of Batch support.
@@ -47,6 +48,9 @@ _AGENT_VERSION = re.compile(r"\s*[\d.]+$")
 
 
 class Verdict(enum.StrEnum):
+    """Whether the service takes a pool's image: OK, WARNING (taken, but its support ends soon or has
+    ended for a reused pool) or REFUSED (nothing is created)."""
+
     OK = "ok"
     WARNING = "warning"
     REFUSED = "refused"
@@ -77,6 +81,7 @@ class SupportedImage:
 
     @property
     def generation(self) -> int:
+        """The image's Hyper-V generation: 2 when it lists the `Generation2VMImage` capability, else 1."""
         return 2 if GENERATION_2_CAPABILITY in self.capabilities else 1
 
     def describe(self) -> str:
@@ -106,6 +111,7 @@ class ImageVerdict:
 
     @property
     def refused(self) -> bool:
+        """True when the service would not take the image: the run stops before creating anything."""
         return self.verdict is Verdict.REFUSED
 
 
@@ -282,3 +288,30 @@ def _replacement_text(replacement: SupportedImage | None) -> str:
 
 def _day(moment: datetime | None) -> str:
     return moment.date().isoformat() if moment is not None else "an unknown date"
+
+
+def enforced(spec: PoolSpec, verdict: ImageVerdict) -> ImageVerdict:
+    """`verdict`, unless it is a refusal: then UnsupportedImageError, one line naming the pool, the image,
+    the date where one applies and a replacement from the service's list."""
+    if verdict.refused:
+        raise UnsupportedImageError(f"pool {spec.pool_id}: {verdict.message}")
+    return verdict
+
+
+def unchecked(spec: PoolSpec, cause: BackendError) -> ImageCheckError:
+    """The error to raise when the supported images could not be read: the check is never skipped."""
+    return ImageCheckError(
+        f"could not check pool {spec.pool_id}'s image with the service ({cause}); nothing was created:"
+        " run again once the service answers",
+        code=cause.code,
+    )
+
+
+def describe(spec: PoolSpec, verdict: ImageVerdict) -> str:
+    """The line `check` and `plan` print for an image the service takes (a refusal is raised instead)."""
+    what = f"{_image_name(spec.image)} with {spec.node_agent_sku_id!r}"
+    if verdict.verdict is Verdict.WARNING:
+        return f"Image: WARNING: {verdict.message}"
+    if verdict.reason is Reason.NO_IMAGES:
+        return f"Image: {what}: the backend lists no images; nothing to check"
+    return f"Image: {what} on {spec.vm_size}: listed by the service, no end of Batch support within 90 days"

@@ -35,7 +35,6 @@ from .conftest import BATCH_KEY, Http
 API = "2025-06-01"
 POOL = PoolSpec(
     pool_id="tutorial-pool",
-    vm_size="STANDARD_A1_v2",
     dedicated_nodes=1,
     spot_nodes=4,
     task_slots_per_node=2,
@@ -48,12 +47,12 @@ EXISTING_POOL = {
     "vmSize": "standard_d2s_v3",
     "virtualMachineConfiguration": {
         "imageReference": {
-            "publisher": "Canonical",
-            "offer": "0001-com-ubuntu-server-focal",
-            "sku": "20_04-lts",
+            "publisher": "canonical",
+            "offer": "ubuntu-24_04-lts",
+            "sku": "server",
             "version": "latest",
         },
-        "nodeAgentSKUId": "batch.node.ubuntu 20.04",
+        "nodeAgentSKUId": "batch.node.ubuntu 24.04",
     },
     "targetDedicatedNodes": 1,
     "targetLowPriorityNodes": 4,
@@ -99,15 +98,16 @@ async def test_ensure_pool_creates_the_tutorial_pool(http: Http, backend: AzureB
     assert sent.headers["authorization"].startswith("SharedKey acct:")
     assert sent.json() == {
         "id": "tutorial-pool",
-        "vmSize": "STANDARD_A1_v2",
+        # The defaults (spec.py): Ubuntu 24.04 (Generation 2) on Standard_D2s_v5, not the retired 20.04.
+        "vmSize": "Standard_D2s_v5",
         "virtualMachineConfiguration": {
             "imageReference": {
-                "publisher": "Canonical",
-                "offer": "0001-com-ubuntu-server-focal",
-                "sku": "20_04-lts",
+                "publisher": "canonical",
+                "offer": "ubuntu-24_04-lts",
+                "sku": "server",
                 "version": "latest",
             },
-            "nodeAgentSKUId": "batch.node.ubuntu 20.04",
+            "nodeAgentSKUId": "batch.node.ubuntu 24.04",
         },
         "targetDedicatedNodes": 1,
         "targetLowPriorityNodes": 4,
