@@ -28,7 +28,7 @@ from .backoff import BackoffPolicy
 from .bus import EventBus, EventStream, Subscriber
 from .clock import Clock, SystemClock
 from .concurrency import for_each
-from .errors import ConfigError, JobEndedError, LostContactError, PoolBeingDeletedError
+from .errors import BackendError, ConfigError, JobEndedError, LostContactError, PoolBeingDeletedError
 from .events import (
     Event,
     FailedTask,
