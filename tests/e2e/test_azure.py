@@ -3,63 +3,25 @@ HTTP, against the Batch emulator and Azurite, with real ffmpeg. Faults injected 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
-import aiohttp
-import anyio
-from azure.storage.blob import BlobServiceClient
-
-from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import cli_command, cli_env, kill_when_logged, leaked_secrets
-from tests.e2e.test_cli import assert_playable_mp3, leftovers
+from tests.e2e.support import (
+    JOB,
+    assert_playable_mp3,
+    azure_env,
+    cli_command,
+    containers,
+    delete_run_containers,
+    emulator_stats,
+    events,
+    kill_when_logged,
+    leaked_secrets,
+    leftovers,
+    run_azure,
+)
 from tests.emulator.support import Azurite
-
-JOB = "batchpilot-ffmpeg-sample-5"
-
-
-def azure_env(home: Path, emulator: RunningEmulator, azurite: Azurite) -> dict[str, str]:
-    return cli_env(
-        home,
-        AZURE_BATCH_ENDPOINT=emulator.endpoint,
-        AZURE_BATCH_ACCOUNT=emulator.account,
-        AZURE_BATCH_ACCESS_KEY=emulator.key,
-        AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string,
-    )
-
-
-def run_azure(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli_command("run", "--backend", "azure", "--sample", "5", "--out", str(out), *extra),
-        env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def events(result: subprocess.CompletedProcess[str]) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def emulator_stats(emulator: RunningEmulator) -> dict:
-    async def fetch() -> dict:
-        async with aiohttp.ClientSession() as session, session.get(emulator.stats_url) as response:
-            return await response.json()
-
-    return anyio.run(fetch)
-
-
-def containers(azurite: Azurite) -> set[str]:
-    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
-        return {container.name for container in service.list_containers()}
-
-
-def delete_run_containers(azurite: Azurite) -> None:
-    """Azurite lives for the whole session: each test starts without this job's containers."""
-    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
-        for container in service.list_containers(name_starts_with=JOB):
-            service.delete_container(container.name)
 
 
 def test_the_tutorial_flow_on_azure(

@@ -6,16 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import anyio
 import pytest
 
-from batchpilot.workloads.ffmpeg import find_ffmpeg, make_samples, media_info
-from tests.e2e.conftest import Run, cli_command, cli_env
-
-SAMPLE_SECONDS = 3.0
+from batchpilot.workloads.ffmpeg import find_ffmpeg, make_samples
+from tests.e2e.support import Run, assert_playable_mp3, cli_command, cli_env, leftovers, wait_for
 
 
 def summary(result: subprocess.CompletedProcess[str]) -> str:
@@ -24,17 +21,6 @@ def summary(result: subprocess.CompletedProcess[str]) -> str:
 
 def log_lines(result: subprocess.CompletedProcess[str]) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def assert_playable_mp3(path: Path, seconds: float = SAMPLE_SECONDS) -> None:
-    info = media_info(path)
-    assert info.audio_codec == "mp3", path
-    assert info.duration_s == pytest.approx(seconds, abs=0.3), path
-    assert not info.has_video
-
-
-def leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if p.name.startswith(".") or "partial" in p.name]
 
 
 def test_sample_job_writes_playable_mp3s_and_logs_json_lines(batchpilot: Run, tmp_path: Path):
@@ -153,8 +139,9 @@ def test_help_explains_the_commands(batchpilot: Run):
 
 
 def _task_processes(home: Path) -> list[int]:
-    """Processes started as tasks by a batchpilot using `home`: they carry both in their environment."""
-    wanted = (f"BATCHPILOT_HOME={home}".encode(), b"AZ_BATCH_TASK_ID=")
+    """Processes started as tasks by a batchpilot using `home`: their task dir, in their environment, is
+    under it (tasks no longer inherit BATCHPILOT_HOME: only a safe part of the orchestrator's environment)."""
+    wanted = f"AZ_BATCH_TASK_DIR={home}/".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -162,7 +149,7 @@ def _task_processes(home: Path) -> list[int]:
                 environ = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if wanted[0] in environ and any(item.startswith(wanted[1]) for item in environ):
+            if any(item.startswith(wanted) for item in environ):
                 found.append(int(entry.name))
     return found
 
@@ -180,12 +167,13 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, home:
         text=True, stdin=subprocess.DEVNULL,
     ) as process:  # fmt: skip
         # Two conversions hanging in their slots (each a wrapper and its sleep) means the run is mid-flight.
-        deadline = time.monotonic() + 60
         try:
-            while len(_task_processes(home)) < 4:
-                assert time.monotonic() < deadline, "the tasks never started"
+
+            def mid_flight() -> bool:
                 assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                time.sleep(0.05)
+                return len(_task_processes(home)) >= 4
+
+            wait_for(mid_flight, "two conversions to hang in their slots")
             process.send_signal(signal.SIGINT)
             _, stderr = process.communicate(timeout=60)
         finally:

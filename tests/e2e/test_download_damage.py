@@ -28,7 +28,7 @@ from batchpilot.backends.azure.storage import AzureStorage
 from batchpilot.config import StorageSettings
 from batchpilot.events import OutputDownloadFailed, RunSummary
 from batchpilot.files import md5_of
-from tests.e2e.conftest import Run
+from tests.e2e.support import Run
 from tests.emulator.support import AZURITE_ACCOUNT, AZURITE_KEY, Azurite
 
 PY = shlex.quote(sys.executable)

@@ -11,12 +11,12 @@ import anyio
 
 from batchpilot.emulator import FaultConfig, RunningEmulator
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import leaked_secrets
-from tests.e2e.test_azure import (
+from tests.e2e.support import (
     azure_env,
     delete_run_containers,
     emulator_stats,
     events,
+    leaked_secrets,
     run_azure,
 )
 from tests.emulator.support import Azurite, batch_client, job_options, pool_options

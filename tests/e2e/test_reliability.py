@@ -14,8 +14,16 @@ from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig
 from batchpilot.engine import JOB_GRACE, SAS_MARGIN
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import cli_command, kill_when_logged, leaked_secrets
-from tests.e2e.test_azure import JOB, azure_env, delete_run_containers, events, run_azure
+from tests.e2e.support import (
+    JOB,
+    azure_env,
+    cli_command,
+    delete_run_containers,
+    events,
+    kill_when_logged,
+    leaked_secrets,
+    run_azure,
+)
 from tests.emulator.support import AZURITE_KEY, CANARY_BATCH_KEY, Azurite, batch_client, eventually
 
 POOL = "batchpilot-azure-pool"

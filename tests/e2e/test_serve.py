@@ -3,13 +3,10 @@ the local backend and on the Batch emulator with Azurite."""
 
 from __future__ import annotations
 
-import json
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -23,40 +20,22 @@ from batchpilot.emulator import RunningEmulator
 from batchpilot.emulator.faults import FaultConfig, RequestKind
 from batchpilot.workloads import ffmpeg
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import cli_command, cli_env, leaked_secrets
-from tests.e2e.test_azure import azure_env
-from tests.e2e.test_cli import assert_playable_mp3
+from tests.e2e.support import (
+    Served,
+    assert_playable_mp3,
+    azure_env,
+    cli_command,
+    cli_env,
+    leaked_secrets,
+    wait_for,
+)
 from tests.emulator.support import Azurite
-
-DEADLINE_S = 60
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-class Served:
-    """One `batchpilot serve` process; `stop()` sends SIGTERM and returns (exit code, stdout, stderr)."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.process = subprocess.Popen(
-            cli_command("serve", *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def stop(self) -> tuple[int, list[dict], str]:
-        self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=DEADLINE_S)
-        return self.process.returncode, [json.loads(line) for line in out.splitlines()], err
 
 
 def get(url: str) -> str:

@@ -14,9 +14,7 @@ from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import cli_env
-from tests.e2e.test_azure import azure_env
-from tests.e2e.test_serve import Served, wait_for
+from tests.e2e.support import Served, azure_env, cli_env, wait_for
 from tests.emulator.support import Azurite
 
 COPY = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2] + '.out')"

@@ -12,8 +12,7 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient
 
 from tests.conftest import EmulatorFactory
-from tests.e2e.conftest import Run, cli_command, cli_env
-from tests.e2e.test_azure import azure_env
+from tests.e2e.support import Run, azure_env, cli_command, cli_env
 from tests.emulator.support import Azurite
 
 PY = shlex.quote(sys.executable)

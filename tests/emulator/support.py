@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import aiohttp
-import anyio
 from azure.batch import models as m
 from azure.batch.aio import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
 from batchpilot.emulator import RunningEmulator
+from tests.waiting import eventually  # the emulator reports only over HTTP: there is no event to wait on
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 # The Batch key of every test emulator: recognisable wherever it leaks ("CANARY-batch-key..." decoded).
 CANARY_BATCH_KEY = base64.b64encode(b"CANARY-batch-key-never-to-be-printed-by-batchpilot").decode()
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,17 +45,6 @@ async def stats(emulator: RunningEmulator) -> dict[str, object]:
         response.raise_for_status()
         body: dict[str, object] = await response.json()
         return body
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float = 10.0) -> T:
-    """Poll `probe` until it returns something other than None; TimeoutError after `within` seconds."""
-    # The emulator runs on another thread and reports only over HTTP, so there is no event to wait on.
-    with anyio.fail_after(within):
-        while True:
-            value = await probe()
-            if value is not None:
-                return value
-            await anyio.sleep(0.05)
 
 
 def pool_options(

@@ -25,6 +25,7 @@ from batchpilot.spec import (
     TaskSpec,
     UploadCondition,
 )
+from tests.waiting import eventually
 
 PY = shlex.quote(sys.executable)
 HOUR = timedelta(hours=1)
@@ -32,12 +33,12 @@ HOUR = timedelta(hours=1)
 
 async def wait_completed(backend: LocalBackend, job: str, count: int) -> dict:
     """Wait for `count` completed tasks, with a bound; the backend has no events of its own to wait on."""
-    with anyio.fail_after(30):
-        while True:
-            views = {v.task_id: v for v in await backend.compute.list_tasks(job)}
-            if sum(v.state is TaskState.COMPLETED for v in views.values()) >= count:
-                return views
-            await anyio.sleep(0.02)
+
+    async def completed() -> dict | None:
+        views = {v.task_id: v for v in await backend.compute.list_tasks(job)}
+        return views if sum(v.state is TaskState.COMPLETED for v in views.values()) >= count else None
+
+    return await eventually(completed, f"{count} completed tasks", within=30)
 
 
 @asynccontextmanager
@@ -208,9 +209,7 @@ async def test_a_restarted_backend_finds_its_job_and_requeues_the_task_cut_short
         await first.compute.ensure_pool(PoolSpec("pool", dedicated_nodes=1))
         await first.compute.ensure_job(JobSpec("job", "pool"))
         await first.compute.add_tasks("job", [TaskSpec("long", command), TaskSpec("queued", "true")])
-        with anyio.fail_after(30):
-            while not started.exists():  # noqa: ASYNC110 - another process makes the file; no event to await
-                await anyio.sleep(0.02)
+        await eventually(started.exists, "the task to start", within=30)  # another process makes the file
     # Closing the backend killed the running task; on disk it is queued again, like a preempted task.
     async with LocalBackend(root) as second:
         await second.compute.ensure_pool(PoolSpec("pool", dedicated_nodes=1))
@@ -236,9 +235,7 @@ async def test_resize_to_zero_lets_the_running_task_finish_and_queued_ones_wait(
         await compute.ensure_pool(PoolSpec("pool", dedicated_nodes=2))
         await compute.ensure_job(JobSpec("job", "pool"))
         await compute.add_tasks("job", [TaskSpec("running", waits)])
-        with anyio.fail_after(30):
-            while not started.exists():  # noqa: ASYNC110 - another process makes the file; no event to await
-                await anyio.sleep(0.02)
+        await eventually(started.exists, "the task to start", within=30)  # another process makes the file
 
         await compute.resize_pool("pool", 0, 0)
         assert compute.slots("pool") == 0
