@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import anyio
-import anyio.lowlevel
-
 from batchpilot.errors import NotFoundError
 from batchpilot.records import AddStatus, AddTaskResult, Ensured, TaskCounts, TaskResult, TaskState, TaskView
 from batchpilot.spec import JobSpec, PoolSpec, TaskSpec
+from batchpilot.testing import FakeClock  # the public one: time moves only when something sleeps
+
+__all__ = ("T0", "FakeClock", "FakeCompute", "at", "view")
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -22,26 +22,6 @@ def at(seconds: float) -> datetime:
 
 def view(task_id: str, state: TaskState, t: float, **extra: object) -> TaskView:
     return TaskView(task_id=task_id, state=state, state_transition_time=at(t), **extra)  # type: ignore[arg-type]
-
-
-class FakeClock:
-    """Time moves only when something sleeps; every sleep is recorded."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.current = start
-        self.sleeps: list[float] = []
-        self.on_sleep: Callable[[float], None] | None = None
-
-    def now(self) -> datetime:
-        return self.current
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.current += timedelta(seconds=seconds)
-        if self.on_sleep is not None:
-            self.on_sleep(seconds)
-        # A real sleep lets other tasks run; so does this one, without waiting.
-        await anyio.lowlevel.checkpoint()
 
 
 @dataclass
