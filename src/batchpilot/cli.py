@@ -30,11 +30,12 @@ from .cli_workload import add_workload_arguments, resolve_pool, resolve_service_
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
 from .errors import BackendError, BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
-from .events import Event, ResourceKept, RunSummary
+from .events import RunSummary
 from .logging import configure_logging, default_format, redact_text, register_secrets
 from .monitor.backoff import BackoffPolicy
 from .monitor.poller import PollSettings
 from .plan import plan_lines
+from .request_tally import RequestTally
 from .spec import BlobInputs, CleanupPolicy, JobLifetime, PoolPolicy
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
@@ -43,7 +44,6 @@ from .workload_file import MAX_DURATION, parse_duration
 from .workloads import ffmpeg
 
 if TYPE_CHECKING:  # the Azure SDKs and the service take ~0.5 s to import: only the commands that use them do
-    from .backends.azure.requests import RequestTally
     from .config import AzureSettings
     from .service import ContainerSource
 
@@ -298,7 +298,6 @@ class _Outcome:
     summary: RunSummary
     out: Path
     backend: str
-    kept: tuple[ResourceKept, ...]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -455,16 +454,10 @@ async def _run(args: argparse.Namespace) -> _Outcome:
         ),
     )
     settings = _engine_settings(args)
-    kept: list[ResourceKept] = []
-
-    async def note_kept(event: Event) -> None:
-        if isinstance(event, ResourceKept):
-            kept.append(event)
-
-    subscribers = [*_subscribers(args), note_kept]
+    subscribers = _subscribers(args)
     async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
         summary = await orchestrator.run(workload)
-    return _Outcome(summary, out, args.backend, tuple(kept))
+    return _Outcome(summary, out, args.backend)
 
 
 async def _serve(args: argparse.Namespace) -> str:
@@ -481,7 +474,6 @@ async def _serve(args: argparse.Namespace) -> str:
         cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, pool=PoolPolicy.KEEP),
         job_lifetime=JobLifetime.SERVICE,
     )
-    from .backends.azure.requests import RequestTally
     from .metrics import Metrics, serve_metrics
     from .service import ContainerSource, FolderSource, Service, Source
     from .service import summary_line as service_summary_line
@@ -589,7 +581,7 @@ def _finish_run(outcome: _Outcome) -> int:
     for line in summary_lines(outcome.summary, outcome.out, outcome.backend):
         _say(line)
     # Pools cost money for as long as they have nodes: what the run leaves behind is said, with its remedy.
-    for kept in outcome.kept:
+    for kept in outcome.summary.kept:
         if kept.resource == "pool":
             _say(f"  pool:    {kept.resource_id}: {kept.reason}. Delete it now: {kept.delete_command}")
     return EXIT_OK if outcome.summary.ok else EXIT_FAILED

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Self
@@ -28,10 +28,15 @@ from .backoff import BackoffPolicy
 from .bus import EventBus, EventStream, Subscriber
 from .clock import Clock, SystemClock
 from .concurrency import for_each
-from .errors import BackendError, ConfigError, JobEndedError, LostContactError, PoolBeingDeletedError
+from .errors import (
+    BackendError,
+    ConfigError,
+    JobEndedError,
+    LostContactError,
+    PoolBeingDeletedError,
+)
 from .events import (
     Event,
-    FailedTask,
     InputUploaded,
     JobReady,
     NodesReady,
@@ -40,13 +45,12 @@ from .events import (
     RunFinished,
     RunStarted,
     RunSummary,
-    TaskFailed,
     TasksSubmitted,
-    TaskSucceeded,
 )
 from .images import ImageVerdict, Verdict, enforced, unchecked
 from .monitor.poller import Poller, PollSettings, PollStats
 from .monitor.state import TaskTracker
+from .recorder import RunRecorder, Stage
 from .records import AddStatus, AddTaskResult, Ensured, Permission, TaskState, TaskView, UploadOutcome
 from .spec import (
     BlobInputs,
@@ -68,6 +72,8 @@ _log = structlog.get_logger("batchpilot.engine")
 # A one-shot run's job ends by itself this long after the run's timeout, should the run have died: long enough
 # for a resume after a timeout to find it, short enough that an orphan does not hold the pool for long.
 JOB_GRACE = timedelta(minutes=30)
+# Poll statistics kept for the latest runs (benchmarks read them): a long-lived service must not keep all.
+POLL_STATS_KEPT = 64
 # Tokens handed to tasks outlive whatever can still run by this much (clock skew, the upload itself).
 SAS_MARGIN = timedelta(minutes=30)
 # Deleting a pool takes Batch a few minutes: look again every few seconds, then every half minute.
@@ -76,23 +82,14 @@ POOL_DELETION_POLL = BackoffPolicy(initial=2.0, factor=1.5, cap=30.0, jitter=0.0
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
+    """How much an orchestrator does at once: `upload_concurrency` input uploads, `download_concurrency`
+    output downloads, `submit_in_flight` add-collection requests (of up to 100 tasks each) in flight per
+    run, and how the monitor polls (`poll`)."""
+
     upload_concurrency: int = 16
     download_concurrency: int = 8
     submit_in_flight: int = 4
     poll: PollSettings = field(default_factory=PollSettings)
-
-
-@dataclass(slots=True)
-class _RunTally:
-    uploaded: int = 0
-    upload_skipped: int = 0
-    added: int = 0
-    existing: int = 0
-    failed: dict[str, FailedTask] = field(default_factory=dict)
-    succeeded: set[str] = field(default_factory=set)
-    lost_contact: str | None = None
-    unsubmitted: int = 0
-    warnings: tuple[str, ...] = ()
 
 
 def job_wall_clock(workload: Workload) -> timedelta | None:
@@ -145,14 +142,17 @@ class Orchestrator:
         self._clock = clock or SystemClock()
         self._stack = AsyncExitStack()
         self._bus = EventBus()
-        self._downloader = OutputDownloader(self._backend, self._bus.publish)
-        self.poll_stats: dict[str, object] = {}
+        self._downloader = OutputDownloader(self._backend, self._publish)
+        # The poll statistics of the latest runs (at most POLL_STATS_KEPT), by run id: a service runs many.
+        self.poll_stats: dict[str, PollStats] = {}
+        self._recorders: dict[str, RunRecorder] = {}  # the runs in flight
         self._monitoring: dict[str, tuple[anyio.CancelScope, PollStats]] = {}
         self._stop_monitoring = False
         self._image_verdicts: dict[PoolSpec, ImageVerdict] = {}
 
     @property
     def backend(self) -> Backend:
+        """The backend the orchestrator runs workloads on (opened and closed with the orchestrator)."""
         return self._backend
 
     async def __aenter__(self) -> Self:
@@ -162,7 +162,7 @@ class Orchestrator:
             self._bus.subscribe(
                 self._downloader, name="download", concurrency=self._settings.download_concurrency
             )
-            self._bus.subscribe(Cleanup(self._backend, self._bus.publish), name="cleanup")
+            self._bus.subscribe(Cleanup(self._backend, self._publish), name="cleanup")
             for subscriber in self._extra_subscribers:
                 self._bus.subscribe(subscriber)
             self._stack = stack.pop_all()
@@ -174,6 +174,9 @@ class Orchestrator:
         return await self._stack.__aexit__(exc_type, exc, tb)
 
     def subscribe(self, subscriber: Subscriber, *, name: str | None = None) -> None:
+        """Deliver every later event to `subscriber` (any `async def __call__(event)`), in order, from an
+        inbox of its own; `name` labels it in `queue_depths()` and logs. RuntimeError unless the orchestrator
+        is open (`async with`)."""
         self._bus.subscribe(subscriber, name=name)
 
     def queue_depths(self) -> dict[str, int]:
@@ -212,8 +215,35 @@ class Orchestrator:
         """Every event from now until the orchestrator closes: `async for event in orch.events()`."""
         return self._bus.stream()
 
-    async def run(self, workload: Workload) -> RunSummary:
-        """Carry `workload` through every stage; returns its summary (check `.ok`), raises on bad input."""
+    def recorders(self) -> dict[str, RunRecorder]:
+        """The recorder of each run in flight, by run id (a run's recorder goes when the run returns)."""
+        return dict(self._recorders)
+
+    async def _publish(self, event: Event, *, source: Subscriber | None = None) -> None:
+        """Every event of a run goes through here: its recorder sees it first, then the subscribers."""
+        recorder = self._recorders.get(event.run_id)
+        if recorder is not None:
+            recorder.observe(event)
+        await self._bus.publish(event, source=source)
+
+    def _stage(self, run_id: str, stage: Stage, *, ended: bool = False) -> None:
+        recorder = self._recorders.get(run_id)
+        if recorder is not None:
+            mark = recorder.stage_ended if ended else recorder.stage_started
+            mark(stage, self._clock.now())
+
+    async def run(self, workload: Workload, *, recorder: RunRecorder | None = None) -> RunSummary:
+        """Carry `workload` through every stage and return its summary (check `.ok`).
+
+        The run's events feed a `RunRecorder` (the summary, and a report's stages and task attempts), made
+        for the run and dropped when it returns; pass your own `recorder` (a new one per run) to keep it and
+        read `recorder.record()` afterwards, also after a failure or an interruption.
+
+        Failed tasks, a timeout, a stop, lost contact and failed downloads do not raise: the summary says so.
+        Raises ConfigError (a user mistake, before anything is created: no inputs, an unreadable input, an
+        input container that is missing or empty, an image the service no longer takes) and BackendError
+        (the service refused or failed: e.g. a job that has ended and takes no new tasks, a pool that cannot
+        get nodes, rejected credentials as its subclass AuthenticationError)."""
         if not workload.inputs:
             raise ConfigError("the workload has no inputs: give at least one input file")
         started = anyio.current_time()
@@ -223,58 +253,59 @@ class Orchestrator:
         )
         image = await self.check_pool_image(workload.pool)
         run_id = uuid.uuid4().hex[:12]
-        tally = _RunTally(warnings=(image.message,) if image.verdict is Verdict.WARNING else ())
-        with structlog.contextvars.bound_contextvars(run_id=run_id, job_id=workload.job_id):
-            await self._bus.publish(
-                RunStarted(
-                    run_id=run_id,
-                    workload=workload.name,
-                    job_id=workload.job_id,
-                    pool_id=workload.pool.pool_id,
-                    input_count=len(staged),
-                    input_container=workload.input_container,
-                    output_container=workload.output_container,
-                    download_to=workload.download_to,
-                    cleanup=workload.cleanup,
-                )
-            )
-            with anyio.move_on_after(workload.timeout.total_seconds()) as deadline:
-                await self._stages(run_id, workload, staged, tally)
-            stopped = self._stop_monitoring and len(tally.succeeded) + len(tally.failed) < len(staged)
-            await self._bus.drain()
-            downloads = self._downloader.tally(run_id)
-            summary = RunSummary(
-                run_id=run_id,
-                job_id=workload.job_id,
-                workload=workload.name,
-                tasks=len(staged),
-                succeeded=len(tally.succeeded),
-                failed=tuple(tally.failed.values()),
-                uploaded=tally.uploaded,
-                upload_skipped=tally.upload_skipped,
-                tasks_added=tally.added,
-                tasks_existing=tally.existing,
-                downloaded=downloads.downloaded,
-                download_skipped=downloads.skipped,
-                download_failed=downloads.failed,
-                elapsed_s=round(anyio.current_time() - started, 3),
-                timed_out=deadline.cancelled_caught,
-                stopped=stopped and not deadline.cancelled_caught,
-                lost_contact=tally.lost_contact,
-                unsubmitted=tally.unsubmitted,
-                warnings=tally.warnings,
-            )
+        warnings = (image.message,) if image.verdict is Verdict.WARNING else ()
+        recorder = recorder if recorder is not None else RunRecorder()
+        self._recorders[run_id] = recorder
+        try:
+            with structlog.contextvars.bound_contextvars(run_id=run_id, job_id=workload.job_id):
+                return await self._run(run_id, workload, staged, recorder, started, warnings)
+        finally:
+            del self._recorders[run_id]
             self._downloader.forget(run_id)
-            await self._bus.publish(RunFinished(run_id=run_id, summary=summary))
-            await self._bus.drain()
-        return summary
+
+    async def _run(
+        self,
+        run_id: str,
+        workload: Workload,
+        staged: Sequence[StagedInput],
+        recorder: RunRecorder,
+        started: float,
+        warnings: tuple[str, ...],
+    ) -> RunSummary:
+        await self._publish(
+            RunStarted(
+                run_id=run_id,
+                workload=workload.name,
+                job_id=workload.job_id,
+                pool_id=workload.pool.pool_id,
+                input_count=len(staged),
+                input_container=workload.input_container,
+                output_container=workload.output_container,
+                download_to=workload.download_to,
+                cleanup=workload.cleanup,
+            )
+        )
+        with anyio.move_on_after(workload.timeout.total_seconds()) as deadline:
+            await self._stages(run_id, workload, staged, recorder)
+        monitoring_stopped = self._stop_monitoring
+        await self._bus.drain()  # the downloads, among others, are done
+        summary = recorder.summary(
+            elapsed_s=round(anyio.current_time() - started, 3),
+            timed_out=deadline.cancelled_caught,
+            monitoring_stopped=monitoring_stopped,
+            warnings=warnings,
+        )
+        await self._publish(RunFinished(run_id=run_id, summary=summary))
+        await self._bus.drain()  # cleanup acts on RunFinished: what it keeps is in the summary returned
+        return replace(summary, kept=recorder.kept())
 
     async def _stages(
-        self, run_id: str, workload: Workload, staged: Sequence[StagedInput], tally: _RunTally
+        self, run_id: str, workload: Workload, staged: Sequence[StagedInput], recorder: RunRecorder
     ) -> None:
         compute = self._backend.compute
         job_ready: list[Ensured] = []
         fresh_input_container: list[bool] = []
+        self._stage(run_id, Stage.POOL)
         async with anyio.create_task_group() as group:
             group.start_soon(self._ensure_pool_and_job, run_id, workload, job_ready)
             group.start_soon(self._ensure_containers, workload, fresh_input_container)
@@ -283,11 +314,11 @@ class Orchestrator:
             existing = {view.task_id: view for view in await compute.list_tasks(workload.job_id)}
         # A task that already ran needs no input: a re-run of a finished command uploads nothing.
         done = {task_id for task_id, view in existing.items() if view.state is TaskState.COMPLETED}
-        await self._upload_inputs(
-            run_id, workload, staged, done, tally, check_existing=not fresh_input_container[0]
-        )
+        self._stage(run_id, Stage.UPLOAD)
+        await self._upload_inputs(run_id, workload, staged, done, check_existing=not fresh_input_container[0])
+        self._stage(run_id, Stage.UPLOAD, ended=True)
         to_add = await self._build_tasks(workload, [item for item in staged if item.task_id not in existing])
-        tally.existing += len(staged) - len(to_add)
+        recorder.found_in_job(len(staged) - len(to_add))
         ended = job_ready[0].ended
         if ended is not None and to_add:
             raise JobEndedError(
@@ -298,23 +329,23 @@ class Orchestrator:
             )
 
         async def submitted(results: Sequence[AddTaskResult]) -> None:
-            await self._publish_submitted(run_id, workload.job_id, results, tally)
-
-        async def publish(event: Event) -> None:
-            self._note(event, tally)
-            await self._bus.publish(event)
+            await self._publish_submitted(run_id, workload.job_id, results)
 
         async with anyio.create_task_group() as group:
             # Tasks queue while nodes come up; a pool that cannot get nodes fails the run instead of
             # letting it wait for its timeout.
             group.start_soon(self._watch_nodes, run_id, workload.pool.pool_id)
             submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
+            self._stage(run_id, Stage.SUBMISSION)
             await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
             if workload.job_lifetime is JobLifetime.RUN and ended is None:
                 await compute.end_job_when_done(workload.job_id)
-            expected = [item.task_id for item in staged if item.task_id not in tally.failed]
+            self._stage(run_id, Stage.SUBMISSION, ended=True)
+            refused = recorder.failed_ids()  # tasks the service did not take: nothing to wait for
+            expected = [item.task_id for item in staged if item.task_id not in refused]
             tracker = TaskTracker(run_id, workload.job_id, expected)
-            poller = Poller(compute, tracker, publish, settings=self._settings.poll, clock=self._clock)
+            poller = Poller(compute, tracker, self._publish, settings=self._settings.poll, clock=self._clock)
+            self._stage(run_id, Stage.MONITORING)
             with anyio.CancelScope() as monitoring:
                 if self._stop_monitoring:
                     monitoring.cancel()
@@ -323,28 +354,34 @@ class Orchestrator:
                     await poller.run()
                 except LostContactError as exc:
                     # Not a failure of any task: the run ends saying so; a re-run resumes from the service.
-                    tally.lost_contact = str(exc)
+                    recorder.lost_contact(str(exc))
                 finally:
                     del self._monitoring[run_id]
+            self._stage(run_id, Stage.MONITORING, ended=True)
             self.poll_stats[run_id] = poller.stats
+            while len(self.poll_stats) > POLL_STATS_KEPT:
+                del self.poll_stats[next(iter(self.poll_stats))]
             group.cancel_scope.cancel()
 
     async def _watch_nodes(self, run_id: str, pool_id: str) -> None:
+        self._stage(run_id, Stage.NODES)
         nodes = await self._backend.compute.wait_for_nodes(pool_id)
-        await self._bus.publish(NodesReady(run_id=run_id, pool_id=pool_id, nodes=nodes))
+        self._stage(run_id, Stage.NODES, ended=True)
+        await self._publish(NodesReady(run_id=run_id, pool_id=pool_id, nodes=nodes))
 
     async def _ensure_pool_and_job(self, run_id: str, workload: Workload, job_ready: list[Ensured]) -> None:
         pool = await self._ensure_pool(run_id, workload.pool)
         for warning in pool.warnings:
             _log.warning("pool_differs", pool_id=pool.resource_id, detail=warning)
-        await self._bus.publish(
+        await self._publish(
             PoolReady(run_id=run_id, pool_id=pool.resource_id, created=pool.created, warnings=pool.warnings)
         )
         job = await self._backend.compute.ensure_job(
             JobSpec(workload.job_id, workload.pool.pool_id, max_wall_clock=job_wall_clock(workload))
         )
         job_ready.append(job)
-        await self._bus.publish(JobReady(run_id=run_id, job_id=job.resource_id, created=job.created))
+        self._stage(run_id, Stage.POOL, ended=True)
+        await self._publish(JobReady(run_id=run_id, job_id=job.resource_id, created=job.created))
 
     async def _ensure_pool(self, run_id: str, spec: PoolSpec) -> Ensured:
         """Create or reuse the pool; a pool of that id still being deleted is waited out (bounded by the
@@ -356,7 +393,7 @@ class Orchestrator:
             except PoolBeingDeletedError:
                 pass
             if interval is None:
-                await self._bus.publish(PoolDeletionPending(run_id=run_id, pool_id=spec.pool_id))
+                await self._publish(PoolDeletionPending(run_id=run_id, pool_id=spec.pool_id))
             interval = POOL_DELETION_POLL.next_base(interval, changed=False)
             await self._clock.sleep(interval)
 
@@ -374,7 +411,6 @@ class Orchestrator:
         workload: Workload,
         staged: Sequence[StagedInput],
         done: set[str],
-        tally: _RunTally,
         *,
         check_existing: bool,
     ) -> None:
@@ -394,11 +430,7 @@ class Orchestrator:
                     check_existing=check_existing,
                 )
                 skipped = outcome is UploadOutcome.SKIPPED
-            if skipped:
-                tally.upload_skipped += 1
-            else:
-                tally.uploaded += 1
-            await self._bus.publish(
+            await self._publish(
                 InputUploaded(run_id=run_id, blob_name=item.blob_name, size=item.size, skipped=skipped)
             )
 
@@ -424,19 +456,11 @@ class Orchestrator:
             for item in staged
         ]
 
-    async def _publish_submitted(
-        self, run_id: str, job_id: str, results: Sequence[AddTaskResult], tally: _RunTally
-    ) -> None:
+    async def _publish_submitted(self, run_id: str, job_id: str, results: Sequence[AddTaskResult]) -> None:
         added = sum(result.status is AddStatus.ADDED for result in results)
         existing = sum(result.status is AddStatus.EXISTS for result in results)
         rejected = [result for result in results if result.status not in (AddStatus.ADDED, AddStatus.EXISTS)]
-        tally.added += added
-        tally.existing += existing
-        for result in rejected:
-            reason = f"not added: {result.error_code}: {result.message}"
-            tally.failed[result.task_id] = FailedTask(result.task_id, None, reason, "")
-            tally.unsubmitted += result.status is AddStatus.SERVER_ERROR
-        await self._bus.publish(
+        await self._publish(
             TasksSubmitted(
                 run_id=run_id,
                 job_id=job_id,
@@ -445,18 +469,6 @@ class Orchestrator:
                 rejected=tuple(
                     (result.task_id, f"{result.error_code}: {result.message}") for result in rejected
                 ),
+                unsubmitted=sum(result.status is AddStatus.SERVER_ERROR for result in rejected),
             )
         )
-
-    @staticmethod
-    def _note(event: Event, tally: _RunTally) -> None:
-        if isinstance(event, TaskSucceeded):
-            tally.succeeded.add(event.task_id)
-            tally.failed.pop(event.task_id, None)
-        elif isinstance(event, TaskFailed):
-            tally.succeeded.discard(event.task_id)
-            failure = event.failure
-            reason = f"{failure.code}: {failure.message}" if failure else f"exit code {event.exit_code}"
-            tally.failed[event.task_id] = FailedTask(
-                event.task_id, event.exit_code, reason, event.stderr_tail
-            )

@@ -86,6 +86,9 @@ class TasksSubmitted(Event):
     added: int
     existing: int
     rejected: tuple[tuple[str, str], ...] = ()  # (task_id, reason)
+    # Of the rejected, those the service could not take even after retries (5xx, throttling): a re-run
+    # adds them.
+    unsubmitted: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +237,9 @@ class RunSummary:
     # What the user should know and act on, though the run went on: e.g. a reused pool past its image's end
     # of Batch support, or an image whose support ends soon.
     warnings: tuple[str, ...] = ()
+    # The resources the run leaves in place (pools cost money), each with the command that removes it. Cleanup
+    # acts on RunFinished, so these are in the summary `Orchestrator.run()` returns, not in that event's.
+    kept: tuple[ResourceKept, ...] = ()
 
     @property
     def ok(self) -> bool:

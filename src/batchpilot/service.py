@@ -267,7 +267,7 @@ class Service:
                 # Before a batch starts: its tasks are submitted to a pool that is coming back.
                 await self._scale(idle, busy=busy or self._runs_in_flight > 0, now=now)
             if ready:
-                self._metrics.inputs_seen += sum(name not in self._released for name in ready)
+                self._metrics.inputs_taken(sum(name not in self._released for name in ready))
                 self._released.difference_update(ready)
                 self._runs_in_flight += 1
                 runs.start_soon(self._run_batch, ready)
@@ -327,7 +327,7 @@ class Service:
                 dedicated_nodes=dedicated,
                 spot_nodes=spot,
             )
-            self._metrics.counters[f"pool_scaled_{size.value}"] += 1
+            self._metrics.pool_scaled(size.value)
         idle.resized(size)
 
     async def _job_has_work(self) -> bool:
@@ -345,14 +345,16 @@ class Service:
 
 
 def summary_line(metrics: Metrics, workload: Workload) -> str:
-    counters = metrics.counters
+    """The line `serve` ends with: inputs seen, tasks submitted, succeeded and failed, what is left."""
+    count = metrics.count
     # A collection sent again after its answer was lost finds its tasks in the job: submitted all the same.
-    submitted = counters["submitted"] + counters["already_in_job"]
-    unfinished = submitted - counters["succeeded"] - counters["failed"]
+    submitted = count("submitted") + count("already_in_job")
+    succeeded, failed = count("succeeded"), count("failed")
+    unfinished = submitted - succeeded - failed
     line = (
-        f"batchpilot: serve stopped: {metrics.inputs_seen} inputs seen,"
-        f" {submitted} tasks submitted, {counters['succeeded']} succeeded,"
-        f" {counters['failed']} failed (job {workload.job_id})"
+        f"batchpilot: serve stopped: {count('inputs_seen')} inputs seen,"
+        f" {submitted} tasks submitted, {succeeded} succeeded,"
+        f" {failed} failed (job {workload.job_id})"
     )
     if unfinished > 0:
         line += f"; {unfinished} not finished yet: start the service again to pick them up"

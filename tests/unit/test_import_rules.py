@@ -35,6 +35,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "attempts",
         "tasks",
         "recorder",
+        "request_tally",
         "images",
         "redact",
         "concurrency",

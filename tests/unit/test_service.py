@@ -4,13 +4,16 @@ a run told to stop monitoring ends after submission, leaving its tasks in the jo
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from batchpilot import CleanupPolicy, LocalBackend, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.backends.azure.requests import request_kind
@@ -25,6 +28,8 @@ from batchpilot.events import (
     TaskSucceeded,
 )
 from batchpilot.metrics import Metrics
+from batchpilot.monitor.poller import PollStats
+from batchpilot.recorder import RunRecorder
 from batchpilot.records import AddStatus, AddTaskResult, TaskCounts, TaskState
 from batchpilot.service import (
     FolderSource,
@@ -109,9 +114,9 @@ async def test_a_batch_whose_tasks_could_not_be_added_is_run_again(tmp_path: Pat
                 await fetched.wait()
             stop.set()
     assert (tmp_path / "out" / "a.copy").read_text() == "a"
-    assert metrics.counters["runs_started"] == 2  # the first batch, then the same input again
-    assert metrics.inputs_seen == 1
-    assert metrics.counters["succeeded"] == 1
+    assert metrics.count("runs_started") == 2  # the first batch, then the same input again
+    assert metrics.count("inputs_seen") == 1
+    assert metrics.count("succeeded") == 1
 
 
 def test_scan_takes_matching_regular_files_and_skips_hidden_ones(tmp_path: Path):
@@ -124,32 +129,80 @@ def test_scan_takes_matching_regular_files_and_skips_hidden_ones(tmp_path: Path)
     assert found["a.mp4"][0] == 5
 
 
+class _Orchestrator:
+    """What a scrape reads from an orchestrator: its runs in flight, inboxes and monitors."""
+
+    def __init__(self, recorders: dict[str, RunRecorder], stats: PollStats) -> None:
+        self._recorders, self._stats = recorders, stats
+
+    def queue_depths(self) -> dict[str, int]:
+        return {"download": 3, 'we"ird': 0}
+
+    def monitoring(self) -> dict[str, PollStats]:
+        return {"r": self._stats}
+
+    def recorders(self) -> dict[str, RunRecorder]:
+        return self._recorders
+
+
 async def test_metrics_count_events_and_render_prometheus_text():
     metrics = Metrics()
-    metrics.inputs_seen = 2
-    await metrics(TasksSubmitted(run_id="r", job_id="j", added=2, existing=0))
+    recorder = RunRecorder()
+    metrics.attach(_Orchestrator({"r": recorder}, PollStats(consecutive_failures=4, intervals=[1.0, 2.5])))
+    metrics.inputs_taken(2)
+    submitted = TasksSubmitted(run_id="r", job_id="j", added=2, existing=0)
+    events: list[Event] = [submitted]
     for task_id, state in (("t1", TaskState.RUNNING), ("t2", TaskState.RUNNING), ("t1", TaskState.COMPLETED)):
-        await metrics(TaskStateChanged(run_id="r", job_id="j", task_id=task_id, previous=None, state=state))
-    await metrics(TaskSucceeded(run_id="r", job_id="j", task_id="t1", exit_code=0, duration_s=1.0))
-    await metrics(MonitorDegraded(run_id="r", job_id="j", failed_polls=3, error="reset", gives_up_in_s=60.0))
-    text = metrics.render(queue_depths={"download": 3, 'we"ird': 0}, poll_interval_s=2.5, failing_polls=4)
-    lines = set(text.splitlines())
+        events.append(TaskStateChanged(run_id="r", job_id="j", task_id=task_id, previous=None, state=state))
+    end = datetime(2026, 1, 1, tzinfo=UTC)
+    events.append(
+        TaskSucceeded(
+            run_id="r", at=end + timedelta(seconds=3), job_id="j", task_id="t1", exit_code=0, duration_s=42.0,
+            start_time=end - timedelta(seconds=42), end_time=end,
+        )
+    )  # fmt: skip
+    events.append(MonitorDegraded(run_id="r", job_id="j", failed_polls=3, error="reset", gives_up_in_s=60.0))
+    for event in events:
+        recorder.observe(event)
+        await metrics(event)
+    text = metrics.render()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
     assert {
-        'batchpilot_tasks{state="running"} 1',
-        'batchpilot_tasks{state="completed"} 1',
-        'batchpilot_tasks{state="active"} 0',
-        "batchpilot_inputs_seen_total 2",
-        "batchpilot_submitted_total 2",
-        "batchpilot_succeeded_total 1",
-        "batchpilot_failed_total 0",
-        'batchpilot_subscriber_queue_depth{subscriber="download"} 3',
-        'batchpilot_subscriber_queue_depth{subscriber="we\\"ird"} 0',
-        "batchpilot_poll_interval_seconds 2.5",
-        "batchpilot_monitor_degraded_total 1",
-        "batchpilot_failing_polls 4",
-        "# TYPE batchpilot_succeeded_total counter",
-    } <= lines
-    assert text.endswith("\n")
+        ("batchpilot_tasks", (("state", "running"),)): 1,
+        ("batchpilot_tasks", (("state", "completed"),)): 1,
+        ("batchpilot_tasks", (("state", "active"),)): 0,
+        ("batchpilot_inputs_seen_total", ()): 2,
+        ("batchpilot_submitted_total", ()): 2,
+        ("batchpilot_succeeded_total", ()): 1,
+        ("batchpilot_failed_total", ()): 0,
+        ("batchpilot_subscriber_queue_depth", (("subscriber", "download"),)): 3,
+        ("batchpilot_subscriber_queue_depth", (("subscriber", 'we"ird'),)): 0,
+        ("batchpilot_poll_interval_seconds", ()): 2.5,
+        ("batchpilot_monitor_degraded_total", ()): 1,
+        ("batchpilot_failing_polls", ()): 4,
+        # A 42 s task, seen 3 s after it ended.
+        ("batchpilot_task_duration_seconds_count", (("outcome", "succeeded"),)): 1,
+        ("batchpilot_task_duration_seconds_bucket", (("le", "30.0"), ("outcome", "succeeded"))): 0,
+        ("batchpilot_task_duration_seconds_bucket", (("le", "60.0"), ("outcome", "succeeded"))): 1,
+        ("batchpilot_detection_latency_seconds_sum", ()): 3.0,
+        ("batchpilot_detection_latency_seconds_bucket", (("le", "2.0"),)): 0,
+        ("batchpilot_detection_latency_seconds_bucket", (("le", "5.0"),)): 1,
+    }.items() <= samples.items()
+    assert "# TYPE batchpilot_succeeded_total counter" in text.splitlines()
+    assert 'batchpilot_tasks{state="completed"} 1' in text  # as the end-to-end tests and the README read it
+
+
+def test_metrics_and_the_service_load_no_azure_sdk():
+    code = (
+        "import sys, batchpilot.metrics, batchpilot.service; "
+        "print(sorted(m for m in sys.modules if m.startswith('azure')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 @pytest.mark.parametrize(
@@ -275,12 +328,13 @@ def test_idle_shutdown_starts_not_knowing_the_size_and_asks_again_after_a_failed
 
 def test_metrics_count_pool_resizes_by_size():
     metrics = Metrics()
-    metrics.counters["pool_scaled_zero"] += 2
-    metrics.counters["pool_scaled_full"] += 1
-    lines = set(metrics.render(queue_depths={}, poll_interval_s=None, failing_polls=0).splitlines())
+    metrics.pool_scaled("zero")
+    metrics.pool_scaled("zero")
+    metrics.pool_scaled("full")
+    lines = set(metrics.render().splitlines())
     assert {
-        'batchpilot_pool_scaled_total{size="zero"} 2',
-        'batchpilot_pool_scaled_total{size="full"} 1',
+        'batchpilot_pool_scaled_total{size="zero"} 2.0',
+        'batchpilot_pool_scaled_total{size="full"} 1.0',
     } <= lines
 
 
@@ -306,12 +360,12 @@ async def test_the_service_counts_the_jobs_tasks_as_work_and_resizes_to_the_work
     assert len(compute.calls_named("resize_pool")) == 1
     await service._scale(idle, busy=False, now=29.0)
     assert compute.calls_named("resize_pool") == [("idle-pool", 2, 3), ("idle-pool", 0, 0)]
-    assert (metrics.counters["pool_scaled_full"], metrics.counters["pool_scaled_zero"]) == (1, 1)
+    assert (metrics.count("pool_scaled", size="full"), metrics.count("pool_scaled", size="zero")) == (1, 1)
 
 
 async def test_the_summary_counts_tasks_a_resent_collection_found_as_submitted():
     metrics = Metrics()
-    metrics.inputs_seen = 3
+    metrics.inputs_taken(3)
     await metrics(TasksSubmitted(run_id="r", job_id="j", added=2, existing=1))
     for task_id in ("t1", "t2", "t3"):
         await metrics(TaskSucceeded(run_id="r", job_id="j", task_id=task_id, exit_code=0, duration_s=1.0))

@@ -7,12 +7,14 @@ leaves a partial file under the final name.
 
 A file that cannot be written here (a full disk, a read-only or unwritable folder, a file where a folder
 should be) fails that one download, with the path, the system's reason and the remedy; the others go on, and
-the run's summary counts it as failed, so the same command run again fetches it.
+the run's summary counts it as failed (from the OutputDownloadFailed event: the run's recorder keeps the
+counts, not the downloader), so the same command run again fetches it.
 """
 
 from __future__ import annotations
 
 import errno
+import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +26,9 @@ from ..errors import BackendError
 from ..events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
 from ..files import md5_of
 from ..records import BlobInfo
+from ..spec import leaves_root
 
 Publish = Callable[..., Awaitable[None]]
-
-
-@dataclass(slots=True)
-class DownloadTally:
-    downloaded: int = 0
-    skipped: int = 0
-    failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +43,11 @@ class OutputDownloader:
         # The backend, not its storage: a backend's clients exist only once it is opened.
         self._backend = backend
         self._publish = publish
-        self._runs: dict[str, _Run] = {}
-        self._tallies: dict[str, DownloadTally] = {}
-
-    def tally(self, run_id: str) -> DownloadTally:
-        return self._tallies.setdefault(run_id, DownloadTally())
+        self._runs: dict[str, _Run] = {}  # the runs in flight that download, until forget()
 
     def forget(self, run_id: str) -> None:
+        """Drop what is known of a run that has ended (`Orchestrator.run` calls it when the run returns)."""
         self._runs.pop(run_id, None)
-        self._tallies.pop(run_id, None)
 
     async def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted) and event.download_to is not None:
@@ -68,25 +60,25 @@ class OutputDownloader:
         try:
             blobs = await self._backend.storage.list_blobs(run.container, prefix)
         except BackendError as exc:
-            self.tally(run_id).failed += 1
             await self._failed(run_id, run, task_id, prefix, str(exc))
             return
         for blob in blobs:
-            dest = run.folder / blob.name.removeprefix(prefix)
+            relative = blob.name.removeprefix(prefix)
+            if leaves_root(relative) or posixpath.normpath(relative) in (".", ""):
+                # A task writes its outputs through its own token, so a blob's name is data from outside:
+                # one that would land outside --out is reported, never followed.
+                error = f"blob name {blob.name!r} leaves the download folder {run.folder}; not fetched"
+                await self._failed(run_id, run, task_id, blob.name, error)
+                continue
+            dest = run.folder / posixpath.normpath(relative)
             try:
                 skipped = await _already_there(blob, dest)
                 if not skipped:
                     await self._backend.storage.download(run.container, blob.name, dest)
             except (BackendError, OSError) as exc:
-                self.tally(run_id).failed += 1
                 error = _cannot_save(dest, exc) if isinstance(exc, OSError) else str(exc)
                 await self._failed(run_id, run, task_id, blob.name, error)
                 continue
-            tally = self.tally(run_id)
-            if skipped:
-                tally.skipped += 1
-            else:
-                tally.downloaded += 1
             await self._publish(
                 OutputDownloaded(
                     run_id=run_id,

@@ -37,6 +37,7 @@ def event_fields(event: Event) -> dict[str, Any]:
             summary = dataclasses.asdict(value)
             summary["failed"] = [failed["task_id"] for failed in summary["failed"]]
             summary.pop("run_id")
+            summary.pop("kept", None)  # each logged on its own (resource_kept)
             fields.update(summary, ok=value.ok)
         else:
             fields[item.name] = _plain(value)

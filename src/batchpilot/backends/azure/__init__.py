@@ -20,7 +20,7 @@ from ...clock import Clock, SystemClock
 from ...config import AzureSettings
 from .auth import Credentials
 from .compute import AzureCompute
-from .requests import RequestTally
+from .requests import RequestTally, response_hook
 from .storage import AzureStorage
 
 __all__ = ("AzureBackend", "AzureCompute", "AzureStorage", "RequestTally")
@@ -81,7 +81,7 @@ class AzureBackend:
                 BatchClient(
                     self._settings.batch.endpoint,
                     await credentials.batch(),
-                    raw_response_hook=self.requests.hook("batch"),
+                    raw_response_hook=response_hook(self.requests, "batch"),
                     **options,
                 )
             )
@@ -89,7 +89,7 @@ class AzureBackend:
                 BlobServiceClient(
                     self._settings.storage.account_url,
                     await credentials.storage(),
-                    raw_response_hook=self.requests.hook("blob"),
+                    raw_response_hook=response_hook(self.requests, "blob"),
                     **options,
                 )
             )

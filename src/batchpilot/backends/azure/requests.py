@@ -1,6 +1,6 @@
 """Requests the Azure SDKs send, counted by kind, and those the services throttled.
 
-The SDKs call a `raw_response_hook` after every attempt (retries included). `RequestTally.hook(service)`
+The SDKs call a `raw_response_hook` after every attempt (retries included). `response_hook(tally, service)`
 makes one: it logs each retryable response (path only: a query may carry a SAS) and counts the request
 under a kind built from the method and the path with its ids replaced by `*`, e.g. `batch GET
 /jobs/*/taskcounts`, `blob PUT container`, `blob GET list`.
@@ -8,14 +8,16 @@ under a kind built from the method and the path with its ids replaced by `*`, e.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from azure.core.pipeline import PipelineResponse
+
+from ...request_tally import RequestTally
+
+__all__ = ("RETRYABLE", "THROTTLED", "RequestTally", "request_kind", "response_hook")
 
 _log = structlog.get_logger("batchpilot.azure")
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -37,28 +39,21 @@ def request_kind(service: str, method: str, url: str) -> str:
     return f"{service} {method} {comp or target}"
 
 
-@dataclass(slots=True)
-class RequestTally:
-    """Requests by kind and, of those, the ones throttled; shared with whoever reports them (/metrics)."""
+def response_hook(tally: RequestTally, service: str) -> Callable[[PipelineResponse[Any, Any]], None]:
+    """An SDK `raw_response_hook` that counts each attempt in `tally` under its kind, and logs each retryable
+    response (path only: a query may carry a SAS)."""
 
-    requests: Counter[str] = field(default_factory=Counter)
-    throttled: Counter[str] = field(default_factory=Counter)
+    def on_response(response: PipelineResponse[Any, Any]) -> None:
+        request = response.http_request
+        status = response.http_response.status_code
+        tally.count(request_kind(service, request.method, request.url), throttled=status in THROTTLED)
+        if status in RETRYABLE:
+            _log.warning(
+                "service_retryable_response",
+                method=request.method,
+                path=urlsplit(request.url).path,
+                status=status,
+                retry_after=response.http_response.headers.get("Retry-After"),
+            )
 
-    def hook(self, service: str) -> Callable[[PipelineResponse[Any, Any]], None]:
-        def on_response(response: PipelineResponse[Any, Any]) -> None:
-            request = response.http_request
-            status = response.http_response.status_code
-            kind = request_kind(service, request.method, request.url)
-            self.requests[kind] += 1
-            if status in THROTTLED:
-                self.throttled[kind] += 1
-            if status in RETRYABLE:
-                _log.warning(
-                    "service_retryable_response",
-                    method=request.method,
-                    path=urlsplit(request.url).path,
-                    status=status,
-                    retry_after=response.http_response.headers.get("Retry-After"),
-                )
-
-        return on_response
+    return on_response
