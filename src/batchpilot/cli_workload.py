@@ -69,7 +69,7 @@ def add_workload_arguments(
         "--spot-nodes", type=non_negative_int, metavar="N",
         help="spot nodes (Azure; with neither flag nor a workload setting, the tutorial's 5 spot nodes)",
     )  # fmt: skip
-    parser.add_argument("--vm-size", help="node size on Azure (default: STANDARD_A1_v2)")
+    parser.add_argument("--vm-size", help="node size on Azure (default: Standard_D2s_v5)")
     parser.add_argument("--task-slots", type=positive_int, metavar="N", help="tasks per node at once")
     parser.add_argument(
         "--timeout", type=duration, metavar="DURATION",

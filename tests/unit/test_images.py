@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from batchpilot.engine import Orchestrator
+from batchpilot.errors import BackendError, ImageCheckError, UnsupportedImageError
 from batchpilot.images import (
     ExistingPool,
+    ImageVerdict,
     Reason,
     SupportedImage,
     Verdict,
     judge,
     size_generations,
 )
-from batchpilot.spec import DEFAULT_NODE_AGENT_SKU_ID, DEFAULT_VM_SIZE, ImageReference, PoolSpec
+from batchpilot.spec import (
+    DEFAULT_NODE_AGENT_SKU_ID,
+    DEFAULT_VM_SIZE,
+    ImageReference,
+    PoolSpec,
+    TaskTemplate,
+    Workload,
+)
+from batchpilot.testing import FakeClock, InMemoryBackend
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 GEN2 = "Generation2VMImage"
@@ -258,3 +270,64 @@ def test_warn_boundary_is_90_days() -> None:
     spec = pool(ImageReference("a", "b", "c"), "batch.node.ubuntu 99.04")
     assert judge(listed, spec, NOW).verdict is Verdict.WARNING
     assert judge(listed, spec, NOW - timedelta(seconds=1)).verdict is Verdict.OK
+
+
+# --- the engine asks before it creates anything ----------------------------------------------------------
+
+
+def _workload(tmp_path: Path, spec: PoolSpec) -> Workload:
+    (tmp_path / "a.txt").write_text("a")
+    return Workload(
+        name="images",
+        inputs=(tmp_path / "a.txt",),
+        template=TaskTemplate(command="cp {input} {stem}.out", outputs=("{stem}.out",)),
+        pool=spec,
+        download_to=tmp_path / "out",
+    )
+
+
+async def test_a_refused_image_stops_the_run_before_anything_is_created(tmp_path: Path) -> None:
+    backend = InMemoryBackend(clock=FakeClock(NOW))
+    backend.compute.supported_images = list(IMAGES)
+    tutorial = PoolSpec(
+        "tutorial", vm_size="STANDARD_A1_v2", image=FOCAL, node_agent_sku_id="batch.node.ubuntu 20.04"
+    )
+
+    async with Orchestrator(backend, clock=FakeClock(NOW)) as orchestrator:
+        with pytest.raises(UnsupportedImageError, match=r"^pool tutorial: image .*2025-04-23.*server-gen1"):
+            await orchestrator.run(_workload(tmp_path, tutorial))
+
+    assert [name for name, _ in backend.compute.calls] == ["check_pool_image"]
+    assert backend.compute.pools == {}
+    assert backend.compute.jobs == {}
+    assert backend.storage.containers == {}
+
+
+async def test_a_warning_reaches_the_summary_and_the_check_is_asked_once(tmp_path: Path) -> None:
+    backend = InMemoryBackend(clock=FakeClock(datetime(2027, 5, 1, tzinfo=UTC)))
+    backend.compute.supported_images = list(IMAGES)
+    jammy = PoolSpec("jammy", image=JAMMY, node_agent_sku_id="batch.node.ubuntu 22.04")
+
+    async with Orchestrator(backend, clock=FakeClock()) as orchestrator:
+        first = await orchestrator.run(_workload(tmp_path, jammy))
+        again = await orchestrator.run(_workload(tmp_path, jammy))
+
+    assert first.ok
+    [warning] = first.warnings
+    assert "Batch support ends on 2027-06-30 (in 60 days)" in warning
+    assert again.warnings == first.warnings
+    assert [name for name, _ in backend.compute.calls].count("check_pool_image") == 1
+
+
+async def test_an_unreadable_list_stops_the_run_it_is_never_skipped(tmp_path: Path) -> None:
+    backend = InMemoryBackend(clock=FakeClock(NOW))
+
+    async def fail(spec: PoolSpec) -> ImageVerdict:
+        raise BackendError("list supported images: connection refused", code="ServiceUnavailable")
+
+    backend.compute.check_pool_image = fail  # type: ignore[method-assign]
+    async with Orchestrator(backend, clock=FakeClock(NOW)) as orchestrator:
+        with pytest.raises(ImageCheckError, match=r"could not check pool p's image .*nothing was created"):
+            await orchestrator.run(_workload(tmp_path, pool()))
+    assert backend.compute.pools == {}
+    assert backend.storage.containers == {}
