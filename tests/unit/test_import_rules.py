@@ -53,6 +53,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cli",
         "cli_workload",
         "cli_errors",
+        "cli_report",
         "plan",
         "workload_file",
         "workloads",
