@@ -2,29 +2,44 @@
 
 async with Orchestrator() as orchestrator:          # the local backend by default
     summary = await orchestrator.run(workload)
+
+Everything an embedder names is exported here: the orchestrator and its settings, the workload and its
+parts, the events and the summary, the records the backend protocols return, the protocols themselves, the
+clock, and every exception batchpilot raises on purpose. `batchpilot.testing` holds an in-memory backend and a
+fake clock for tests. tests/unit/test_public_api.py checks that every type these signatures name is exported.
 """
 
 from collections.abc import Sequence
 
 from .backends.base import Backend, Compute, Storage
 from .backends.local import LocalBackend
+from .backoff import BackoffPolicy
 from .bus import EventBus, EventStream, Subscriber
-from .clock import Clock
+from .clock import Clock, SystemClock
 from .engine import EngineSettings
 from .engine import Orchestrator as _EngineOrchestrator
 from .errors import (
     AllocationFailedError,
+    AuthenticationError,
     BackendError,
     BatchpilotError,
     ConfigError,
+    ImageCheckError,
     JobEndedError,
     LostContactError,
+    NotFoundError,
     PoolBeingDeletedError,
     Quota,
     QuotaReachedError,
+    RequestTooLargeError,
+    StateInUseError,
+    ToolNotFoundError,
+    TransientBackendError,
+    UnsupportedImageError,
 )
 from .events import (
     Event,
+    FailedTask,
     InputUploaded,
     JobReady,
     MonitorDegraded,
@@ -45,19 +60,38 @@ from .events import (
     TaskStateChanged,
     TaskSucceeded,
 )
-from .records import TaskState
+from .images import ImageVerdict, Reason, SupportedImage, Verdict
+from .monitor.poller import PollSettings, PollStats
+from .recorder import AttemptOutcome, RunRecord, RunRecorder, Stage, StageSpan, TaskAttempt
+from .records import (
+    AddStatus,
+    AddTaskResult,
+    BlobInfo,
+    Ensured,
+    FailureInfo,
+    Permission,
+    TaskCounts,
+    TaskResult,
+    TaskState,
+    TaskView,
+    UploadOutcome,
+)
 from .spec import (
     BlobInputs,
     CleanupPolicy,
+    ContainerSettings,
     ImageReference,
     JobLifetime,
     JobSpec,
+    OutputFile,
     PoolPolicy,
     PoolSpec,
+    ResourceFile,
     StartTask,
     TaskConstraints,
     TaskSpec,
     TaskTemplate,
+    UploadCondition,
     Workload,
 )
 from .subscribers.log import LogSubscriber
@@ -88,19 +122,32 @@ class Orchestrator(_EngineOrchestrator):
 
 
 __all__ = (
+    "AddStatus",
+    "AddTaskResult",
     "AllocationFailedError",
+    "AttemptOutcome",
+    "AuthenticationError",
     "Backend",
     "BackendError",
+    "BackoffPolicy",
     "BatchpilotError",
+    "BlobInfo",
     "BlobInputs",
     "CleanupPolicy",
+    "Clock",
     "Compute",
     "ConfigError",
+    "ContainerSettings",
     "EngineSettings",
+    "Ensured",
     "Event",
     "EventBus",
     "EventStream",
+    "FailedTask",
+    "FailureInfo",
+    "ImageCheckError",
     "ImageReference",
+    "ImageVerdict",
     "InputUploaded",
     "JobEndedError",
     "JobLifetime",
@@ -112,9 +159,14 @@ __all__ = (
     "MonitorDegraded",
     "MonitorRecovered",
     "NodesReady",
+    "NotFoundError",
     "Orchestrator",
     "OutputDownloadFailed",
     "OutputDownloaded",
+    "OutputFile",
+    "Permission",
+    "PollSettings",
+    "PollStats",
     "PoolBeingDeletedError",
     "PoolDeletionPending",
     "PoolPolicy",
@@ -122,23 +174,43 @@ __all__ = (
     "PoolSpec",
     "Quota",
     "QuotaReachedError",
+    "Reason",
+    "RequestTooLargeError",
     "ResourceDeleted",
+    "ResourceFile",
     "ResourceKept",
     "RunFinished",
+    "RunRecord",
+    "RunRecorder",
     "RunStarted",
     "RunSummary",
+    "Stage",
+    "StageSpan",
     "StartTask",
+    "StateInUseError",
     "Storage",
     "Subscriber",
+    "SupportedImage",
+    "SystemClock",
+    "TaskAttempt",
     "TaskConstraints",
+    "TaskCounts",
     "TaskFailed",
     "TaskRequeued",
+    "TaskResult",
     "TaskSpec",
     "TaskState",
     "TaskStateChanged",
     "TaskSucceeded",
     "TaskTemplate",
+    "TaskView",
     "TasksSubmitted",
+    "ToolNotFoundError",
+    "TransientBackendError",
+    "UnsupportedImageError",
+    "UploadCondition",
+    "UploadOutcome",
+    "Verdict",
     "Workload",
     "__version__",
 )

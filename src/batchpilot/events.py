@@ -21,6 +21,9 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
+    """The base of every event: `run_id` (12 hex characters) names the run, `at` when it happened
+    (timezone-aware UTC), and the class's `kind` the stable name it is logged and counted under."""
+
     kind: ClassVar[str] = "event"
     run_id: str
     at: datetime = field(default_factory=utcnow)
@@ -28,6 +31,10 @@ class Event:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStarted(Event):
+    """A run has begun, its inputs read and checked: `input_count` inputs (one task each) will run in
+    `job_id` on `pool_id`, reading from `input_container` and writing to `output_container`; outputs land in
+    `download_to` (None: left in the container); `cleanup` is what a fully successful run deletes."""
+
     kind: ClassVar[str] = "run_started"
     workload: str
     job_id: str
@@ -41,6 +48,9 @@ class RunStarted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputUploaded(Event):
+    """One input is in the input container: uploaded (`size` bytes), or `skipped` because the same
+    content was already there or its task already ran."""
+
     kind: ClassVar[str] = "input_uploaded"
     blob_name: str
     size: int
@@ -57,6 +67,9 @@ class PoolDeletionPending(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolReady(Event):
+    """The pool exists: `created` by this run, or reused; `warnings` say how a reused pool differs from
+    what the workload asks (a different slot count, image or VM size), one line each."""
+
     kind: ClassVar[str] = "pool_ready"
     pool_id: str
     created: bool
@@ -74,6 +87,8 @@ class NodesReady(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobReady(Event):
+    """The job exists: `created` by this run, or reused (a re-run resumes in it)."""
+
     kind: ClassVar[str] = "job_ready"
     job_id: str
     created: bool
@@ -81,6 +96,9 @@ class JobReady(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TasksSubmitted(Event):
+    """One add-collection request (at most 100 tasks, Batch's limit) was answered: `added` new tasks,
+    `existing` ones already in the job (TaskExists), and `rejected` ones as (task id, "code: message")."""
+
     kind: ClassVar[str] = "tasks_submitted"
     job_id: str
     added: int
@@ -93,6 +111,10 @@ class TasksSubmitted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskStateChanged(Event):
+    """A task moved from `previous` (None: first seen) to `state`, as the service reports it; the
+    other fields are those of its latest attempt (exit code, Batch's failure info, retry and requeue counts,
+    timezone-aware UTC times)."""
+
     kind: ClassVar[str] = "task_state_changed"
     job_id: str
     task_id: str
@@ -112,6 +134,9 @@ class TaskStateChanged(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSucceeded(Event):
+    """A task completed with success (exit code 0, no failure info); `duration_s` is its last attempt's
+    run time in seconds, from the service's start and end times (None when it did not say)."""
+
     kind: ClassVar[str] = "task_succeeded"
     job_id: str
     task_id: str
@@ -124,6 +149,10 @@ class TaskSucceeded(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskFailed(Event):
+    """A task completed with failure, after any retries: its last `exit_code` (None when the command
+    never ran or did not end on its own), Batch's `failure` info, its last attempt's `duration_s` in seconds,
+    and the last lines of its stderr (`stderr_tail`, empty when it could not be read)."""
+
     kind: ClassVar[str] = "task_failed"
     job_id: str
     task_id: str
@@ -138,6 +167,9 @@ class TaskFailed(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskRequeued(Event):
+    """A task went back to the queue from `previous` (running or preparing): a retry after a nonzero
+    exit (`retry_count` grew) or an attempt cut short by a lost node (`requeue_count` grew)."""
+
     kind: ClassVar[str] = "task_requeued"
     job_id: str
     task_id: str
@@ -159,6 +191,9 @@ class MonitorDegraded(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MonitorRecovered(Event):
+    """A poll succeeded again after `failed_polls` failed ones; the monitor was degraded for
+    `degraded_s` seconds, during which task states were unknown, not failed."""
+
     kind: ClassVar[str] = "monitor_recovered"
     job_id: str
     failed_polls: int
@@ -167,6 +202,9 @@ class MonitorRecovered(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputDownloaded(Event):
+    """One output blob of a succeeded task is at `path` (`size` bytes): fetched, or `skipped` because
+    a file with the same size (and MD5, where the store knows it) was already there."""
+
     kind: ClassVar[str] = "output_downloaded"
     job_id: str
     task_id: str
@@ -178,6 +216,9 @@ class OutputDownloaded(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputDownloadFailed(Event):
+    """One output of a succeeded task could not be fetched: `error` is one line naming the path,
+    the reason and the remedy. The run's summary counts it; the same command run again fetches it."""
+
     kind: ClassVar[str] = "output_download_failed"
     job_id: str
     task_id: str
@@ -187,6 +228,8 @@ class OutputDownloadFailed(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceDeleted(Event):
+    """The run deleted a resource it no longer needs: `resource` is "container", "job" or "pool"."""
+
     kind: ClassVar[str] = "resource_deleted"
     resource: str  # "container" | "job" | "pool"
     resource_id: str
@@ -205,6 +248,10 @@ class ResourceKept(Event):
 
 @dataclass(frozen=True, slots=True)
 class FailedTask:
+    """A task of the run that did not succeed: its last `exit_code` (None when it never ran or was not added),
+    the `reason` in one line (Batch's failure code and message, the exit code, or why it was not added) and
+    the last lines of its stderr (empty when unknown)."""
+
     task_id: str
     exit_code: int | None
     reason: str
@@ -213,6 +260,15 @@ class FailedTask:
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
+    """How a run ended, as `Orchestrator.run` returns it and `RunFinished` carries it.
+
+    Counts are of tasks (one per input) and of files: `tasks` in the run, `succeeded`, `failed` (one record
+    each), inputs `uploaded` or `upload_skipped`, tasks `tasks_added` by this run or `tasks_existing` already
+    in the job, outputs `downloaded`, `download_skipped` or `download_failed`. `elapsed_s` is wall-clock
+    seconds. `timed_out`: the workload's timeout ended the run; `stopped`: monitoring was stopped (a service
+    shutting down); `lost_contact`: why polling gave up. `ok` says whether all went well.
+    """
+
     run_id: str
     job_id: str
     workload: str
@@ -243,6 +299,8 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
+        """True when every task succeeded and every output was fetched, with no timeout, stop or lost
+        contact; warnings do not count."""
         return (
             not self.timed_out
             and not self.stopped
@@ -255,5 +313,7 @@ class RunSummary:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished(Event):
+    """The run ended; `summary` says how (check `summary.ok`). The last event of every run."""
+
     kind: ClassVar[str] = "run_finished"
     summary: RunSummary

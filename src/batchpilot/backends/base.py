@@ -28,7 +28,11 @@ from ..spec import JobSpec, PoolSpec, TaskSpec
 class Compute(Protocol):
     """Pools, jobs and tasks: Batch, or the local machine standing in for it."""
 
-    async def ensure_pool(self, spec: PoolSpec) -> Ensured: ...
+    async def ensure_pool(self, spec: PoolSpec) -> Ensured:
+        """Create the pool, or reuse one of that id (`Ensured.created` False; `warnings` say how it differs
+        from `spec`, one line each). A pool still being deleted raises PoolBeingDeletedError (Batch refuses
+        the id until the deletion ends); other refusals raise BackendError."""
+        ...
 
     async def check_pool_image(self, spec: PoolSpec) -> ImageVerdict:
         """Whether the service takes the pool's image, node agent and VM size today (`images.judge` over
@@ -66,9 +70,15 @@ class Compute(Protocol):
         """A file from the task's directory, e.g. `stderr.txt`. NotFoundError when absent."""
         ...
 
-    async def delete_job(self, job_id: str) -> None: ...
+    async def delete_job(self, job_id: str) -> None:
+        """Ask for the job and its tasks to be deleted; return once asked, not once gone. A job that is
+        absent or already being deleted is not an error."""
+        ...
 
-    async def delete_pool(self, pool_id: str) -> None: ...
+    async def delete_pool(self, pool_id: str) -> None:
+        """Ask for the pool and its nodes to be deleted (Batch takes minutes); return once asked. A pool
+        that is absent or already being deleted is not an error."""
+        ...
 
     async def resize_pool(self, pool_id: str, dedicated: int, spot: int) -> None:
         """Ask for `dedicated` + `spot` nodes (zero is allowed); return once the request is taken, not when
@@ -93,7 +103,9 @@ class Storage(Protocol):
         in a container created by this run."""
         ...
 
-    async def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]: ...
+    async def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        """The blobs whose names start with `prefix`, by name. NotFoundError when no such container."""
+        ...
 
     async def download(self, container: str, blob_name: str, dest: Path) -> None:
         """Write the blob to `dest` via a temporary name, so a partial file never has the final name."""
@@ -105,22 +117,32 @@ class Storage(Protocol):
 
     async def blob_url(
         self, container: str, blob_name: str, permissions: Permission, expiry: timedelta
-    ) -> str: ...
+    ) -> str:
+        """A URL a task can use to reach one blob with exactly `permissions` until `expiry` from now."""
+        ...
 
-    async def delete_container(self, container: str) -> None: ...
+    async def delete_container(self, container: str) -> None:
+        """Delete the container and its blobs; an absent container is not an error."""
+        ...
 
 
 class Backend(Protocol):
     """A Compute and a Storage, opened and closed together with `async with`."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """A short name for logs and messages: `local`, `azure`, `memory`."""
+        ...
 
     @property
-    def compute(self) -> Compute: ...
+    def compute(self) -> Compute:
+        """Pools, jobs and tasks; usable once the backend is open."""
+        ...
 
     @property
-    def storage(self) -> Storage: ...
+    def storage(self) -> Storage:
+        """Blob containers; usable once the backend is open."""
+        ...
 
     async def __aenter__(self) -> Self: ...
 
