@@ -26,6 +26,7 @@ from .backends.local import LocalBackend, default_root
 from .backends.local.executor import container_runtime
 from .bus import Subscriber
 from .cli_errors import backend_error_line
+from .cli_report import RollingReport, RunReport, add_report_command, add_report_option, report_command
 from .cli_workload import add_workload_arguments, resolve_pool, resolve_service_workload, resolve_workload
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         " ready (default, or the workload file's cleanup.pool), scale it to zero nodes (the next run brings"
         " them back), or delete it",
     )  # fmt: skip
+    add_report_option(run)
     _add_monitor_options(run)
     _add_backend_options(run)
     _add_log_options(run)
@@ -216,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         "new input), and back to its node counts when inputs arrive (default: off). It resizes the "
         "workload's pool even if an earlier run created it: give the service a pool of its own",
     )  # fmt: skip
+    add_report_option(serve, rolling=True)
     _add_monitor_options(serve)
     _add_backend_options(serve)
     _add_log_options(serve)
+    add_report_command(commands, backend_options=_add_backend_options, log_options=_add_log_options)
 
     emulator = commands.add_parser(
         "emulator",
@@ -308,7 +312,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fmt=args.log_format, level=_log_level(args), log_file=_checked_log_file(args.log_file)
             )
             if args.command == "run":
-                return _finish_run(anyio.run(_run, args))
+                report = RunReport.from_args(args)  # an unwritable --report: exit 2 before anything
+                try:
+                    outcome = anyio.run(_run, args, report)
+                except BaseException:
+                    if report is not None:
+                        report.finish(None, ["batchpilot: the run ended early (see the line below)"], _say)
+                    raise
+                code = _finish_run(outcome)
+                if report is not None:
+                    lines = summary_lines(outcome.summary, outcome.out, outcome.backend)
+                    report.finish(outcome.summary, lines, _say)
+                return code
             if args.command == "serve":
                 _say(anyio.run(_serve, args))
                 return EXIT_OK
@@ -316,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "plan": _plan,
                 "cleanup": _cleanup,
                 "check": _check,
+                "report": _report,
                 "emulator": emulator_cli.run_from_args,
             }
             anyio.run(commands[args.command], args)
@@ -435,7 +451,7 @@ def _subscribers(args: argparse.Namespace) -> list[Subscriber]:
     return subscribers
 
 
-async def _run(args: argparse.Namespace) -> _Outcome:
+async def _run(args: argparse.Namespace, report: RunReport | None = None) -> _Outcome:
     workload = await resolve_workload(args, _state_root(args))
     destination: Path | None = args.out or workload.download_to
     if destination is None:
@@ -456,8 +472,12 @@ async def _run(args: argparse.Namespace) -> _Outcome:
     settings = _engine_settings(args)
     subscribers = _subscribers(args)
     async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
-        summary = await orchestrator.run(workload)
+        summary = await orchestrator.run(workload, recorder=report.start(workload) if report else None)
     return _Outcome(summary, out, args.backend)
+
+
+async def _report(args: argparse.Namespace) -> None:
+    await report_command(args, open_backend=lambda: _backend(args), say=_say)
 
 
 async def _serve(args: argparse.Namespace) -> str:
@@ -474,6 +494,7 @@ async def _serve(args: argparse.Namespace) -> str:
         cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, pool=PoolPolicy.KEEP),
         job_lifetime=JobLifetime.SERVICE,
     )
+    report = RollingReport.from_args(args, workload)  # an unwritable --report: exit 2 before anything
     from .metrics import Metrics, serve_metrics
     from .service import ContainerSource, FolderSource, Service, Source
     from .service import summary_line as service_summary_line
@@ -500,8 +521,15 @@ async def _serve(args: argparse.Namespace) -> str:
                     orchestrator.backend.storage, args.watch_container, args.prefix, pattern
                 )
                 await _container_exists(source)
-            service = Service(orchestrator, workload, source, metrics, idle_shutdown=args.idle_shutdown)
+            service = Service(
+                orchestrator, workload, source, metrics, idle_shutdown=args.idle_shutdown,
+                new_recorder=report.runs.new_recorder if report else None,
+            )  # fmt: skip
+            if report is not None:
+                group.start_soon(report.keep_writing, lambda: service_summary_line(metrics, workload))
             await service.run(stop)
+            if report is not None:
+                await report.write(lambda: service_summary_line(metrics, workload))
             group.cancel_scope.cancel()
     return service_summary_line(metrics, workload)
 

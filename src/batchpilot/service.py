@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -40,6 +40,7 @@ from .clock import Clock, SystemClock
 from .engine import Orchestrator
 from .errors import BackendError, BatchpilotError, NotFoundError, TransientBackendError
 from .metrics import Metrics
+from .recorder import RunRecorder
 from .spec import BlobInputs, Workload
 
 _log = structlog.get_logger("batchpilot.service")
@@ -208,6 +209,7 @@ class Service:
     """Feeds `workload` (its inputs replaced by each batch of new inputs in `source`) to `orchestrator`.
 
     `clock` paces the looks and dates them (the settle time, the idle shutdown); the system clock by default.
+    `new_recorder`, when given, makes each batch's `RunRecorder` (a rolling report keeps the latest ones).
     """
 
     def __init__(
@@ -220,8 +222,10 @@ class Service:
         idle_shutdown: timedelta | None = None,
         *,
         clock: Clock | None = None,
+        new_recorder: Callable[[], RunRecorder] | None = None,
     ) -> None:
         self._orchestrator = orchestrator
+        self._new_recorder = new_recorder
         self._workload = workload
         self._source = source
         self._metrics = metrics
@@ -283,7 +287,8 @@ class Service:
         _log.info("service_batch", inputs=list(names))
         retry: str | None = None
         try:
-            summary = await self._orchestrator.run(workload)
+            recorder = self._new_recorder() if self._new_recorder is not None else None
+            summary = await self._orchestrator.run(workload, recorder=recorder)
         except (BatchpilotError, OSError) as exc:
             # One batch's failure (a file removed while it was uploaded, say) is reported and the service
             # goes on; its inputs are retried when they change or when the service starts again, or at
