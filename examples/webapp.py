@@ -21,6 +21,7 @@ scope of its own, and everything closes with the `async with` blocks in `main()`
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -248,7 +249,8 @@ def _job(request: web.Request) -> Job:
 async def get_job(request: web.Request) -> web.Response:
     job = _job(request)
     summary = asdict(job.summary) if job.summary is not None else None
-    return web.json_response({"id": job.id, "state": job.state, "summary": summary, "error": job.error})
+    body = {"id": job.id, "state": job.state, "summary": summary, "error": job.error}
+    return web.json_response(body, dumps=functools.partial(json.dumps, default=str))  # times as text
 
 
 async def cancel_job(request: web.Request) -> web.Response:

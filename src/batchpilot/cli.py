@@ -37,7 +37,14 @@ from .monitor.backoff import BackoffPolicy
 from .monitor.poller import PollSettings
 from .plan import plan_lines
 from .request_tally import RequestTally
-from .spec import BlobInputs, CleanupPolicy, JobLifetime, PoolPolicy
+from .spec import (
+    BlobInputs,
+    CleanupPolicy,
+    JobLifetime,
+    PoolPolicy,
+    check_batch_id,
+    check_container_name,
+)
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
@@ -592,6 +599,13 @@ async def _check(args: argparse.Namespace) -> None:
 async def _cleanup(args: argparse.Namespace) -> None:
     if not (args.job or args.pool or args.container):
         raise ConfigError("nothing to clean up: give --job, --pool and/or --container")
+    # Names, never paths: each is checked (Batch's and Storage's rules) before anything is deleted.
+    if args.job:
+        check_batch_id("job", args.job)
+    if args.pool:
+        check_batch_id("pool", args.pool)
+    for container in args.container:
+        check_container_name(container)
     log = structlog.get_logger("batchpilot")
     async with _backend(args) as backend:
         if args.job:

@@ -3,11 +3,14 @@ worker thread (`anyio.to_thread.run_sync`)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
 from pathlib import Path
+
+from .errors import StateInUseError
 
 _HASH_CHUNK = 1 << 20
 
@@ -37,3 +40,56 @@ def copy_atomically(source: Path, dest: Path) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def private_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) if needed, and make it the user's alone (0700): what is below it
+    cannot be reached by other users, whatever its own modes. OSError when it cannot be created."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by this process (`flock` on the folder itself, so no file is added
+    to it) until `release()` or the process's end, however it ends: a killed holder never leaves it locked.
+    The descriptor is not inherited by child processes, so a task never holds its orchestrator's lock."""
+
+    def __init__(self, folder: Path, *, what: str, create: bool = True) -> None:
+        """Take the lock, creating the folder (private to the user) if `create`; StateInUseError, naming the
+        holder's pid, when another process holds it; OSError when the folder cannot be opened. Blocking for
+        a moment: call it in a worker thread."""
+        if create:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.folder = folder
+        self._fd: int | None = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_holder(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            by = f"batchpilot process {holder}" if holder is not None else "another batchpilot process"
+            raise StateInUseError(
+                f"{what} {folder} is in use by {by}; wait for it to end (or stop it), then run again"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding an flock on the file open as `fd`, from /proc/locks (Linux); None where unknown."""
+    stat = os.fstat(fd)
+    key = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == key:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None

@@ -39,6 +39,7 @@ from .backoff import BackoffPolicy
 from .clock import Clock, SystemClock
 from .engine import Orchestrator
 from .errors import BackendError, BatchpilotError, NotFoundError, TransientBackendError
+from .files import FolderLock
 from .metrics import Metrics
 from .recorder import RunRecorder
 from .spec import BlobInputs, Workload
@@ -237,7 +238,21 @@ class Service:
         self._released: set[str] = set()  # inputs taken again for a retry: seen once already
 
     async def run(self, stop: anyio.Event) -> None:
-        """Watch and run until `stop` is set; then finish uploads and submissions in flight and return."""
+        """Watch and run until `stop` is set; then finish uploads and submissions in flight and return.
+        StateInUseError when another process watches the same folder (each input would run twice)."""
+        lock = None
+        if isinstance(self._source, FolderSource):
+            folder = self._source.folder
+            lock = await anyio.to_thread.run_sync(
+                lambda: FolderLock(folder, what="the watched folder", create=False)
+            )
+        try:
+            await self._serve(stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _serve(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as runs:
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self._watch, runs)

@@ -46,6 +46,34 @@ def batch_id(*parts: str, unique_by: str | None = None) -> str:
     return f"{stem[:room].rstrip('-_') or 'x'}-{digest}"
 
 
+# Batch's rule for pool, job and task ids: letters, digits, hyphens and underscores, 1 to 64 characters
+# (Batch REST: PoolAddParameter.id, JobAddParameter.id, TaskAddParameter.id).
+_BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Blob Storage's rule for container names: 3-63 characters, lowercase letters, digits and hyphens, starting
+# and ending with a letter or digit, no two hyphens in a row ("Naming and referencing containers").
+_CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def check_batch_id(kind: str, value: str) -> str:
+    """`value` if it is a valid Batch id for a `kind` (pool, job, task); ConfigError naming the rule if not.
+    A name is a name: never a path (`..`, `/abs`), never anything that could leave a folder named after it."""
+    if not _BATCH_ID.fullmatch(value):
+        raise ConfigError(
+            f"{kind} id {value!r} is not a valid Batch id: use 1 to 64 letters, digits, '-' or '_'"
+        )
+    return value
+
+
+def check_container_name(value: str) -> str:
+    """`value` if it is a valid Blob Storage container name; ConfigError naming the rule if not."""
+    if not _CONTAINER_NAME.fullmatch(value):
+        raise ConfigError(
+            f"container name {value!r} is not valid: use 3 to 63 lowercase letters, digits and single "
+            "hyphens, starting and ending with a letter or digit"
+        )
+    return value
+
+
 def container_name(*parts: str) -> str:
     """A Blob Storage container name: 3-63 chars of lowercase letters, digits and single hyphens."""
     joined = "-".join(parts).lower()

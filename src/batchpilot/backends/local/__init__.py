@@ -11,6 +11,7 @@ from typing import Self
 import anyio
 from anyio.abc import TaskGroup
 
+from ...files import private_folder
 from .compute import LocalCompute
 from .storage import FileStager, LocalStorage
 
@@ -37,6 +38,8 @@ class LocalBackend:
         self._task_group: TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
+        # The state holds a copy of every input and output: private to the user, whatever the umask.
+        await anyio.to_thread.run_sync(private_folder, self.root)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self.compute.attach(self._task_group)

@@ -30,7 +30,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ...attempts import Decision, after_attempt
-from ...errors import BackendError, NotFoundError, RequestTooLargeError
+from ...errors import BackendError, ConfigError, NotFoundError, RequestTooLargeError
+from ...files import FolderLock
 from ...images import ImageVerdict, Reason, Verdict
 from ...records import (
     AddStatus,
@@ -51,8 +52,18 @@ from ...spec import (
     TaskConstraints,
     TaskSpec,
     UploadCondition,
+    check_batch_id,
+    leaves_root,
 )
-from .executor import Execution, Stager, container_runtime, execute
+from .executor import (
+    TASK_DIR_VARIABLE,
+    Execution,
+    Stager,
+    base_environment,
+    container_runtime,
+    end_strays,
+    execute,
+)
 
 _log = structlog.get_logger("batchpilot.local")
 MAX_TASKS_PER_REQUEST = 100
@@ -142,6 +153,8 @@ class LocalCompute:
         self._tool_dirs = tuple(tool_dirs)
         self._pools: dict[str, _Pool] = {}
         self._jobs: dict[str, _Job] = {}
+        # One writer per job folder: two processes running the same job would run every task twice.
+        self._locks: dict[str, FolderLock] = {}
         self._task_group: TaskGroup | None = None
 
     def attach(self, task_group: TaskGroup) -> None:
@@ -154,6 +167,9 @@ class LocalCompute:
             pool.waiting.close()
         self._pools.clear()
         self._jobs.clear()
+        for lock in self._locks.values():
+            lock.release()
+        self._locks.clear()
 
     # --- pools and jobs -------------------------------------------------------------------------------
 
@@ -162,6 +178,7 @@ class LocalCompute:
         return ImageVerdict(Verdict.OK, Reason.NO_IMAGES)
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
+        check_batch_id("pool", spec.pool_id)  # a name is a name: it names a file here
         if spec.container_images:
             container_runtime()  # before anything exists: container tasks must never run on the host
         path = self._root / "pools" / f"{spec.pool_id}.json"
@@ -231,7 +248,8 @@ class LocalCompute:
             )
         if spec.job_id in self._jobs:
             return Ensured(spec.job_id, created=False)
-        directory = self._root / "jobs" / spec.job_id
+        directory = self._root / "jobs" / check_batch_id("job", spec.job_id)
+        await self._lock_job(spec.job_id, directory)
         job = _Job(spec, directory)
         existed = await anyio.Path(directory / "job.json").is_file()
         # Registered before its tasks are queued: a worker drops tasks of jobs it does not know (deleted).
@@ -242,6 +260,13 @@ class LocalCompute:
             await _write_json(directory / "job.json", {"job_id": spec.job_id, "pool_id": spec.pool_id})
         return Ensured(spec.job_id, created=not existed)
 
+    async def _lock_job(self, job_id: str, directory: Path) -> None:
+        """Hold the job's folder for this process (StateInUseError, naming the holder, if another has it)."""
+        if job_id not in self._locks:
+            self._locks[job_id] = await anyio.to_thread.run_sync(
+                lambda: FolderLock(directory, what=f"the state of job {job_id}")
+            )
+
     async def _resume(self, job: _Job) -> None:
         """Load the job's tasks; requeue those that were queued or cut short when the last process ended."""
         records = await anyio.to_thread.run_sync(_read_task_records, job.directory / "tasks")
@@ -250,6 +275,10 @@ class LocalCompute:
             if task.state is TaskState.COMPLETED:
                 continue
             if task.state is not TaskState.ACTIVE:
+                # Its processes died with their orchestrator (the executor's watchdog); any that did not
+                # are ended before the task runs again in the same directory.
+                task_dir = job.directory / "tasks" / task.spec.task_id
+                await anyio.to_thread.run_sync(end_strays, task_dir)
                 task.requeue_count += 1
                 task.move(TaskState.ACTIVE)
                 await self._persist(job, task)
@@ -279,6 +308,13 @@ class LocalCompute:
         for spec in tasks:
             if spec.task_id in job.tasks:
                 results.append(AddTaskResult(spec.task_id, AddStatus.EXISTS, "TaskExists", "The task exists"))
+                continue
+            try:
+                check_batch_id("task", spec.task_id)  # it names the task's folder
+            except ConfigError as exc:
+                results.append(
+                    AddTaskResult(spec.task_id, AddStatus.CLIENT_ERROR, "InvalidPropertyValue", str(exc))
+                )
                 continue
             task = _Task(spec)
             job.tasks[spec.task_id] = task
@@ -314,7 +350,7 @@ class LocalCompute:
 
     async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
         path = self._job(job_id).directory / "tasks" / task_id / name
-        if not path.is_relative_to(self._job(job_id).directory) or not await anyio.Path(path).is_file():
+        if leaves_root(f"{task_id}/{name}") or "/" in task_id or not await anyio.Path(path).is_file():
             raise NotFoundError(f"task file {name!r} of {task_id!r} not found", code="FileNotFound")
         return await anyio.Path(path).read_bytes()
 
@@ -322,14 +358,20 @@ class LocalCompute:
         """Nothing to do: a local job's tasks cannot outlive the process that runs them."""
 
     async def delete_job(self, job_id: str) -> None:
+        directory = self._root / "jobs" / check_batch_id("job", job_id)
+        if await anyio.Path(directory).is_dir():
+            await self._lock_job(job_id, directory)  # never under a process that runs the job
         job = self._jobs.pop(job_id, None)
         if job is not None:
             for task in job.tasks.values():
                 if task.cancel_scope is not None:
                     task.cancel_scope.cancel()
-        await anyio.to_thread.run_sync(shutil.rmtree, self._root / "jobs" / job_id, True)
+        await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
+        if (lock := self._locks.pop(job_id, None)) is not None:
+            lock.release()
 
     async def delete_pool(self, pool_id: str) -> None:
+        check_batch_id("pool", pool_id)
         pool = self._pools.pop(pool_id, None)
         if pool is not None:
             for slot in pool.slots:
@@ -419,18 +461,17 @@ class LocalCompute:
         await self._persist(job, task)
 
     def _environment(self, job: _Job, task: _Task, task_dir: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        if self._tool_dirs:
-            env["PATH"] = os.pathsep.join([*map(str, self._tool_dirs), env.get("PATH", "")])
+        # Not the orchestrator's whole environment: its credentials are not the task's.
+        env = base_environment(os.environ, self._tool_dirs)
         env.update(
             AZ_BATCH_POOL_ID=job.spec.pool_id,
             AZ_BATCH_JOB_ID=job.spec.job_id,
             AZ_BATCH_TASK_ID=task.spec.task_id,
             AZ_BATCH_NODE_ID=task.node_id or "",
-            AZ_BATCH_TASK_DIR=str(task_dir),
             AZ_BATCH_TASK_WORKING_DIR=str(task_dir / "wd"),
             AZ_BATCH_NODE_SHARED_DIR=str(self._root / "shared"),
         )
+        env[TASK_DIR_VARIABLE] = str(task_dir)  # also what marks the task's processes (end_strays)
         env.update(task.spec.environment)
         return env
 

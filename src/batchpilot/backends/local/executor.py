@@ -8,12 +8,19 @@ The command line is split like a shell would split it but run without one, as Ba
 who wants a shell writes `/bin/bash -c "..."`. A task with container settings runs through docker or podman,
 with its working directory mounted at the same path and set as the container's working dir, as Batch does;
 without either runtime it fails rather than run on the host. Files move through a `Stager`, so the same
-executor serves the local backend (file:// URLs) and the emulator (http URLs of Azurite). Cancellation kills
-the whole process group before returning, so no task outlives its orchestrator.
+executor serves the local backend (file:// URLs) and the emulator (http URLs of Azurite).
+
+No task outlives its orchestrator. Cancellation kills the task's whole process group before returning. An
+orchestrator killed outright (SIGKILL, the OOM killer) cannot, so each process group is also registered with
+a watchdog, one small process per orchestrator process holding the read end of a pipe: when the orchestrator
+dies the pipe closes, and the watchdog kills every group still registered. A re-run also ends any process
+still marked with a requeued task's directory (`end_strays`), should the watchdog have been killed too.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import os
 import posixpath
@@ -21,6 +28,9 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +42,7 @@ from anyio.abc import Process
 
 from ...errors import ToolNotFoundError
 from ...records import FailureInfo
-from ...spec import ContainerSettings, OutputFile, TaskSpec
+from ...spec import ContainerSettings, OutputFile, TaskSpec, leaves_root
 
 _KILL_GRACE_SECONDS = 3.0
 CONTAINER_RUNTIMES = ("docker", "podman")
@@ -61,6 +71,130 @@ def container_argv(
         "--volume", f"{mount}:{mount}", "--workdir", mount,
         *env_flags, *shlex.split(container.run_options), container.image, *argv,
     ]  # fmt: skip
+
+
+_WATCHDOG = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin:
+    sign, pgid = line[0], int(line[1:])
+    groups.add(pgid) if sign == "+" else groups.discard(pgid)
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Watchdog:
+    """The process that kills the registered task process groups once this process has ended (its pipe
+    closes however we end). Started with the first task; writes are a few bytes to a pipe it keeps reading."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _pipe(self) -> int | None:
+        if self._process is None or self._process.poll() is not None:
+            try:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _WATCHDOG],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # no terminal signal (Ctrl-C) reaches it
+                    env={},
+                )
+            except OSError:
+                return None
+            atexit.register(self._close, self._process)
+        return self._process.stdin.fileno() if self._process.stdin is not None else None
+
+    def send(self, line: str) -> None:
+        with self._lock:
+            fd = self._pipe()
+            if fd is not None:
+                # If the watchdog died, strays are still ended by the next run (end_strays).
+                with contextlib.suppress(OSError):
+                    os.write(fd, line.encode())
+
+    @staticmethod
+    def _close(process: subprocess.Popen[bytes]) -> None:
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+_watchdog = _Watchdog()
+
+# What a task inherits from the orchestrator's environment: what programs need to find themselves, their
+# home, their language and their temporary folder; never our credentials (AZURE_*, connection strings,
+# keys) nor anything else the orchestrator happens to hold. The rest is the workload's and AZ_BATCH_*.
+SAFE_VARIABLES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"}
+)
+
+
+def base_environment(inherited: Mapping[str, str], tool_dirs: Sequence[Path] = ()) -> dict[str, str]:
+    """The part of `inherited` (the orchestrator's environment) a task may see: `SAFE_VARIABLES` and the
+    locale's `LC_*`, with `tool_dirs` in front of PATH."""
+    env = {
+        name: value for name, value in inherited.items() if name in SAFE_VARIABLES or name.startswith("LC_")
+    }
+    env.setdefault("PATH", os.defpath)
+    if tool_dirs:
+        env["PATH"] = os.pathsep.join([*map(str, tool_dirs), env["PATH"]])
+    return env
+
+
+# A task's processes carry this in their environment (the local backend sets it), which tells them apart.
+TASK_DIR_VARIABLE = "AZ_BATCH_TASK_DIR"
+
+
+def end_strays(task_dir: Path, *, wait_s: float = 10.0) -> int:
+    """SIGKILL every process of ours still marked with `task_dir` (its `AZ_BATCH_TASK_DIR`), left by an
+    orchestrator that died with its task running, and wait until they are gone (at most `wait_s`). Returns
+    how many there were. Linux (/proc); elsewhere nothing is found. Blocking: call it in a worker thread."""
+    marker = f"{TASK_DIR_VARIABLE}={task_dir}".encode()
+    strays = [pid for pid in _pids() if marker in _environ(pid)]
+    for pid in strays:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait_s
+    while strays and time.monotonic() < deadline:
+        strays = [pid for pid in strays if _alive(pid)]
+        if strays:
+            time.sleep(0.01)
+    return len(strays)
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
+    except OSError:
+        return []
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, waiting for its new parent to reap it, no longer does)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 class Stager(Protocol):
@@ -176,6 +310,7 @@ async def _run(
             )
         except (FileNotFoundError, PermissionError) as exc:
             return None, FailureInfo("usererror", "CommandProgramNotFound", _one_line(exc))
+        _watchdog.send(f"+{process.pid}\n")
         try:
             with anyio.move_on_after(limit) as scope:
                 exit_code = await process.wait()
@@ -183,6 +318,7 @@ async def _run(
             if process.returncode is None:
                 with anyio.CancelScope(shield=True):
                     await _kill_group(process)
+            _watchdog.send(f"-{process.pid}\n")
     if scope.cancelled_caught:
         return None, FailureInfo(
             "usererror",
@@ -206,19 +342,48 @@ async def _kill_group(process: Process) -> None:
 
 
 async def _stage_out(spec: TaskSpec, workdir: Path, stager: Stager, *, succeeded: bool) -> FailureInfo | None:
+    task_dir = workdir.parent
     for output in spec.output_files:
         if not output.upload_condition.applies(succeeded=succeeded):
             continue
-        matches = sorted(glob.glob(output.file_pattern, root_dir=workdir))
-        for matched in matches:
-            source = workdir / matched
-            if not source.is_file():
-                continue
+        # Batch lets a pattern reach the task dir (`../std*.txt`) and no further.
+        if output.file_pattern.startswith("/") or leaves_root(f"wd/{output.file_pattern}"):
+            return FailureInfo(
+                "usererror", "OutputFilePatternInvalid", f"{output.file_pattern!r} leaves the task dir"
+            )
+        matches = await anyio.to_thread.run_sync(_matches, output.file_pattern, workdir, task_dir)
+        for matched, source in matches:
+            blob_name = output_blob_name(output, matched)
+            if leaves_root(blob_name) or (output.path and not _under(blob_name, output.path)):
+                return FailureInfo(
+                    "usererror",
+                    "OutputFilePathInvalid",
+                    f"{matched}: blob name {blob_name!r} leaves its path",
+                )
             try:
-                await stager.put(output.container_url, output_blob_name(output, matched), source)
+                await stager.put(output.container_url, blob_name, source)
             except Exception as exc:  # an upload failure fails the task, as in Batch, and is reported
                 return FailureInfo("servererror", "FileUploadFailed", f"{matched}: {_one_line(exc)}")
     return None
+
+
+def _matches(pattern: str, workdir: Path, task_dir: Path) -> list[tuple[str, Path]]:
+    """The regular files `pattern` matches in `workdir`, each with its real path, if that is inside the task
+    dir: a link the task made to a file elsewhere (another task's, the user's) is never uploaded."""
+    root = task_dir.resolve()
+    found = []
+    for matched in sorted(glob.glob(pattern, root_dir=workdir)):
+        source = (workdir / matched).resolve()
+        if source.is_relative_to(root) and source.is_file():
+            found.append((matched, source))
+    return found
+
+
+def _under(blob_name: str, path: str) -> bool:
+    """Whether `blob_name` is `path` itself or a blob in its virtual folder."""
+    prefix = posixpath.normpath(path.strip("/"))
+    name = posixpath.normpath(blob_name)
+    return name == prefix or name.startswith(prefix + "/")
 
 
 def _one_line(exc: BaseException) -> str:

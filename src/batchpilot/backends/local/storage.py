@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ import anyio
 from ...errors import ConfigError, NotFoundError
 from ...files import copy_atomically, md5_of, temporary_sibling
 from ...records import BlobInfo, Permission, UploadOutcome
+from ...spec import check_container_name, leaves_root
 
 
 def file_url(path: Path) -> str:
@@ -36,20 +38,22 @@ def path_from_url(url: str) -> Path:
     return Path(unquote(parsed.path))
 
 
+_LOCAL_CONTAINER = re.compile(r"(?!.*--)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def _container(self, container: str) -> Path:
+        # A container name is a name, never a path (`/abs`, `..`). Storage's characters; its 3-character
+        # minimum is not enforced here, where short names (`in`, `out`) name folders just as well.
+        if not _LOCAL_CONTAINER.fullmatch(container):
+            check_container_name(container)  # raises, naming Storage's rule
         return self.root / container
 
     def _blob(self, container: str, blob_name: str) -> Path:
-        # Checked on the name, not by resolving the path: resolving costs a system call per path component,
-        # several times per task, and only names with `..` can leave (the folders hold no links of ours).
-        relative = posixpath.normpath(blob_name)
-        if relative == ".." or relative.startswith(("/", "../")):
-            raise ConfigError(f"blob name {blob_name!r} leaves its container")
-        return self._container(container) / relative
+        return self._container(container) / blob_path(blob_name)
 
     async def ensure_container(self, container: str) -> bool:
         path = self._container(container)
@@ -84,7 +88,8 @@ class LocalStorage:
             # Only the folder the prefix reaches into can hold matches: the downloader lists one task's
             # outputs per succeeded task, and walking (and hashing) the whole container each time made a
             # run quadratic in its tasks.
-            start = self._blob(container, prefix.rpartition("/")[0])
+            folder = prefix.rpartition("/")[0]
+            start = self._blob(container, folder) if folder else root
             found = []
             for path in sorted(start.rglob("*")):
                 name = path.relative_to(root).as_posix()
@@ -112,6 +117,17 @@ class LocalStorage:
         await anyio.to_thread.run_sync(shutil.rmtree, self._container(container), True)
 
 
+def blob_path(blob_name: str) -> str:
+    """`blob_name` as a path relative to its container's folder; ConfigError when it would leave it.
+
+    Checked on the name, not by resolving the path: resolving costs a system call per path component,
+    several times per task, and only names with `..` (or absolute ones) can leave: the containers' folders
+    hold no links (outputs are checked against their task's dir before they are linked in)."""
+    if not blob_name or leaves_root(blob_name):
+        raise ConfigError(f"blob name {blob_name!r} leaves its container")
+    return posixpath.normpath(blob_name)
+
+
 class FileStager:
     """Moves task files between file:// URLs and a task's directory (the executor's Stager)."""
 
@@ -119,7 +135,8 @@ class FileStager:
         await anyio.to_thread.run_sync(copy_atomically, path_from_url(url), dest)
 
     async def put(self, container_url: str, blob_name: str, source: Path) -> None:
-        await anyio.to_thread.run_sync(_link_atomically, source, path_from_url(container_url) / blob_name)
+        dest = path_from_url(container_url) / blob_path(blob_name)
+        await anyio.to_thread.run_sync(_link_atomically, source, dest)
 
 
 def _link_atomically(source: Path, dest: Path) -> None:

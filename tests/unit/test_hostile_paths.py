@@ -1,0 +1,243 @@
+"""Nothing reaches outside its root (issue 16, item 2): output patterns, blob names, ids and container
+names are names, checked where they enter (the template, the local stager, the downloader, the local
+backend), never followed out of their folder."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from batchpilot.backends.local import LocalBackend
+from batchpilot.errors import ConfigError
+from batchpilot.events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
+from batchpilot.records import AddStatus, BlobInfo, Permission, TaskResult, TaskState
+from batchpilot.spec import (
+    CleanupPolicy,
+    JobSpec,
+    OutputFile,
+    PoolSpec,
+    TaskSpec,
+    TaskTemplate,
+    UploadCondition,
+    check_batch_id,
+    check_container_name,
+    leaves_root,
+)
+from batchpilot.subscribers.download import OutputDownloader
+
+PY = shlex.quote(sys.executable)
+HOUR = timedelta(hours=1)
+
+ESCAPING_PATTERNS = [
+    "../../../../../../../ESCAPE-MARK.txt",
+    "../ESCAPE-MARK.txt",
+    "/tmp/ESCAPE-MARK.txt",
+    "out/../../x.txt",
+    "{input_name}/../../x",
+    "a/../../../b",
+    "..",
+    ".",
+    "",
+    "x\0y",
+]
+
+
+@pytest.mark.parametrize("pattern", ESCAPING_PATTERNS)
+def test_an_output_pattern_that_leaves_the_output_dir_is_one_line(pattern: str) -> None:
+    with pytest.raises(ConfigError, match="inside the output dir") as caught:
+        TaskTemplate("true {input}", (pattern,))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_value_that_makes_an_output_pattern_leave_is_refused_when_rendered() -> None:
+    template = TaskTemplate("true {input}", ("{input}.gz",))
+    assert template.render_outputs({"input": "a/b.txt"}) == ("a/b.txt.gz",)
+    with pytest.raises(ConfigError):
+        template.render_outputs({"input": "../../../etc/x"})
+    assert TaskTemplate("true", ("out/./a/../b.txt",)).render_outputs({}) == ("out/b.txt",)
+
+
+@pytest.mark.parametrize("path", ["../x", "/x", "a/../../x", "..", "a\0"])
+def test_leaves_root_is_true_for_what_leaves(path: str) -> None:
+    assert leaves_root(path)
+
+
+@pytest.mark.parametrize("path", ["x", "a/b", "a/../b", "./a", "a/b/../../c"])
+def test_leaves_root_is_false_for_what_stays(path: str) -> None:
+    assert not leaves_root(path)
+
+
+@pytest.mark.parametrize("value", ["../..", "/abs/path", "job\n", "a" * 65, "", "a b", "a/b", "é"])
+def test_an_id_is_a_name_never_a_path(value: str) -> None:
+    with pytest.raises(ConfigError, match="not a valid Batch id"):
+        check_batch_id("job", value)
+
+
+@pytest.mark.parametrize(
+    "value", ["/some/abs/path", "..", "../x", "ab", "a--b", "-ab", "UPPER", "a" * 64, "x\n"]
+)
+def test_a_container_name_is_a_name_never_a_path(value: str) -> None:
+    with pytest.raises(ConfigError, match="container name"):
+        check_container_name(value)
+
+
+async def test_the_local_backend_refuses_ids_and_names_that_are_paths(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    async with LocalBackend(tmp_path / "state") as backend:
+        for bad in (str(victim), "../../victim", "..", "a/b"):
+            with pytest.raises(ConfigError):
+                await backend.storage.delete_container(bad)
+            with pytest.raises(ConfigError):
+                await backend.storage.ensure_container(bad)
+            with pytest.raises(ConfigError):
+                await backend.compute.delete_job(bad)
+            with pytest.raises(ConfigError):
+                await backend.compute.delete_pool(bad)
+            with pytest.raises(ConfigError):
+                await backend.compute.ensure_pool(PoolSpec(bad))
+        with pytest.raises(ConfigError):
+            await backend.storage.upload("out", "../../victim/keep.txt", victim / "keep.txt", "")
+        await backend.compute.ensure_pool(PoolSpec("pool"))
+        with pytest.raises(ConfigError):
+            await backend.compute.ensure_job(JobSpec("../../victim", "pool"))
+        await backend.compute.ensure_job(JobSpec("job", "pool"))
+        (result,) = await backend.compute.add_tasks("job", [TaskSpec("../../../victim", "true")])
+        assert result.status is AddStatus.CLIENT_ERROR
+        assert result.error_code == "InvalidPropertyValue"
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+async def _run_one(backend: LocalBackend, task: TaskSpec) -> TaskResult | None:
+    (added,) = await backend.compute.add_tasks("job", [task])
+    assert added.status is AddStatus.ADDED
+    with anyio.fail_after(30):
+        while True:
+            (view,) = [v for v in await backend.compute.list_tasks("job") if v.task_id == task.task_id]
+            if view.state is TaskState.COMPLETED:
+                return view.result
+            await anyio.sleep(0.02)
+
+
+WRITES_EVERYWHERE = (
+    "import os, pathlib\n"
+    "for path in ['ok.txt', '../../../../../../../ESCAPE-MARK.txt', '../inside-task-dir.txt']:\n"
+    "    pathlib.Path(path).write_text('x')\n"
+    "os.symlink({target!r}, 'link.txt')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "code"),
+    [
+        ("../../../../../../../ESCAPE-MARK.txt", "OutputFilePatternInvalid"),
+        ("../../*", "OutputFilePatternInvalid"),
+        ("/tmp/*", "OutputFilePatternInvalid"),
+    ],
+)
+async def test_the_local_stager_never_uploads_from_outside_the_task_dir(
+    tmp_path: Path, pattern: str, code: str
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    async with LocalBackend(tmp_path / "state") as backend:
+        await backend.compute.ensure_pool(PoolSpec("pool"))
+        await backend.compute.ensure_job(JobSpec("job", "pool"))
+        await backend.storage.ensure_container("out")
+        url = await backend.storage.container_url("out", Permission.WRITE, HOUR)
+        script = WRITES_EVERYWHERE.format(target=str(secret))
+        task = TaskSpec(
+            "t1",
+            f"{PY} -c {shlex.quote(script)}",
+            output_files=(OutputFile("ok.txt", url, "t1/ok.txt"), OutputFile(pattern, url, "t1")),
+        )
+        assert await _run_one(backend, task) is TaskResult.FAILURE
+        (view,) = await backend.compute.list_tasks("job")
+        assert view.failure is not None
+        assert view.failure.code == code
+        assert [blob.name for blob in await backend.storage.list_blobs("out")] == ["t1/ok.txt"]
+
+
+async def test_a_link_to_a_file_elsewhere_is_not_uploaded_and_the_task_dir_is_reachable(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    async with LocalBackend(tmp_path / "state") as backend:
+        await backend.compute.ensure_pool(PoolSpec("pool"))
+        await backend.compute.ensure_job(JobSpec("job", "pool"))
+        await backend.storage.ensure_container("out")
+        url = await backend.storage.container_url("out", Permission.WRITE, HOUR)
+        script = WRITES_EVERYWHERE.format(target=str(secret))
+        task = TaskSpec(
+            "t1",
+            f"{PY} -c {shlex.quote(script)}",
+            output_files=(
+                OutputFile("*.txt", url, "t1"),
+                OutputFile("../inside-task-dir.txt", url, "t1/up.txt", UploadCondition.TASK_COMPLETION),
+            ),
+        )
+        assert await _run_one(backend, task) is TaskResult.SUCCESS
+        names = sorted(blob.name for blob in await backend.storage.list_blobs("out"))
+    assert names == ["t1/ok.txt", "t1/up.txt"]  # link.txt (to secret.txt) was not followed
+
+
+class _NamesStorage:
+    """Storage that lists the names a task wrote through its own token (Storage keeps `..` in a blob's
+    name), and downloads each as a one-byte file."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.downloaded: list[Path] = []
+
+    async def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        return [BlobInfo(name, 1, None) for name in self.names if name.startswith(prefix)]
+
+    async def download(self, container: str, blob_name: str, dest: Path) -> None:
+        await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(dest).write_text("x")
+        self.downloaded.append(dest)
+
+
+class _Backend:
+    def __init__(self, storage: _NamesStorage) -> None:
+        self.storage = storage
+
+
+HOSTILE_BLOB_NAMES = [
+    "t1/../../ESCAPE-MARK.txt",
+    "t1/sub/../../../ESCAPE-MARK.txt",
+    "t1/..",
+    "t1/../t2/stolen.txt",
+    "t1//abs",
+    "t1/a\0b",
+]
+
+
+async def test_the_downloader_refuses_a_blob_name_that_leaves_the_download_folder(tmp_path: Path) -> None:
+    published: list[Event] = []
+
+    async def publish(event: Event, **_: object) -> None:
+        published.append(event)
+
+    out = tmp_path / "deep" / "out"
+    storage = _NamesStorage(["t1/ok.txt", "t1/sub/a/../b.txt", *HOSTILE_BLOB_NAMES])
+    downloader = OutputDownloader(_Backend(storage), publish)  # type: ignore[arg-type]
+    await downloader(
+        RunStarted(
+            run_id="r", workload="w", job_id="job", pool_id="pool", input_count=1, input_container="in",
+            output_container="out", download_to=out, cleanup=CleanupPolicy(),
+        )
+    )  # fmt: skip
+    await downloader(TaskSucceeded(run_id="r", job_id="job", task_id="t1", exit_code=0, duration_s=1.0))
+    assert storage.downloaded == [out / "ok.txt", out / "sub" / "b.txt"]
+    failures = [event for event in published if isinstance(event, OutputDownloadFailed)]
+    assert sorted(event.blob_name for event in failures) == sorted(HOSTILE_BLOB_NAMES)
+    assert all("leaves the download folder" in event.error for event in failures)
+    assert [type(event) for event in published].count(OutputDownloaded) == 2
