@@ -16,6 +16,7 @@ from batchpilot.errors import (
     Quota,
     QuotaReachedError,
 )
+from batchpilot.subscribers.cleanup import cleanup_command
 
 QUOTAS = "in the Azure portal (Batch account > Quotas)"
 CLEANUP_POOL = "batchpilot cleanup --backend azure --pool p1"
@@ -83,3 +84,10 @@ def test_the_cleanup_commands_name_the_backend_in_use():
 )
 def test_errors_without_a_remedy_are_named_by_their_type(error: BackendError):
     assert backend_error_line(error, "azure") == f"batchpilot: {type(error).__name__}: {error}"
+
+
+def test_the_cleanup_command_names_each_resource_given():
+    assert cleanup_command("azure", pool="p1") == "batchpilot cleanup --backend azure --pool p1"
+    assert cleanup_command("local", job="j1", container="c-1") == (
+        "batchpilot cleanup --backend local --job j1 --container c-1"
+    )

@@ -17,12 +17,17 @@ from ..spec import PoolPolicy
 Publish = Callable[..., Awaitable[None]]
 
 
-def cleanup_command(backend: str, *, job: str | None = None, pool: str | None = None) -> str:
+def cleanup_command(
+    backend: str, *, job: str | None = None, pool: str | None = None, container: str | None = None
+) -> str:
+    """The `batchpilot cleanup` command that deletes the job, pool and/or container named, on `backend`."""
     parts = ["batchpilot", "cleanup", "--backend", backend]
     if job:
         parts += ["--job", job]
     if pool:
         parts += ["--pool", pool]
+    if container:
+        parts += ["--container", container]
     return " ".join(parts)
 
 
@@ -88,11 +93,10 @@ class Cleanup:
     async def _keep(self, run: RunStarted, kind: str, resource_id: str, reason: str) -> None:
         command = cleanup_command(
             self._backend.name,
-            job=run.job_id if kind == "job" else None,
-            pool=run.pool_id if kind == "pool" else None,
+            job=resource_id if kind == "job" else None,
+            pool=resource_id if kind == "pool" else None,
+            container=resource_id if kind == "container" else None,
         )
-        if kind == "container":
-            command = f"batchpilot cleanup --backend {self._backend.name} --container {resource_id}"
         await self._publish(
             ResourceKept(
                 run_id=run.run_id,
