@@ -342,14 +342,29 @@ class LocalCompute:
         )
 
     async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            tasks = list(job.tasks.values())
+        else:
+            # A job this process has not opened (`batchpilot report --job`): its records on disk, read only;
+            # opening it (ensure_job) would run its queued tasks.
+            directory = await self._job_directory(job_id)
+            tasks = await anyio.to_thread.run_sync(_read_task_records, directory / "tasks")
         return [
-            task.view()
-            for task in self._job(job_id).tasks.values()
-            if changed_since is None or task.transition_time >= changed_since
+            task.view() for task in tasks if changed_since is None or task.transition_time >= changed_since
         ]
 
+    async def _job_directory(self, job_id: str) -> Path:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job.directory
+        directory = self._root / "jobs" / check_batch_id("job", job_id)
+        if not await anyio.Path(directory / "job.json").is_file():
+            raise NotFoundError(f"job {job_id!r} not found", code="JobNotFound")
+        return directory
+
     async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
-        path = self._job(job_id).directory / "tasks" / task_id / name
+        path = await self._job_directory(job_id) / "tasks" / task_id / name
         if leaves_root(f"{task_id}/{name}") or "/" in task_id or not await anyio.Path(path).is_file():
             raise NotFoundError(f"task file {name!r} of {task_id!r} not found", code="FileNotFound")
         return await anyio.Path(path).read_bytes()
