@@ -10,6 +10,7 @@ from batchpilot.errors import (
     AllocationFailedError,
     AuthenticationError,
     BackendError,
+    JobEndedError,
     NotFoundError,
     PoolBeingDeletedError,
     Quota,
@@ -511,6 +512,14 @@ async def test_add_tasks_sends_one_collection_of_100(http: Http, backend: AzureB
         ],
         "constraints": {"maxWallClockTime": "PT01H00M00S", "maxTaskRetryCount": 2, "retentionTime": "P1D"},
     }
+
+
+async def test_adding_tasks_to_an_ended_job_is_a_job_ended_error(http: Http, backend: AzureBackend) -> None:
+    http.batch_error("POST", "/jobs/job-1/addtaskcollection", 409, "JobCompleted")
+
+    with pytest.raises(JobEndedError, match="job job-1 has ended and takes no new tasks") as raised:
+        await backend.compute.add_tasks("job-1", [task(1)])
+    assert (raised.value.job_id, raised.value.code) == ("job-1", "JobCompleted")
 
 
 async def test_add_tasks_reports_each_task_of_a_partial_result(http: Http, backend: AzureBackend) -> None:

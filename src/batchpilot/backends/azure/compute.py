@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 import structlog
 from azure.batch import models as bm
 from azure.batch.aio import BatchClient
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from ...backoff import BackoffPolicy
 from ...clock import Clock, SystemClock
-from ...errors import BackendError, PoolBeingDeletedError, QuotaReachedError
+from ...errors import BackendError, JobEndedError, PoolBeingDeletedError, QuotaReachedError
 from ...images import ExistingPool, ImageVerdict, SupportedImage, judge
 from ...records import AddTaskResult, Ensured, TaskCounts, TaskView
 from ...spec import JobSpec, PoolSpec, TaskSpec
@@ -236,9 +236,21 @@ class AzureCompute:
             )
 
     async def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
+        """Add `tasks` (at most 100) in one Add Task Collection request. JobEndedError when the job has ended
+        (409 JobCompleted: Batch takes no task into a completed or terminating job)."""
         group = bm.BatchTaskGroup(task_values=[models.task_create_options(task) for task in tasks])
-        with translated(f"add {len(tasks)} tasks to job {job_id}", self._secrets):
-            result = await self._client.create_task_collection(job_id, group)
+        operation = f"add {len(tasks)} tasks to job {job_id}"
+        with translated(operation, self._secrets):
+            try:
+                result = await self._client.create_task_collection(job_id, group)
+            except HttpResponseError as exc:
+                if service_code(exc) != "JobCompleted":
+                    raise
+                raise JobEndedError(
+                    f"{operation}: job {job_id} has ended and takes no new tasks (409 JobCompleted)",
+                    job_id=job_id,
+                    reason="JobCompleted",
+                ) from exc
         return models.add_results(tasks, result)
 
     async def task_counts(self, job_id: str) -> TaskCounts:
