@@ -236,10 +236,12 @@ async def test_errors_are_json_with_codes_for_unknown_urls(
     emulator: RunningEmulator, client: BatchClient
 ) -> None:
     # A signed request for a path the service does not have: the SDK's own escape hatch signs it.
-    with pytest.raises(ResourceNotFoundError) as missing:
+    # Batch answers an unknown path 400 InvalidUri (Batch status and error codes).
+    with pytest.raises(HttpResponseError) as missing:
         await client.send_request(
             HttpRequest("GET", f"{emulator.endpoint}/nothing/here?api-version=2025-06-01")
         )
+    assert missing.value.status_code == 400
     assert missing.value.error is not None
     assert missing.value.error.code == "InvalidUri"
     assert missing.value.response is not None

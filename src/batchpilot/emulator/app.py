@@ -12,8 +12,9 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from stat import S_ISREG
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -21,11 +22,20 @@ import anyio
 import structlog
 from aiohttp import web
 
+from ..records import TaskState
 from .auth import verify
 from .config import EmulatorConfig
 from .faults import Fault, FaultInjector, OutageMode, RequestKind
 from .images import IMAGE_PROPERTIES, check_agent_for_growth, check_pool_image
-from .query import compile_filter, parse_filter, parse_max_results, parse_select, parse_skip_token
+from .query import (
+    JOB_PROPERTIES,
+    POOL_PROPERTIES,
+    compile_filter,
+    parse_filter,
+    parse_max_results,
+    parse_select,
+    parse_skip_token,
+)
 from .runner import Runtime
 from .state import (
     JOB_BEING_DELETED,
@@ -46,6 +56,8 @@ from .state import (
     node_id_for,
 )
 from .stats import Stats
+from .taskfiles import list_task_files, parse_ocp_range, read_range
+from .versions import check_api_version, flat_task_counts
 from .wire import (
     accepted,
     counts_json,
@@ -130,7 +142,9 @@ class Emulator:
             ("DELETE", "/pools/{pool_id}", RequestKind.POOL_DELETE, self.delete_pool),
             ("POST", "/pools/{pool_id}/resize", RequestKind.POOL_RESIZE, self.resize_pool),
             ("POST", "/pools/{pool_id}/stopresize", RequestKind.POOL_STOP_RESIZE, self.stop_pool_resize),
+            ("PATCH", "/pools/{pool_id}", RequestKind.POOL_UPDATE, self.update_pool),
             ("GET", "/pools/{pool_id}/nodes", RequestKind.NODE_LIST, self.list_nodes),
+            ("GET", "/pools/{pool_id}/nodes/{node_id}", RequestKind.NODE_GET, self.get_node),
             ("POST", "/jobs", RequestKind.JOB_ADD, self.add_job),
             ("GET", "/jobs", RequestKind.JOB_LIST, self.list_jobs),
             ("GET", "/jobs/{job_id}", RequestKind.JOB_GET, self.get_job),
@@ -147,6 +161,21 @@ class Emulator:
                 self.add_collection,
             ),
             ("GET", "/jobs/{job_id}/tasks/{task_id}", RequestKind.TASK_GET, self.get_task),
+            ("PUT", "/jobs/{job_id}/tasks/{task_id}", RequestKind.TASK_UPDATE, self.update_task),
+            ("DELETE", "/jobs/{job_id}/tasks/{task_id}", RequestKind.TASK_DELETE, self.delete_task),
+            (
+                "POST",
+                "/jobs/{job_id}/tasks/{task_id}/terminate",
+                RequestKind.TASK_TERMINATE,
+                self.terminate_task,
+            ),
+            (
+                "POST",
+                "/jobs/{job_id}/tasks/{task_id}/reactivate",
+                RequestKind.TASK_REACTIVATE,
+                self.reactivate_task,
+            ),
+            ("GET", "/jobs/{job_id}/tasks/{task_id}/files", RequestKind.TASK_FILE_LIST, self.list_task_files),
             ("GET", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
             ("HEAD", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
             ("GET", "/supportedimages", RequestKind.IMAGE_LIST, self.list_supported_images),
@@ -223,14 +252,19 @@ class Emulator:
                 raise ServiceError(
                     400, "MissingRequiredQueryParameter", "The api-version parameter is missing."
                 )
+            check_api_version(request.query["api-version"])
             response = await handler(request)
         except ServiceError as error:
             if error.code in _QUOTA_FAULTS:
                 self.faults.record(_QUOTA_FAULTS[error.code])
-            return error_response(error)
+            return _error_response(error)
         except web.HTTPNotFound:
+            # Batch: "InvalidUri, Bad Request (400): The requested URI does not represent any resource on
+            # the server." (Batch status and error codes)
             return error_response(
-                ServiceError(404, "InvalidUri", f"The requested URI {request.path} is not valid.")
+                ServiceError(
+                    400, "InvalidUri", "The requested URI does not represent any resource on the server."
+                )
             )
         except web.HTTPMethodNotAllowed:
             return error_response(
@@ -310,13 +344,27 @@ class Emulator:
 
     async def list_pools(self, request: web.Request) -> web.Response:
         fields = parse_select(request.query.get("$select"))
-        pools = [select(pool_json(pool, _base(request)), fields) for pool in self.account.pools.values()]
+        matches = compile_filter(request.query.get("$filter"), POOL_PROPERTIES)
+        pools = [
+            select(pool_json(pool, _base(request)), fields)
+            for pool in self.account.pools.values()
+            if matches(pool)
+        ]
         return json_response({"value": pools})
 
     async def get_pool(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
-        body = select(pool_json(pool, _base(request)), parse_select(request.query.get("$select")))
-        return json_response(body)
+        return _conditional_get(request, pool_json(pool, _base(request)))
+
+    async def update_pool(self, request: web.Request) -> web.Response:
+        """Patch Pool: the properties given replace those of the pool (start task, metadata, ...)."""
+        pool = self.account.pool(request.match_info["pool_id"])
+        _check_write_conditions(request, pool_json(pool, _base(request)))
+        body = read_json(await request.read())
+        for name in ("startTask", "metadata", "applicationPackageReferences", "targetNodeCommunicationMode"):
+            if name in body:
+                pool.body[name] = body[name]
+        return web.Response(status=200)
 
     async def pool_exists(self, request: web.Request) -> web.Response:
         exists = request.match_info["pool_id"].lower() in self.account.pools
@@ -324,6 +372,7 @@ class Emulator:
 
     async def delete_pool(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
+        _check_write_conditions(request, pool_json(pool, _base(request)))
         if pool.state is PoolState.DELETING:
             raise ServiceError(409, "PoolBeingDeleted", POOL_BEING_DELETED)
         self.runtime.pool_deleted(pool)
@@ -331,6 +380,7 @@ class Emulator:
 
     async def resize_pool(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
+        _check_write_conditions(request, pool_json(pool, _base(request)))
         body = read_json(await request.read())
         # A count left out keeps its target.
         dedicated = _count(body, "targetDedicatedNodes", default=pool.target(dedicated=True))
@@ -364,6 +414,12 @@ class Emulator:
         self.runtime.pool_resized(pool, [], pool.stop_resize(_utcnow()), NodeDeallocationOption.REQUEUE)
         return accepted()
 
+    async def get_node(self, request: web.Request) -> web.Response:
+        pool = self.account.pool(request.match_info["pool_id"])
+        node = pool.node(request.match_info["node_id"])
+        body = select(node_json(pool, node, _base(request)), parse_select(request.query.get("$select")))
+        return json_response(body)
+
     async def list_nodes(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
         fields = parse_select(request.query.get("$select"))
@@ -389,17 +445,21 @@ class Emulator:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         fields = parse_select(request.query.get("$select"))
-        jobs = [select(job_json(job, _base(request)), fields) for job in self.account.jobs.values()]
+        matches = compile_filter(request.query.get("$filter"), JOB_PROPERTIES)
+        jobs = [
+            select(job_json(job, _base(request)), fields)
+            for job in self.account.jobs.values()
+            if matches(job)
+        ]
         return json_response({"value": jobs})
 
     async def get_job(self, request: web.Request) -> web.Response:
         job = self.account.job(request.match_info["job_id"])
-        return json_response(
-            select(job_json(job, _base(request)), parse_select(request.query.get("$select")))
-        )
+        return _conditional_get(request, job_json(job, _base(request)))
 
     async def update_job(self, request: web.Request) -> web.Response:
         job = self.account.job(request.match_info["job_id"])
+        _check_write_conditions(request, job_json(job, _base(request)))
         body = read_json(await request.read())
         if "onAllTasksComplete" in body:
             job.on_all_tasks_complete = _on_all_tasks_complete(body)
@@ -412,6 +472,7 @@ class Emulator:
 
     async def delete_job(self, request: web.Request) -> web.Response:
         job = self.account.job(request.match_info["job_id"])
+        _check_write_conditions(request, job_json(job, _base(request)))
         if job.state is JobState.DELETING:
             raise ServiceError(409, "JobBeingDeleted", JOB_BEING_DELETED)
         self.runtime.job_ended(job, JobState.DELETING)
@@ -419,6 +480,7 @@ class Emulator:
 
     async def terminate_job(self, request: web.Request) -> web.Response:
         job = self.account.job(request.match_info["job_id"])
+        _check_write_conditions(request, job_json(job, _base(request)))
         if job.state is JobState.COMPLETED:
             raise ServiceError(409, "JobCompleted", "The specified job is already in a completed state.")
         if job.state is JobState.DELETING:
@@ -430,7 +492,11 @@ class Emulator:
 
     async def task_counts(self, request: web.Request) -> web.Response:
         job = self.account.job(request.match_info["job_id"])
-        return json_response(counts_json(self.runtime.counts(job)))
+        counts = counts_json(self.runtime.counts(job))
+        if flat_task_counts(request.query["api-version"]):
+            # Before 2020-09-01.12.0 the answer was the TaskCounts object itself (azure-batch 6.0 reads it).
+            return json_response(counts["taskCounts"])
+        return json_response(counts)
 
     # --- tasks ------------------------------------------------------------------------------------------
 
@@ -516,9 +582,69 @@ class Emulator:
 
     async def get_task(self, request: web.Request) -> web.Response:
         task = self.account.job(request.match_info["job_id"]).task(request.match_info["task_id"])
-        return json_response(
-            select(task_json(task, _base(request)), parse_select(request.query.get("$select")))
-        )
+        return _conditional_get(request, task_json(task, _base(request)))
+
+    async def update_task(self, request: web.Request) -> web.Response:
+        """Update Task: only its constraints change (maxWallClockTime, retentionTime, maxTaskRetryCount)."""
+        job = self.account.job(request.match_info["job_id"])
+        task = job.task(request.match_info["task_id"])
+        _check_write_conditions(request, task_json(task, _base(request)))
+        body = read_json(await request.read())
+        constraints = body.get("constraints")
+        if constraints is not None:
+            if not isinstance(constraints, dict):
+                raise invalid_property("constraints", constraints)
+            merged = {**(task.body.get("constraints") or {}), **constraints}
+            spec = task_spec({**task.body, "constraints": merged})
+            task.spec = replace(task.spec, constraints=spec.constraints)
+            task.body["constraints"] = merged
+            task.version += 1
+        return web.Response(status=200)
+
+    async def delete_task(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        task = job.task(request.match_info["task_id"])
+        _check_write_conditions(request, task_json(task, _base(request)))
+        self.runtime.task_deleted(job, task)
+        return web.Response(status=200)
+
+    async def terminate_task(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        task = job.task(request.match_info["task_id"])
+        _check_write_conditions(request, task_json(task, _base(request)))
+        if task.state is TaskState.COMPLETED:
+            raise ServiceError(409, "TaskCompleted", "The specified task is already in a completed state.")
+        self.runtime.task_terminated(job, task)
+        return web.Response(status=204)
+
+    async def reactivate_task(self, request: web.Request) -> web.Response:
+        job = self.account.job(request.match_info["job_id"])
+        task = job.task(request.match_info["task_id"])
+        _check_write_conditions(request, task_json(task, _base(request)))
+        job.reactivate(task, _utcnow())
+        self.runtime.tasks_added(job, [task])
+        return web.Response(status=204)
+
+    async def list_task_files(self, request: web.Request) -> web.Response:
+        task = self.account.job(request.match_info["job_id"]).task(request.match_info["task_id"])
+        query = request.query
+        recursive = query.get("recursive", "false").lower() == "true"
+        limit = parse_max_results(query.get("maxresults"))
+        start = max(0, parse_skip_token(query.get("$skiptoken")) + 1)
+        base = f"{_base(request)}/jobs/{task.job_id}/tasks/{task.task_id}/files"
+        if task.task_dir is None:
+            entries: list[dict[str, Any]] = []
+        else:
+            entries = await anyio.to_thread.run_sync(
+                list_task_files, task.task_dir, base, recursive, query.get("$filter"), start + limit + 1
+            )
+        body: dict[str, Any] = {
+            "odata.metadata": f"{_base(request)}/$metadata#files",
+            "value": entries[start : start + limit],
+        }
+        if len(entries) > start + limit:
+            body["odata.nextLink"] = _next_link(request, str(start + limit - 1), extra=("recursive",))
+        return json_response(body)
 
     async def task_file(self, request: web.Request) -> web.Response:
         task = self.account.job(request.match_info["job_id"]).task(request.match_info["task_id"])
@@ -529,10 +655,15 @@ class Emulator:
         path = (task.task_dir / name).resolve()
         if not path.is_relative_to(task.task_dir.resolve()):
             raise missing
+        wanted = parse_ocp_range(request.headers.get("ocp-range"))
         try:
             stat = await anyio.Path(path).stat()
-            content = b"" if request.method == "HEAD" else await anyio.Path(path).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+            if not S_ISREG(stat.st_mode):
+                raise missing
+            content = b""
+            if request.method != "HEAD":
+                content = await anyio.to_thread.run_sync(read_range, path, stat.st_size, wanted)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise missing from None
         modified = datetime.fromtimestamp(stat.st_mtime, UTC)
         headers = {
@@ -564,14 +695,75 @@ class Emulator:
         return json_response(body)
 
 
-def _next_link(request: web.Request, skip_token: str) -> str:
+def _next_link(request: web.Request, skip_token: str, *, extra: tuple[str, ...] = ()) -> str:
     """The link to the next page: the SDK follows it as given, so everything that shaped this page
     (api-version, $filter, $select, maxresults) travels in it."""
     query = request.query
-    shaping = ("api-version", "$filter", "$select", "maxresults")
+    shaping = ("api-version", "$filter", "$select", "maxresults", *extra)
     params = {name: query[name] for name in shaping if name in query}
     params["$skiptoken"] = skip_token
     return f"{_base(request)}{request.path}?{urlencode(params, quote_via=quote)}"
+
+
+def _error_response(error: ServiceError) -> web.Response:
+    """Batch's error body, with its `values` (key/value details) when the error carries them."""
+    response = error_response(error)
+    values = getattr(error, "values", None)
+    if not values:
+        return response
+    body = {
+        "code": error.code,
+        "message": {"lang": "en-US", "value": error.message},
+        "values": [{"key": key, "value": value} for key, value in values],
+    }
+    return json_response(body, status=error.status, headers=error.headers)
+
+
+def _etags(header: str | None) -> list[str] | None:
+    if header is None:
+        return None
+    return [part.strip() for part in header.split(",") if part.strip()]
+
+
+def _conditional_get(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """A read with Batch's conditional headers ("Specifying conditional headers for Batch service
+    requests"): If-Match that the ETag does not meet is 412 ConditionNotMet, If-None-Match that it meets
+    is 304 with no body. The answer carries the ETag and Last-Modified headers."""
+    etag = str(body.get("eTag", ""))
+    headers = {"ETag": etag, "Last-Modified": _last_modified(body)}
+    match, none_match = _etags(request.headers.get("If-Match")), _etags(request.headers.get("If-None-Match"))
+    if match is not None and "*" not in match and etag not in match:
+        raise _condition_not_met()
+    if none_match is not None and ("*" in none_match or etag in none_match):
+        return web.Response(status=304, headers=headers)
+    selected = select(body, parse_select(request.query.get("$select")))
+    return json_response(selected, headers=headers)
+
+
+def _check_write_conditions(request: web.Request, body: dict[str, Any]) -> None:
+    """A write's conditional headers: any condition not met is 412 ConditionNotMet."""
+    etag = str(body.get("eTag", ""))
+    match, none_match = _etags(request.headers.get("If-Match")), _etags(request.headers.get("If-None-Match"))
+    if match is not None and "*" not in match and etag not in match:
+        raise _condition_not_met()
+    if none_match is not None and ("*" in none_match or etag in none_match):
+        raise _condition_not_met()
+
+
+def _condition_not_met() -> ServiceError:
+    return ServiceError(
+        412, "ConditionNotMet", "The condition specified in the conditional header(s) was not met."
+    )
+
+
+def _last_modified(body: dict[str, Any]) -> str:
+    text = body.get("lastModified")
+    if not isinstance(text, str):
+        return rfc1123(_utcnow())
+    try:
+        return rfc1123(datetime.fromisoformat(text))
+    except ValueError:
+        return rfc1123(_utcnow())
 
 
 def create_app(config: EmulatorConfig) -> web.Application:

@@ -43,6 +43,13 @@ class RequestKind(enum.StrEnum):
     TASK_GET = "task.get"
     TASK_FILE = "task.file"
     IMAGE_LIST = "image.list"
+    NODE_GET = "node.get"
+    TASK_UPDATE = "task.update"
+    TASK_DELETE = "task.delete"
+    TASK_TERMINATE = "task.terminate"
+    TASK_REACTIVATE = "task.reactivate"
+    TASK_FILE_LIST = "task.filelist"
+    POOL_UPDATE = "pool.update"
     OTHER = "other"
 
 

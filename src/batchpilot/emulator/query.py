@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from .state import ServiceError, Task
+from .state import Job, Pool, ServiceError, Task
 
 MAX_RESULTS = 1000
 # A filter longer than this is refused before it is parsed: no request makes the parser work without bound.
@@ -60,6 +60,26 @@ TASK_PROPERTIES: dict[str, Property[Task]] = {
     "creationTime": Property(lambda task: task.creation_time),
     "executionInfo/result": Property(lambda task: task.result.value if task.result else None, EQUALITY),
     "executionInfo/exitCode": Property(lambda task: task.exit_code),
+}
+
+
+# List Pools and List Jobs filter on these ("OData filters in Batch"); ids compare as text, as there.
+POOL_PROPERTIES: dict[str, Property[Pool]] = {
+    "id": Property(lambda pool: pool.pool_id, startswith=True),
+    "state": Property(lambda pool: pool.state.value, EQUALITY),
+    "stateTransitionTime": Property(lambda pool: pool.state_transition_time),
+    "allocationState": Property(lambda pool: pool.allocation_state.value, EQUALITY),
+    "allocationStateTransitionTime": Property(lambda pool: pool.allocation_state_transition_time),
+    "creationTime": Property(lambda pool: pool.creation_time),
+    "vmSize": Property(lambda pool: str(pool.body.get("vmSize", "")).lower(), EQUALITY),
+}
+JOB_PROPERTIES: dict[str, Property[Job]] = {
+    "id": Property(lambda job: job.job_id, startswith=True),
+    "state": Property(lambda job: job.state.value, EQUALITY),
+    "stateTransitionTime": Property(lambda job: job.state_transition_time),
+    "creationTime": Property(lambda job: job.creation_time),
+    "executionInfo/poolId": Property(lambda job: job.pool_id, startswith=True),
+    "executionInfo/endTime": Property(lambda job: job.end_time),
 }
 
 

@@ -16,6 +16,7 @@ import enum
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -145,6 +146,8 @@ class EndReason(enum.Enum):
     JOB_TERMINATED = "job terminated"
     JOB_DELETED = "job deleted"
     NODE_REMOVED = "node removed"  # by a resize whose nodeDeallocationOption is terminate
+    TASK_TERMINATED = "task terminated"  # Terminate Task
+    TASK_DELETED = "task deleted"  # Delete Task: nothing follows
 
 
 # How an attempt cut short ends (for `attempts.after_attempt`), and the failure a terminated one ends with.
@@ -157,6 +160,10 @@ _ENDED: dict[EndReason, tuple[Interruption, FailureInfo | None]] = {
     EndReason.NODE_REMOVED: (
         Interruption.TERMINATED,
         FailureInfo("usererror", "TaskEnded", "The task was ended because its node left the pool"),
+    ),
+    EndReason.TASK_TERMINATED: (
+        Interruption.TERMINATED,
+        FailureInfo("usererror", "TaskEnded", "Task Was Ended by User Request"),
     ),
 }
 
@@ -290,6 +297,26 @@ class Runtime:
             self._group().start_soon(self._forget_job, job)
         else:
             job.finish(reason, self._now())
+
+    def task_terminated(self, job: Job, task: Task) -> None:
+        """Terminate Task: a running attempt is ended and the task completes as failed (TaskEnded); a task
+        waiting for a node completes the same way at once."""
+        attempt = self._attempts.get(task)
+        if attempt is not None:
+            attempt.end(EndReason.TASK_TERMINATED)
+            return
+        _interruption, failure = _ENDED[EndReason.TASK_TERMINATED]
+        self._complete(job, task, exit_code=None, failure=failure, end=self._now())
+
+    def task_deleted(self, job: Job, task: Task) -> None:
+        """Delete Task: a running attempt is ended, the task is forgotten and its directory removed."""
+        attempt = self._attempts.get(task)
+        if attempt is not None:
+            attempt.end(EndReason.TASK_DELETED)
+        job.remove_task(task)
+        if task.task_dir is not None:
+            self._group().start_soon(anyio.to_thread.run_sync, _remove_tree, task.task_dir)
+        self._maybe_finish(job)
 
     def job_settings_changed(self, job: Job) -> None:
         self._maybe_finish(job)
@@ -567,3 +594,7 @@ def _link_ffmpeg(bin_dir: Path) -> None:
         return
     link.unlink(missing_ok=True)
     link.symlink_to(target)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

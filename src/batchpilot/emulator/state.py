@@ -201,6 +201,12 @@ class Pool:
         if not any(node.state in busy for node in self.nodes):
             self._set_allocation(AllocationState.STEADY, at)
 
+    def node(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.node_id.lower() == node_id.lower():
+                return node
+        raise ServiceError(404, "NodeNotFound", f"The specified node {node_id} does not exist.")
+
     def _staying(self) -> list[Node]:
         return [node for node in self.nodes if node.state is not NodeState.LEAVING_POOL]
 
@@ -341,6 +347,46 @@ class Job:
 
     def all_complete(self) -> bool:
         return self.counts.completed == len(self._tasks)
+
+    def remove_task(self, task: Task) -> None:
+        """Forget a deleted task: its id is free again and it no longer counts."""
+        if self._tasks.get(task.task_id.lower()) is not task:
+            return
+        self._count(task, -1)
+        del self._tasks[task.task_id.lower()]
+        index = bisect.bisect_left(self._seqs, task.seq)
+        del self._seqs[index], self._by_seq[index]
+
+    def reactivate(self, task: Task, at: datetime) -> None:
+        """Batch's Reactivate Task: a task that completed with a failure turns active again under the same
+        id, its retry count reset to 0 and its previous execution (exit code, failure, times, node) gone.
+        409 TaskNotCompleted / TaskSucceeded otherwise, and JobCompleted / JobNotActive when the job can
+        take no task."""
+        if task.state is not TaskState.COMPLETED:
+            raise ServiceError(
+                409,
+                "TaskNotCompleted",
+                "The specified task is not in a completed state, and the requested operation can be "
+                "performed only on completed tasks.",
+            )
+        if task.result is TaskResult.SUCCESS:
+            raise ServiceError(
+                409,
+                "TaskSucceeded",
+                "The specified task has already completed successfully, and the requested operation cannot "
+                "be performed on successful tasks.",
+            )
+        if self.state is not JobState.ACTIVE:
+            raise ServiceError(
+                409,
+                "JobCompleted" if self.state is JobState.COMPLETED else "JobNotActive",
+                f"The job {self.job_id} is {self.state}; its tasks cannot be reactivated.",
+            )
+        self.transition(task, TaskState.ACTIVE, at)
+        task.start_time = task.end_time = task.exit_code = task.result = task.failure = None
+        task.retry_count, task.last_retry_time = 0, None
+        task.requeue_count, task.last_requeue_time = 0, None
+        task.pool_id = task.node_id = None
 
     def _count(self, task: Task, delta: int) -> None:
         if task.state is TaskState.ACTIVE:
