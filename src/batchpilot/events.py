@@ -176,6 +176,11 @@ class TaskRequeued(Event):
     previous: TaskState
     retry_count: int
     requeue_count: int
+    # The service's times: the new state's stateTransitionTime (when the ended attempt went back, or the next
+    # one started if that step was missed) and the end time its record holds (Batch keeps one only once a
+    # task completes; the local backend keeps the ended attempt's).
+    transition_time: datetime | None = None
+    end_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -68,7 +68,8 @@ class AttemptOutcome(enum.StrEnum):
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    REQUEUED = "requeued"  # ended by a preemption or a retry: another attempt of the task followed
+    RETRIED = "retried"  # failed, and the service tried the task again (its retry count grew)
+    REQUEUED = "requeued"  # cut short (a node preempted or removed): back to the queue, not a retry
     UNFINISHED = "unfinished"  # still queued or running when the run ended
 
 
@@ -172,7 +173,16 @@ class RunRecorder:
         elif isinstance(event, TaskStateChanged):
             self._state_changed(event)
         elif isinstance(event, TaskRequeued):
-            self._end_attempt(event.task_id, AttemptOutcome.REQUEUED, event.at, None, None)
+            current = self._current.get(event.task_id)
+            retried = current is not None and event.retry_count > current.retry_count
+            start = current.start if current is not None else None
+            # The service's times: the ended attempt's own end where its record still holds it, else when
+            # the task went back to the queue.
+            end = event.end_time
+            if end is None or (start is not None and end < start):
+                end = event.transition_time or event.at
+            outcome = AttemptOutcome.RETRIED if retried else AttemptOutcome.REQUEUED
+            self._end_attempt(event.task_id, outcome, end, None, None)
         elif isinstance(event, TaskSucceeded):
             self._succeeded.add(event.task_id)
             self._failed.pop(event.task_id, None)
@@ -344,7 +354,7 @@ class RunRecorder:
         current = self._current.get(task_id)
         if current is None:
             current = self._current[task_id] = _Current(TaskState.COMPLETED)
-        if outcome is AttemptOutcome.REQUEUED and current.start is None:
+        if outcome in (AttemptOutcome.RETRIED, AttemptOutcome.REQUEUED) and current.start is None:
             return  # the attempt was never seen under way: nothing to draw
         start = current.start
         node_id = current.node_id

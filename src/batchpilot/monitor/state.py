@@ -133,6 +133,8 @@ class TaskTracker:
                     previous=known.state,
                     retry_count=seen.retry_count,
                     requeue_count=seen.requeue_count,
+                    transition_time=seen.state_transition_time,
+                    end_time=seen.end_time,
                 )
             )
         events.append(

@@ -37,8 +37,8 @@ class Outcome(enum.StrEnum):
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    RETRIED = "retried"  # ended with an exit code, and Batch tried the task again (maxTaskRetryCount)
-    REQUEUED = "requeued"  # ended without one (a preempted or removed node): back to the queue
+    RETRIED = "retried"  # failed, and Batch tried the task again (maxTaskRetryCount)
+    REQUEUED = "requeued"  # cut short (a preempted or removed node): back to the queue
     RUNNING = "running"  # not ended when the report was made
 
 
@@ -62,20 +62,19 @@ class Attempt:
 _OUTCOMES = {
     AttemptOutcome.SUCCEEDED: Outcome.SUCCEEDED,
     AttemptOutcome.FAILED: Outcome.FAILED,
+    AttemptOutcome.RETRIED: Outcome.RETRIED,
+    AttemptOutcome.REQUEUED: Outcome.REQUEUED,
     AttemptOutcome.UNFINISHED: Outcome.RUNNING,
 }
 
 
 def attempts_of(recorded: Iterable[TaskAttempt]) -> list[Attempt]:
-    """The recorder's attempts that ran (a start is known), as the report draws them. The recorder says
-    REQUEUED for any attempt another followed: one that ended with a nonzero exit code was retried."""
+    """The recorder's attempts that ran (a start is known), as the report draws them."""
     attempts = []
     for attempt in recorded:
         if attempt.start is None:
             continue  # never seen under way: nothing to draw
-        outcome = _OUTCOMES.get(attempt.outcome)
-        if outcome is None:
-            outcome = Outcome.RETRIED if attempt.exit_code not in (None, 0) else Outcome.REQUEUED
+        outcome = _OUTCOMES[attempt.outcome]
         attempts.append(
             Attempt(
                 task_id=attempt.task_id,

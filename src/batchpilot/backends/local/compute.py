@@ -67,6 +67,8 @@ from .executor import (
 
 _log = structlog.get_logger("batchpilot.local")
 MAX_TASKS_PER_REQUEST = 100
+# Each slot is a worker here, running its task as a process: more than this would exhaust the machine.
+MAX_LOCAL_SLOTS = 1024
 
 
 def _now() -> datetime:
@@ -179,6 +181,11 @@ class LocalCompute:
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         check_batch_id("pool", spec.pool_id)  # a name is a name: it names a file here
+        if spec.total_slots > MAX_LOCAL_SLOTS:
+            raise ConfigError(
+                f"the pool asks for {spec.total_slots:,} slots (nodes x task slots); the local backend runs "
+                f"at most {MAX_LOCAL_SLOTS:,} tasks at once on this machine: give fewer --nodes"
+            )
         if spec.container_images:
             container_runtime()  # before anything exists: container tasks must never run on the host
         path = self._root / "pools" / f"{spec.pool_id}.json"
@@ -428,6 +435,8 @@ class LocalCompute:
                 async with anyio.create_task_group() as record:
 
                     async def running() -> None:
+                        # As on Batch: the record's start time is this attempt's once it runs; no end yet.
+                        task.start_time, task.end_time = _now(), None
                         task.move(TaskState.RUNNING)
                         # Written while the command runs, not before it starts: the record serves a restart,
                         # and the task should not wait for it.
