@@ -155,3 +155,22 @@ def azure_env_for(home: Path, azurite: Azurite) -> dict[str, str]:
         AZURE_BATCH_ACCESS_KEY=CANARY_BATCH_KEY,
         AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string,
     )
+
+
+def test_serve_with_the_retired_image_stops_at_once_creating_nothing(
+    batchpilot: Run, start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+) -> None:
+    watched = tmp_path / "in"
+    watched.mkdir()
+    (watched / "a.mp4").write_bytes(b"waiting")
+    before = containers(azurite)
+    with start_emulator() as emulator:
+        env = azure_env(home, emulator, azurite)
+        args = ("--watch", str(watched), "--out", str(tmp_path / "out"), "--workload", str(TUTORIAL_POOL))
+        result = batchpilot("serve", "--backend", "azure", *args, env=env)
+        stats = emulator_stats(emulator)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [REFUSAL]
+    assert created(stats) == {}
+    assert containers(azurite) == before
