@@ -14,14 +14,17 @@ tested without a subprocess, a folder of state, an emulator or an Azure account:
 * `InMemoryCompute` implements the `Compute` protocol with Batch's rules where the engine relies on them (at
   most 100 tasks per add-collection request, `TaskExists` for a task already in the job, retries up to
   `max_task_retry_count` with -1 meaning without limit, output files uploaded when their upload condition
-  holds, named as Batch names them). No command runs: each attempt's outcome comes from a script, a callable
-  that receives the task (`ScriptedTask`) and returns `Succeed`, `Fail` or `Hold`. A held task stays running
-  until the test calls `release()`.
+  holds, named as Batch names them, and what follows an attempt decided by `attempts.after_attempt`, as in
+  the local backend and the emulator). No command runs: each attempt's outcome comes from a script, a
+  callable that receives the task (`ScriptedTask`) and returns `Succeed`, `Fail`, `Preempt` or `Hold`. A held
+  task stays running until the test calls `release()`; `refuse_adds()` makes the next collections fail.
 * `InMemoryBackend` holds one of each, opened and closed with `async with`.
 * `FakeClock` implements `batchpilot.clock.Clock`: time moves only when something sleeps (or when the test
   calls `advance()`), so waits of minutes take no time and nothing depends on the machine's speed.
 
-Everything is in memory and synchronous underneath: a task added is run (or held) before `add_tasks` returns.
+Everything is in memory and synchronous underneath: a task added is run (or held) before `add_tasks` returns;
+a task queued again (retried or requeued) is seen back in the queue by the next look at the job (a listing or
+the task counts), and its next attempt has run by the look after.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from urllib.parse import quote, unquote, urlparse
 import anyio
 import anyio.lowlevel
 
+from .attempts import Decision, Interruption, after_attempt
 from .clock import Clock
 from .errors import BackendError, NotFoundError, RequestTooLargeError
 from .files import temporary_sibling
@@ -71,6 +75,7 @@ __all__ = (
     "InMemoryCompute",
     "InMemoryStorage",
     "Outcome",
+    "Preempt",
     "Script",
     "ScriptedTask",
     "Succeed",
@@ -302,13 +307,21 @@ class Hold:
     """The attempt keeps running until the test calls `InMemoryCompute.release()` with its outcome."""
 
 
-Outcome = Succeed | Fail | Hold
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """The attempt is cut short because its node went away (a spot node preempted): the task goes back to
+    the queue and counts a requeue, not a retry, as on Batch (`attempts.after_attempt`)."""
+
+
+Outcome = Succeed | Fail | Hold | Preempt
+Ended = Succeed | Fail | Preempt
 
 
 @dataclass(frozen=True, slots=True)
 class ScriptedTask:
-    """What a script sees of one attempt: the task as added, its attempt number (0 for the first run, then
-    the retry count) and its inputs (resource files by their `file_path`, read from the storage)."""
+    """What a script sees of one attempt: the task as added, its attempt number (0 for the first, then how
+    many attempts came before: retries and requeues) and its inputs (resource files by their `file_path`,
+    read from the storage)."""
 
     job_id: str
     spec: TaskSpec
@@ -340,6 +353,7 @@ class _Task:
     start_time: datetime | None = None
     end_time: datetime | None = None
     files: dict[str, bytes] = field(default_factory=dict)  # stdout.txt, stderr.txt
+    queued_again: bool = False  # retried or requeued: its next attempt runs when the job is next looked at
 
     def view(self) -> TaskView:
         return TaskView(
@@ -386,6 +400,7 @@ class InMemoryCompute:
         self.nodes: dict[str, tuple[int, int]] = {}  # pool id -> (dedicated, spot) asked for
         self.jobs: dict[str, _Job] = {}
         self.calls: list[tuple[str, object]] = []
+        self._refusals: list[tuple[AddStatus, str, str]] = []  # for the next add-collection requests
         # What List Supported Images answers; None: no image list, every pool's image is fine.
         self.supported_images: list[SupportedImage] | None = None
 
@@ -472,6 +487,9 @@ class InMemoryCompute:
         job = self._job(job_id)
         if job.ended is not None:
             raise BackendError(f"job {job_id!r} has completed and takes no tasks", code="JobCompleted")
+        if self._refusals:
+            status, code, message = self._refusals.pop(0)
+            return [AddTaskResult(spec.task_id, status, code, message) for spec in tasks]
         results = []
         for spec in tasks:
             if spec.task_id in job.tasks:
@@ -486,26 +504,32 @@ class InMemoryCompute:
     async def task_counts(self, job_id: str) -> TaskCounts:
         """Tasks by state (preparing counts as running). NotFoundError when no such job."""
         self.calls.append(("task_counts", job_id))
-        tasks = list(self._retried(self._job(job_id)).tasks.values())
+        job = self._job(job_id)
+        tasks = list(job.tasks.values())
         completed = [task for task in tasks if task.state is TaskState.COMPLETED]
         succeeded = sum(task.result is TaskResult.SUCCESS for task in completed)
-        return TaskCounts(
+        counts = TaskCounts(
             active=sum(task.state is TaskState.ACTIVE for task in tasks),
             running=sum(task.state in (TaskState.PREPARING, TaskState.RUNNING) for task in tasks),
             completed=len(completed),
             succeeded=succeeded,
             failed=len(completed) - succeeded,
         )
+        self._run_queued(job)
+        return counts
 
     async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
         """Every task, or those whose state changed at or after `changed_since`. NotFoundError when no
         such job."""
         self.calls.append(("list_tasks", changed_since))
-        return [
+        job = self._job(job_id)
+        views = [
             task.view()
-            for task in self._retried(self._job(job_id)).tasks.values()
+            for task in job.tasks.values()
             if changed_since is None or task.transition_time >= changed_since
         ]
+        self._run_queued(job)
+        return views
 
     async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
         """`stdout.txt` or `stderr.txt` of the task's last attempt. NotFoundError otherwise."""
@@ -517,7 +541,7 @@ class InMemoryCompute:
 
     # --- for tests ---
 
-    def release(self, job_id: str, task_id: str, outcome: Succeed | Fail | None = None) -> None:
+    def release(self, job_id: str, task_id: str, outcome: Ended | None = None) -> None:
         """End a held attempt with `outcome` (default: `Succeed()`). ValueError when the task is not held;
         NotFoundError when there is no such job or task."""
         task = self._job(job_id).tasks.get(task_id)
@@ -526,6 +550,18 @@ class InMemoryCompute:
         if task.state is not TaskState.RUNNING:
             raise ValueError(f"task {task_id!r} is {task.state}, not held running")
         self._end_attempt(self._job(job_id), task, outcome or Succeed())
+
+    def refuse_adds(
+        self,
+        requests: int,
+        *,
+        status: AddStatus = AddStatus.SERVER_ERROR,
+        code: str = "ServerBusy",
+        message: str = "The server is currently unable to receive requests",
+    ) -> None:
+        """For tests: the next `requests` add-collection requests answer every task with `status` (a
+        per-task server error by default, as Batch's 500 ServerBusy inside a 200 answer) and add nothing."""
+        self._refusals.extend([(status, code, message)] * requests)
 
     def held(self, job_id: str) -> list[str]:
         """The ids of the job's tasks held running now."""
@@ -548,7 +584,8 @@ class InMemoryCompute:
         if failure is not None:
             outcome = Fail(exit_code=None, failure=failure)
         else:
-            outcome = self.script(ScriptedTask(job.spec.job_id, task.spec, task.retry_count, inputs))
+            attempt = task.retry_count + task.requeue_count
+            outcome = self.script(ScriptedTask(job.spec.job_id, task.spec, attempt, inputs))
         if not isinstance(outcome, Hold):
             self._end_attempt(job, task, outcome)
 
@@ -562,22 +599,41 @@ class InMemoryCompute:
                 return {}, FailureInfo("usererror", "ResourceFileDownload", f"{resource.file_path}: {exc}")
         return inputs, None
 
-    def _end_attempt(self, job: _Job, task: _Task, outcome: Succeed | Fail) -> None:
-        succeeded = isinstance(outcome, Succeed)
-        task.files = {"stdout.txt": outcome.stdout.encode(), "stderr.txt": outcome.stderr.encode()}
+    def _end_attempt(self, job: _Job, task: _Task, outcome: Ended) -> None:
         task.end_time = self._now()
-        task.exit_code = 0 if isinstance(outcome, Succeed) else outcome.exit_code
-        task.failure = None if isinstance(outcome, Succeed) else outcome.failure
-        upload_failure = self._upload_outputs(task, outcome, succeeded=succeeded)
-        if upload_failure is not None:
-            succeeded, task.failure = False, upload_failure
-        limit = task.spec.constraints.max_task_retry_count
-        if not succeeded and (limit == -1 or task.retry_count < limit):
-            # Queued again; the retry runs when the job is next looked at, as a node takes it a moment later.
-            task.retry_count += 1
+        if isinstance(outcome, Preempt):
+            decision = after_attempt(
+                exit_code=None,
+                failure=None,
+                retry_count=task.retry_count,
+                max_task_retry_count=task.spec.constraints.max_task_retry_count,
+                interrupted=Interruption.NODE_LOST,
+            )
+        else:
+            task.files = {"stdout.txt": outcome.stdout.encode(), "stderr.txt": outcome.stderr.encode()}
+            task.exit_code = 0 if isinstance(outcome, Succeed) else outcome.exit_code
+            task.failure = None if isinstance(outcome, Succeed) else outcome.failure
+            succeeded = isinstance(outcome, Succeed)
+            upload_failure = self._upload_outputs(task, outcome, succeeded=succeeded)
+            if upload_failure is not None:
+                task.failure = upload_failure
+            decision = after_attempt(
+                exit_code=task.exit_code,
+                failure=task.failure,
+                retry_count=task.retry_count,
+                max_task_retry_count=task.spec.constraints.max_task_retry_count,
+            )
+        if decision in (Decision.RETRY, Decision.REQUEUE):
+            # Queued again; the next attempt runs when the job is next looked at, as a node takes it a
+            # moment later.
+            if decision is Decision.RETRY:
+                task.retry_count += 1
+            else:
+                task.requeue_count += 1
+            task.queued_again = True
             self._move(task, TaskState.ACTIVE)
             return
-        task.result = TaskResult.SUCCESS if succeeded else TaskResult.FAILURE
+        task.result = TaskResult.SUCCESS if decision is Decision.SUCCEED else TaskResult.FAILURE
         self._move(task, TaskState.COMPLETED)
         self._maybe_end(job)
 
@@ -600,12 +656,13 @@ class InMemoryCompute:
                     return FailureInfo("servererror", "FileUploadFailed", f"{output.file_pattern}: {exc}")
         return None
 
-    def _retried(self, job: _Job) -> _Job:
-        """Run the next attempt of every task queued again after a failed one."""
+    def _run_queued(self, job: _Job) -> None:
+        """Run the next attempt of every task queued again after a failed or preempted one: each look at
+        the job sees a task back in the queue once, and its next attempt by the look after."""
         for task in list(job.tasks.values()):
-            if task.state is TaskState.ACTIVE and task.retry_count > 0:
+            if task.state is TaskState.ACTIVE and task.queued_again:
+                task.queued_again = False
                 self._attempt(job, task)
-        return job
 
     def _maybe_end(self, job: _Job) -> None:
         done = all(task.state is TaskState.COMPLETED for task in job.tasks.values())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +29,7 @@ from batchpilot.events import (
 from batchpilot.metrics import Metrics
 from batchpilot.monitor.poller import PollStats
 from batchpilot.recorder import RunRecorder
-from batchpilot.records import AddStatus, AddTaskResult, TaskCounts, TaskState
+from batchpilot.records import AddStatus, TaskCounts, TaskState
 from batchpilot.service import (
     FolderSource,
     IdleShutdown,
@@ -41,7 +40,8 @@ from batchpilot.service import (
     scan,
     summary_line,
 )
-from batchpilot.spec import TaskSpec
+from batchpilot.spec import JobLifetime
+from batchpilot.testing import InMemoryBackend, ScriptedTask, Succeed
 from tests.helpers import FakeClock, FakeCompute
 
 
@@ -76,17 +76,14 @@ async def test_a_batch_whose_tasks_could_not_be_added_is_run_again(tmp_path: Pat
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a.txt").write_text("a")
-    backend = LocalBackend(tmp_path / "state")
-    add_tasks = backend.compute.add_tasks
-    refusals = [5]  # the submitter's five attempts in the first run all fail: the batch is run again
 
-    async def flaky(job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
-        if refusals[0]:
-            refusals[0] -= 1
-            return [AddTaskResult(t.task_id, AddStatus.SERVER_ERROR, "ServerBusy", "busy") for t in tasks]
-        return await add_tasks(job_id, tasks)
+    def copies(task: ScriptedTask) -> Succeed:  # what `cp {input} {stem}.copy` leaves
+        [(name, content)] = task.inputs.items()
+        return Succeed(files={f"{Path(name).stem}.copy": content})
 
-    backend.compute.add_tasks = flaky  # type: ignore[method-assign]
+    backend = InMemoryBackend(script=copies)
+    # The submitter's five attempts in the first run all fail: the batch is run again.
+    backend.compute.refuse_adds(5, status=AddStatus.SERVER_ERROR, code="ServerBusy")
     workload = Workload(
         name="retry",
         inputs=(),
@@ -94,6 +91,9 @@ async def test_a_batch_whose_tasks_could_not_be_added_is_run_again(tmp_path: Pat
         pool=PoolSpec("retry-pool"),
         download_to=tmp_path / "out",
         cleanup=CleanupPolicy(delete_input_container=False),
+        # As `batchpilot serve` runs it: a service's job never ends by itself (a one-shot run's job, told to
+        # end once its tasks are done while it has none, would end at once, as on Batch).
+        job_lifetime=JobLifetime.SERVICE,
     )
     metrics = Metrics()
     fetched = anyio.Event()

@@ -24,6 +24,7 @@ from batchpilot.testing import (
     InMemoryCompute,
     InMemoryStorage,
     Outcome,
+    Preempt,
     ScriptedTask,
     Succeed,
 )
@@ -295,3 +296,22 @@ async def test_an_orchestrator_runs_a_workload_end_to_end_on_the_in_memory_backe
     async with Orchestrator(backend, clock=FakeClock()) as orchestrator:
         again = await orchestrator.run(job)
     assert (again.tasks_added, again.tasks_existing, again.download_skipped) == (0, 3, 2)
+
+
+async def test_a_preempted_attempt_is_requeued_without_counting_a_retry():
+    compute = await opened_compute(lambda task: Preempt() if task.attempt == 0 else Succeed())
+    await compute.add_tasks("job", [TaskSpec("spot", "x")])  # no retries allowed: a requeue is not one
+    [requeued] = await compute.list_tasks("job")  # the next attempt runs when the job is next looked at
+    [done] = await compute.list_tasks("job")
+    assert (requeued.state, requeued.requeue_count) == (TaskState.ACTIVE, 1)
+    assert (done.result, done.retry_count, done.requeue_count) == (TaskResult.SUCCESS, 0, 1)
+
+
+async def test_refused_collections_add_nothing_until_the_refusals_run_out():
+    compute = await opened_compute()
+    compute.refuse_adds(1)
+    [refused] = await compute.add_tasks("job", [TaskSpec("t", "x")])
+    assert (refused.status, refused.error_code) == (AddStatus.SERVER_ERROR, "ServerBusy")
+    assert await compute.list_tasks("job") == []
+    [added] = await compute.add_tasks("job", [TaskSpec("t", "x")])
+    assert added.status is AddStatus.ADDED
