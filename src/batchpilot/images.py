@@ -44,7 +44,7 @@ _GENERATION_1_ONLY = re.compile(
     re.IGNORECASE,
 )
 _GENERATION_2_ONLY = re.compile(r"standard_d\d+[a-z]*_v6", re.IGNORECASE)
-_AGENT_VERSION = re.compile(r"\s*[\d.]+$")
+_AGENT_VERSION = re.compile(r"\s*[\d.]+\Z")
 
 
 class Verdict(enum.StrEnum):

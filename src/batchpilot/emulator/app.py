@@ -85,7 +85,9 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_TASKS_PER_COLLECTION = 100
 # aiohttp refuses larger bodies itself, with a plain-text error; the emulator checks its own limit instead.
 _CLIENT_MAX_SIZE = 16 * MAX_BODY_BYTES
-_POOL_OR_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Anchored at the true end (\Z, fullmatch): `$` also matches before a trailing newline, and an id "j\n" would
+# pass, be created, and break the Location header of the answer (issue 16, item 9).
+_POOL_OR_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Refusals by the account's quotas, counted as injected faults.
 _QUOTA_FAULTS = {
     "PoolQuotaReached": Fault.POOL_QUOTA,
@@ -809,7 +811,7 @@ def _base(request: web.Request) -> str:
 
 def _checked_id(body: dict[str, Any], field: str) -> str:
     value = required_str(body, field)
-    if not _POOL_OR_JOB_ID.match(value):
+    if not _POOL_OR_JOB_ID.fullmatch(value):
         raise invalid_property(field, value)
     return value
 

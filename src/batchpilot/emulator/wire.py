@@ -22,9 +22,9 @@ CONTENT_TYPE = "application/json;odata=minimalmetadata"
 # What Batch reports for a task that set no limits: "unlimited" wall clock, retained for 7 days.
 _UNLIMITED = "P10675199DT2H48M5.4775807S"
 _DEFAULT_RETENTION = "P7D"
-_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # \Z: `$` would pass an id ending in a newline
 _DURATION = re.compile(
-    r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+    r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?\Z"
 )
 
 
