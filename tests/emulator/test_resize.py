@@ -76,13 +76,15 @@ async def test_a_pool_not_steady_refuses_a_resize_until_the_resize_is_stopped(
 
             stop = await client.begin_stop_pool_resize("slow", polling_interval=1)
             await stop.result()
-            # The nodes had not started: the pool settles where it stood, with none.
+            # The nodes had not started: the pool settles where it stood, with none. As the recorded service
+            # answers (scale_pools recording), the target stays and a ResizeStopped error says why.
             pool = await client.get_pool("slow")
             assert (pool.allocation_state, pool.target_dedicated_nodes, pool.current_dedicated_nodes) == (
                 "steady",
-                0,
+                2,
                 0,
             )
+            assert [error.code for error in pool.resize_errors or ()] == ["ResizeStopped"]
             await client.begin_resize_pool("slow", resize(1))
             assert (await client.get_pool("slow")).target_dedicated_nodes == 1
 

@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--deletion-delay-s", type=float, default=0.2, help="seconds a pool/job stays deleting"
     )
     parser.add_argument(
+        "--scheduling-delay-s",
+        type=float,
+        default=0.2,
+        help="seconds a task just added stays active before a node may take it",
+    )
+    parser.add_argument(
         "--simulate",
         metavar="SECONDS_RANGE",
         type=_seconds_range,
@@ -126,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         workdir=args.workdir,
         allocation_delay_s=args.allocation_delay_s,
         deletion_delay_s=args.deletion_delay_s,
+        scheduling_delay_s=args.scheduling_delay_s,
         simulate_s=args.simulate,
         supported_images=load_images(args.supported_images) if args.supported_images else DEFAULT_IMAGES,
         faults=FaultConfig(

@@ -25,6 +25,10 @@ class EmulatorConfig:
     account, key       the SharedKey account name and its base64 key; requests signed otherwise get 403
     workdir            where task directories live; None uses a temporary directory removed at shutdown
     allocation_delay_s how long new nodes stay `starting` before they turn `idle` and take tasks
+    scheduling_delay_s how long a task just added waits (`active`) before a node may take it, and how long a
+                       job whose tasks are all complete stays active before `terminatejob` ends it: the
+                       service schedules asynchronously (its recorded answers read a task just added back
+                       as `active`, a new job as `active`)
     deletion_delay_s   how long a deleted pool or job stays in `deleting` before it disappears
     simulate_s         (min, max) seconds: tasks take a duration in that range without running a process
     faults             fault injection (latency, 429, 500, dropped connections, preemption, lagging counts,
@@ -39,13 +43,14 @@ class EmulatorConfig:
     key: str = DEFAULT_KEY
     workdir: Path | None = None
     allocation_delay_s: float = 0.2
+    scheduling_delay_s: float = 0.2
     deletion_delay_s: float = 0.2
     simulate_s: tuple[float, float] | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
     supported_images: tuple[SupportedImage, ...] = DEFAULT_IMAGES
 
     def __post_init__(self) -> None:
-        if self.allocation_delay_s < 0 or self.deletion_delay_s < 0:
+        if min(self.allocation_delay_s, self.deletion_delay_s, self.scheduling_delay_s) < 0:
             raise ConfigError("delays must not be negative")
         if self.simulate_s is not None:
             low, high = self.simulate_s

@@ -279,6 +279,19 @@ class Runtime:
             waiting.cancel()
 
     def tasks_added(self, job: Job, tasks: list[Task]) -> None:
+        """Tasks just added (or reactivated) wait `scheduling_delay_s` before a node may take them: the
+        service schedules asynchronously, and a task read back right after its add is still `active`."""
+        delay = self._config.scheduling_delay_s
+        if delay <= 0:
+            self._enqueue(job, tasks)
+        else:
+            self._group().start_soon(self._enqueue_later, job, tasks, delay)
+
+    async def _enqueue_later(self, job: Job, tasks: list[Task], delay: float) -> None:
+        await anyio.sleep(delay)
+        self._enqueue(job, tasks)
+
+    def _enqueue(self, job: Job, tasks: list[Task]) -> None:
         send, _receive = self._queue(job.pool_id)
         for task in tasks:
             send.send_nowait(task)
@@ -319,7 +332,9 @@ class Runtime:
         self._maybe_finish(job)
 
     def job_settings_changed(self, job: Job) -> None:
-        self._maybe_finish(job)
+        # As in the service, a job whose tasks are all complete (or that has none) is ended by
+        # `terminatejob` a moment later, not as its settings change: a job just added reads back active.
+        self._group().start_soon(self._finish_later, job)
         previous = self._wall_clocks.pop(job, None)
         if previous is not None:
             previous.cancel()
@@ -533,7 +548,7 @@ class Runtime:
             task.retry_count += 1
             task.last_retry_time = execution.end_time
             job.transition(task, TaskState.ACTIVE, execution.end_time)
-            self.tasks_added(job, [task])
+            self._enqueue(job, [task])
             return
         self._complete(
             job, task, exit_code=execution.exit_code, failure=execution.failure, end=execution.end_time
@@ -573,7 +588,11 @@ class Runtime:
         task.last_requeue_time = self._now()
         task.start_time = None
         job.transition(task, TaskState.ACTIVE, task.last_requeue_time)
-        self.tasks_added(job, [task])
+        self._enqueue(job, [task])
+
+    async def _finish_later(self, job: Job) -> None:
+        await anyio.sleep(self._config.scheduling_delay_s)
+        self._maybe_finish(job)
 
     def _maybe_finish(self, job: Job) -> None:
         # As in Batch, a job with no tasks counts as having completed them all.

@@ -88,9 +88,12 @@ class Node:
     running_tasks: int = 0
     total_tasks_run: int = 0
     total_tasks_succeeded: int = 0
+    boot_time: datetime | None = None  # when it turned idle the first time (lastBootTime)
 
     def set_state(self, state: NodeState, at: datetime) -> None:
         if state is not self.state:
+            if self.state is NodeState.STARTING and state is NodeState.IDLE:
+                self.boot_time = at
             self.state = state
             self.state_transition_time = at
 
@@ -180,13 +183,25 @@ class Pool:
 
     def stop_resize(self, at: datetime) -> list[Node]:
         """Stop a resize where it stands: nodes not started yet are dropped (returned, now leaving), nodes
-        leaving go on leaving, and the targets become what stays. Steady once nothing is leaving."""
+        leaving go on leaving. As the service does (its recorded answer), the targets stay what they were
+        and each kind of node left short gets a `ResizeStopped` resize error. Steady once nothing is
+        leaving."""
         if self.allocation_state is AllocationState.STEADY:
             return []
         dropped = [node for node in self.nodes if node.state is NodeState.STARTING]
         for node in dropped:
             node.set_state(NodeState.LEAVING_POOL, at)
-        self.dedicated_shortfall = self.spot_shortfall = 0
+        for dedicated in (True, False):
+            count = sum(1 for node in dropped if node.dedicated is dedicated)
+            if dedicated:
+                self.dedicated_shortfall += count
+            else:
+                self.spot_shortfall += count
+        self.resize_errors = tuple(
+            resize_stopped(dedicated=kind)
+            for kind, short in ((True, self.dedicated_shortfall), (False, self.spot_shortfall))
+            if short
+        )
         self._set_allocation(AllocationState.STOPPING, at)
         self.settle(at)
         return dropped
@@ -213,6 +228,15 @@ class Pool:
     def _set_allocation(self, state: AllocationState, at: datetime) -> None:
         if state is not self.allocation_state:
             self.allocation_state, self.allocation_state_transition_time = state, at
+
+
+def resize_stopped(*, dedicated: bool) -> ResizeError:
+    """The resize error the service leaves when a stopped resize left a kind of node short."""
+    kind = "dedicated" if dedicated else "low priority"
+    return ResizeError(
+        "ResizeStopped",
+        f"Desired number of {kind} nodes could not be allocated due to a stop resize operation",
+    )
 
 
 # Which nodes a resize removes first: those not started yet cost nothing to drop, then those doing nothing.
