@@ -42,8 +42,8 @@ class BackendError(BatchpilotError):
 
 
 class TransientBackendError(BackendError):
-    """Worth retrying: throttling, server errors, dropped connections. `retry_after` is the server's
-    Retry-After in seconds, or None."""
+    """Worth retrying: throttling (HTTP 429, 503 ServerBusy), server errors (5xx), dropped connections.
+    `retry_after` is the server's Retry-After in seconds, or None."""
 
     def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, code=code)
@@ -51,15 +51,17 @@ class TransientBackendError(BackendError):
 
 
 class RequestTooLargeError(BackendError):
-    """The request body exceeded the service's limit; the caller should send less per request."""
+    """The request body exceeded the service's limit (Batch: 413 RequestBodyTooLarge; an add-collection
+    request takes at most 100 tasks and 1 MB); the caller should send less per request."""
 
 
 class NotFoundError(BackendError):
-    """The pool, job, task, container or blob named does not exist."""
+    """The pool, job, task, container or blob named does not exist (HTTP 404: e.g. Batch's PoolNotFound,
+    JobNotFound, Storage's ContainerNotFound, BlobNotFound)."""
 
 
 class AuthenticationError(BackendError):
-    """The service rejected our credentials. Never retried."""
+    """The service rejected our credentials (HTTP 401/403, e.g. AuthenticationFailed). Never retried."""
 
 
 class LostContactError(BackendError):
