@@ -21,6 +21,7 @@ from batchpilot.events import (
     TaskSucceeded,
 )
 from batchpilot.metrics import Metrics
+from batchpilot.monitor.poller import INTERVALS_KEPT, PollStats
 from batchpilot.recorder import AttemptOutcome, RunRecorder, Stage
 from batchpilot.records import FailureInfo, TaskState
 from batchpilot.spec import CleanupPolicy as Cleanup
@@ -236,3 +237,11 @@ async def test_many_batches_through_one_orchestrator_leave_its_retained_state_fl
     assert metrics.count("runs_finished") == 200
     assert metrics.count("succeeded") == 600
     assert metrics.tasks_by_state()[TaskState.COMPLETED] == 620
+
+
+def test_a_runs_poll_statistics_keep_only_the_latest_intervals():
+    stats = PollStats()
+    for n in range(INTERVALS_KEPT + 50):
+        stats.intervals.append(float(n))
+    assert len(stats.intervals) == INTERVALS_KEPT
+    assert stats.intervals[-1] == INTERVALS_KEPT + 49

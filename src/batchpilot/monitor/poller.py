@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ from .state import TaskTracker
 _log = structlog.get_logger("batchpilot.monitor")
 _STDERR_TAIL_LINES = 10
 _PAGE = 1000  # tasks per page of a listing (the service's maximum)
+INTERVALS_KEPT = 100  # a run monitored for days polls tens of thousands of times: keep the latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,8 @@ class PollSettings:
 class PollStats:
     """What one run's monitor did so far: requests by kind (`probes` of task counts, `listings`, of which
     `full_listings`), `tasks_listed` in all, failed polls (all, and in a row now), whether it is `degraded`,
-    and every interval it waited, in seconds. Live: it changes while the run is monitored."""
+    and the latest intervals it waited (at most `INTERVALS_KEPT`, oldest first), in seconds. Live: it changes
+    while the run is monitored."""
 
     probes: int = 0
     listings: int = 0
@@ -89,7 +92,7 @@ class PollStats:
     failed_polls: int = 0
     consecutive_failures: int = 0
     degraded: bool = False
-    intervals: list[float] = field(default_factory=list)
+    intervals: deque[float] = field(default_factory=lambda: deque(maxlen=INTERVALS_KEPT))
 
 
 class Poller:
