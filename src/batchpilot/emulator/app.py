@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -76,6 +78,7 @@ from .wire import (
     select,
     task_json,
     task_spec,
+    with_metadata,
 )
 
 log = structlog.get_logger(__name__)
@@ -151,6 +154,7 @@ class Emulator:
             ("GET", "/jobs", RequestKind.JOB_LIST, self.list_jobs),
             ("GET", "/jobs/{job_id}", RequestKind.JOB_GET, self.get_job),
             ("PATCH", "/jobs/{job_id}", RequestKind.JOB_UPDATE, self.update_job),
+            ("PUT", "/jobs/{job_id}", RequestKind.JOB_UPDATE, self.update_job),
             ("DELETE", "/jobs/{job_id}", RequestKind.JOB_DELETE, self.delete_job),
             ("POST", "/jobs/{job_id}/terminate", RequestKind.JOB_TERMINATE, self.terminate_job),
             ("GET", "/jobs/{job_id}/taskcounts", RequestKind.TASK_COUNTS, self.task_counts),
@@ -180,6 +184,12 @@ class Emulator:
             ("GET", "/jobs/{job_id}/tasks/{task_id}/files", RequestKind.TASK_FILE_LIST, self.list_task_files),
             ("GET", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
             ("HEAD", "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}", RequestKind.TASK_FILE, self.task_file),
+            (
+                "DELETE",
+                "/jobs/{job_id}/tasks/{task_id}/files/{name:.+}",
+                RequestKind.TASK_FILE,
+                self.delete_task_file,
+            ),
             ("GET", "/supportedimages", RequestKind.IMAGE_LIST, self.list_supported_images),
         ]
 
@@ -218,6 +228,7 @@ class Emulator:
         self.stats.requests[kind] += 1
         self.stats.bytes_received += request.content_length or 0
         response = await self._answer(request, handler, kind)
+        with_metadata(response, _base(request), request.path)
         self.stats.statuses[response.status] += 1
         if isinstance(response, web.Response) and isinstance(response.body, bytes):
             self.stats.bytes_sent += len(response.body)
@@ -347,12 +358,15 @@ class Emulator:
     async def list_pools(self, request: web.Request) -> web.Response:
         fields = parse_select(request.query.get("$select"))
         matches = compile_filter(request.query.get("$filter"), POOL_PROPERTIES)
-        pools = [
-            select(pool_json(pool, _base(request)), fields)
-            for pool in self.account.pools.values()
-            if matches(pool)
-        ]
-        return json_response({"value": pools})
+        limit = parse_max_results(request.query.get("maxresults"))
+        start = max(0, parse_skip_token(request.query.get("$skiptoken")) + 1)
+        # As the service lists them: by id (its recorded answers list pools in id order, not by age).
+        found = sorted((pool for pool in self.account.pools.values() if matches(pool)), key=_by_id)
+        page = found[start : start + limit]
+        body: dict[str, Any] = {"value": [select(pool_json(pool, _base(request)), fields) for pool in page]}
+        if start + limit < len(found):
+            body["odata.nextLink"] = _next_link(request, str(start + limit - 1))
+        return json_response(body)
 
     async def get_pool(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
@@ -419,13 +433,19 @@ class Emulator:
     async def get_node(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
         node = pool.node(request.match_info["node_id"])
-        body = select(node_json(pool, node, _base(request)), parse_select(request.query.get("$select")))
+        body = select(
+            node_json(pool, node, _base(request), pool.nodes.index(node)),
+            parse_select(request.query.get("$select")),
+        )
         return json_response(body)
 
     async def list_nodes(self, request: web.Request) -> web.Response:
         pool = self.account.pool(request.match_info["pool_id"])
         fields = parse_select(request.query.get("$select"))
-        nodes = [select(node_json(pool, node, _base(request)), fields) for node in pool.nodes]
+        nodes = [
+            select(node_json(pool, node, _base(request), position), fields)
+            for position, node in enumerate(pool.nodes)
+        ]
         return json_response({"value": nodes})
 
     # --- jobs -------------------------------------------------------------------------------------------
@@ -450,7 +470,7 @@ class Emulator:
         matches = compile_filter(request.query.get("$filter"), JOB_PROPERTIES)
         jobs = [
             select(job_json(job, _base(request)), fields)
-            for job in self.account.jobs.values()
+            for job in sorted(self.account.jobs.values(), key=_by_id)
             if matches(job)
         ]
         return json_response({"value": jobs})
@@ -460,9 +480,25 @@ class Emulator:
         return _conditional_get(request, job_json(job, _base(request)))
 
     async def update_job(self, request: web.Request) -> web.Response:
+        """Patch Job (PATCH): the properties given replace the job's. Update Job (PUT): every updatable
+        property is replaced, and one left out goes back to its default (Batch REST reference)."""
         job = self.account.job(request.match_info["job_id"])
         _check_write_conditions(request, job_json(job, _base(request)))
         body = read_json(await request.read())
+        if request.method == "PUT":
+            for name in _UPDATABLE_JOB_PROPERTIES:
+                job.body.pop(name, None)
+            body.setdefault("onAllTasksComplete", OnAllTasksComplete.NO_ACTION.value)
+        if "priority" in body:
+            job.body["priority"] = _bounded(body, "priority", -1000, 1000)
+        if "maxParallelTasks" in body:
+            value = _bounded(body, "maxParallelTasks", -1, 2**31 - 1)
+            if value == 0:
+                raise invalid_property("maxParallelTasks", value)
+            job.body["maxParallelTasks"] = value
+        for name in ("allowTaskPreemption", "metadata"):
+            if name in body:
+                job.body[name] = body[name]
         if "onAllTasksComplete" in body:
             job.on_all_tasks_complete = _on_all_tasks_complete(body)
             job.body["onAllTasksComplete"] = body["onAllTasksComplete"]
@@ -679,6 +715,29 @@ class Emulator:
             headers["Content-Length"] = str(stat.st_size)
         return web.Response(body=content, headers=headers)
 
+    async def delete_task_file(self, request: web.Request) -> web.Response:
+        """Delete Task File: a file, or with `recursive=true` a directory and all it holds; 404 FileNotFound
+        for one not there (or outside the task's directory), 409 DirectoryNotEmpty without `recursive`."""
+        task = self.account.job(request.match_info["job_id"]).task(request.match_info["task_id"])
+        name = request.match_info["name"]
+        missing = ServiceError(404, "FileNotFound", f"The specified file {name} does not exist.")
+        if task.task_dir is None:
+            raise missing
+        root = task.task_dir.resolve()
+        path = (task.task_dir / name).resolve()
+        if path == root or not path.is_relative_to(root):
+            raise missing
+        recursive = request.query.get("recursive", "false").lower() == "true"
+        try:
+            await anyio.to_thread.run_sync(_delete_file, path, recursive)
+        except FileNotFoundError:
+            raise missing from None
+        except OSError:
+            raise ServiceError(
+                409, "DirectoryNotEmpty", f"The directory {name} is not empty; delete it with recursive=true."
+            ) from None
+        return web.Response(status=200)
+
     # --- supported images -------------------------------------------------------------------------------
 
     async def list_supported_images(self, request: web.Request) -> web.Response:
@@ -695,6 +754,20 @@ class Emulator:
         if start + limit < len(images):
             body["odata.nextLink"] = _next_link(request, str(start + limit - 1))
         return json_response(body)
+
+
+def _by_id(item: Pool | Job) -> str:
+    return (item.pool_id if isinstance(item, Pool) else item.job_id).lower()
+
+
+def _delete_file(path: Path, recursive: bool) -> None:
+    if path.is_dir() and not path.is_symlink():
+        if recursive:
+            shutil.rmtree(path)
+        else:
+            path.rmdir()
+    else:
+        path.unlink()
 
 
 def _next_link(request: web.Request, skip_token: str, *, extra: tuple[str, ...] = ()) -> str:
@@ -819,6 +892,24 @@ def _checked_id(body: dict[str, Any], field: str) -> str:
 def _count(body: dict[str, Any], field: str, *, default: int = 0) -> int:
     value = body.get(field, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise invalid_property(field, value)
+    return value
+
+
+# What Update Job (PUT) replaces as a whole: those left out of its body go back to their defaults.
+_UPDATABLE_JOB_PROPERTIES = (
+    "priority",
+    "maxParallelTasks",
+    "allowTaskPreemption",
+    "constraints",
+    "metadata",
+    "onAllTasksComplete",
+)
+
+
+def _bounded(body: dict[str, Any], field: str, low: int, high: int) -> int:
+    value = body.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise invalid_property(field, value)
     return value
 

@@ -43,6 +43,48 @@ def error_response(error: ServiceError) -> web.Response:
     return json_response(body, status=error.status, headers=error.headers)
 
 
+# The OData entity set the service names in `odata.metadata` ($metadata#...), by path.
+_ENTITY_SETS = tuple(
+    (re.compile(pattern), name)
+    for pattern, name in (
+        (r"^/pools/[^/]+/nodes/[^/]+/files\Z", "files"),
+        (r"^/jobs/[^/]+/tasks/[^/]+/files\Z", "files"),
+        (r"^/pools/[^/]+/nodes/[^/]+\Z", "nodes/@Element"),
+        (r"^/pools/[^/]+/nodes\Z", "nodes"),
+        (r"^/pools/[^/]+\Z", "pools/@Element"),
+        (r"^/pools\Z", "pools"),
+        (r"^/jobs/[^/]+/taskcounts\Z", "taskcountsresult/@Element"),
+        (r"^/jobs/[^/]+/addtaskcollection\Z", "taskaddresult"),
+        (r"^/jobs/[^/]+/tasks/[^/]+\Z", "tasks/@Element"),
+        (r"^/jobs/[^/]+/tasks\Z", "tasks"),
+        (r"^/jobs/[^/]+\Z", "jobs/@Element"),
+        (r"^/jobs\Z", "jobs"),
+        (r"^/supportedimages\Z", "supportedimages"),
+        (r"^/nodecounts\Z", "poolnodecounts"),
+    )
+)
+_ERROR_SET = "Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element"
+
+
+def with_metadata(response: web.StreamResponse, base_url: str, path: str) -> None:
+    """Put `odata.metadata` first in a JSON answer, as the service does in every one (errors included):
+    `{base}/$metadata#pools/@Element` for one pool, `#pools` for a list. The body is spliced, not decoded."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return
+    body = response.body
+    if not isinstance(body, bytes) or not body.startswith(b"{") or body.startswith(b'{"odata.metadata"'):
+        return
+    if response.status >= 400:
+        entity_set = _ERROR_SET
+    else:
+        entity_set = next((name for pattern, name in _ENTITY_SETS if pattern.match(path)), "")
+        if not entity_set:
+            return
+    rest = body[1:].lstrip()
+    link = json.dumps(f"{base_url}/$metadata#{entity_set}").encode()
+    response.body = b'{"odata.metadata":' + link + (b"," if rest != b"}" else b"") + rest
+
+
 def created(location: str) -> web.Response:
     """201 with no body, as Batch answers the creation of a pool, job or single task."""
     return web.Response(status=201, headers={"Location": location, "DataServiceId": location})
@@ -177,21 +219,19 @@ def _time(at: datetime | None) -> str | None:
 
 
 def pool_json(pool: Pool, base_url: str) -> dict[str, Any]:
+    """A pool as Get Pool answers: what it was created with, and the defaults the service fills in
+    (`resizeTimeout`, each user account's `elevationLevel`, the image's `version`, data disks' caching and
+    storage type), in the service's order and spelling (`nodeFillType` `Spread`, `vmSize` lower case)."""
     steady = pool.allocation_state == "steady"
-    passthrough: dict[str, Any] = {
-        name: pool.body[name]
-        for name in (
-            "displayName",
-            "virtualMachineConfiguration",
-            "startTask",
-            "metadata",
-            "networkConfiguration",
-        )
-        if name in pool.body
-    }
+    body = pool.body
+    windows = _is_windows(body)
+    policy = dict(body.get("taskSchedulingPolicy") or {})
+    fill = str(policy.get("nodeFillType") or "spread")
+    policy["nodeFillType"] = _FILL_TYPES.get(fill.lower(), fill)
     return _drop_none(
         {
             "id": pool.pool_id,
+            "displayName": body.get("displayName"),
             "url": f"{base_url}/pools/{pool.pool_id}",
             "eTag": f'"{pool.pool_id}-{pool.state}-{pool.allocation_state}"',
             "lastModified": iso(pool.creation_time),
@@ -200,52 +240,142 @@ def pool_json(pool: Pool, base_url: str) -> dict[str, Any]:
             "stateTransitionTime": iso(pool.state_transition_time),
             "allocationState": pool.allocation_state.value,
             "allocationStateTransitionTime": iso(pool.allocation_state_transition_time),
-            "vmSize": pool.body.get("vmSize", "standard_a1_v2"),
-            "targetDedicatedNodes": pool.target(dedicated=True),
-            "targetLowPriorityNodes": pool.target(dedicated=False),
+            "vmSize": str(body.get("vmSize", "standard_a1_v2")).lower(),
+            "resizeTimeout": body.get("resizeTimeout") or _DEFAULT_RESIZE_TIMEOUT,
             "currentDedicatedNodes": pool.current(dedicated=True),
+            "targetDedicatedNodes": pool.target(dedicated=True),
             "currentLowPriorityNodes": pool.current(dedicated=False),
+            "targetLowPriorityNodes": pool.target(dedicated=False),
             # Batch reports why a resize fell short once it has stopped.
             "resizeErrors": [{"code": error.code, "message": error.message} for error in pool.resize_errors]
             if steady and pool.resize_errors
             else None,
             "enableAutoScale": False,
-            "enableInterNodeCommunication": False,
+            "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication", False)),
+            "networkConfiguration": body.get("networkConfiguration"),
+            "startTask": body.get("startTask"),
+            "userAccounts": [_user_account(account, windows) for account in body["userAccounts"]]
+            if isinstance(body.get("userAccounts"), list)
+            else None,
+            "certificateReferences": body.get("certificateReferences"),
+            "applicationPackageReferences": body.get("applicationPackageReferences"),
+            "metadata": body.get("metadata"),
             "taskSlotsPerNode": pool.task_slots_per_node,
-            "taskSchedulingPolicy": {"nodeFillType": "spread"},
-            **passthrough,
+            "taskSchedulingPolicy": policy,
+            "virtualMachineConfiguration": _vm_configuration(body.get("virtualMachineConfiguration")),
+            "applicationLicenses": body.get("applicationLicenses"),
+            "mountConfiguration": body.get("mountConfiguration"),
+            "targetNodeCommunicationMode": body.get("targetNodeCommunicationMode"),
         }
     )
 
 
-def node_json(pool: Pool, node: Node, base_url: str) -> dict[str, Any]:
-    return {
-        "id": node.node_id,
-        "url": f"{base_url}/pools/{pool.pool_id}/nodes/{node.node_id}",
-        "state": node.state.value,
-        "schedulingState": "enabled",
-        "stateTransitionTime": iso(node.state_transition_time),
-        "allocationTime": iso(pool.creation_time),
-        "ipAddress": "127.0.0.1",
-        "affinityId": f"TVM:{node.node_id}",
-        "vmSize": pool.body.get("vmSize", "standard_a1_v2"),
-        "totalTasksRun": node.total_tasks_run,
-        "runningTasksCount": node.running_tasks,
-        "runningTaskSlotsCount": node.running_tasks,
-        "totalTasksSucceeded": node.total_tasks_succeeded,
-        "isDedicated": node.dedicated,
-    }
+_DEFAULT_RESIZE_TIMEOUT = "PT15M"
+_FILL_TYPES = {"spread": "Spread", "pack": "Pack"}
+# What Get Pool never returns of a user account: its secrets.
+_ACCOUNT_SECRETS = frozenset({"password", "sshPrivateKey"})
+
+
+def _is_windows(body: Mapping[str, Any]) -> bool:
+    agent = str((body.get("virtualMachineConfiguration") or {}).get("nodeAgentSKUId", ""))
+    return agent.lower().startswith("batch.node.windows")
+
+
+def _user_account(account: Any, windows: bool) -> Any:
+    if not isinstance(account, dict):
+        return account
+    shown = {name: value for name, value in account.items() if name not in _ACCOUNT_SECRETS}
+    shown.setdefault("elevationLevel", "nonadmin")
+    linux = shown.get("linuxUserConfiguration")
+    if isinstance(linux, dict):
+        shown["linuxUserConfiguration"] = {k: v for k, v in linux.items() if k not in _ACCOUNT_SECRETS}
+    if windows:
+        shown.setdefault("windowsUserConfiguration", {"loginMode": "batch"})
+    return shown
+
+
+def _vm_configuration(config: Any) -> Any:
+    """The pool's virtualMachineConfiguration with the service's defaults: image `version` `latest`, data
+    disks cached `none` on `standard_lrs`."""
+    if not isinstance(config, dict):
+        return config
+    shown = dict(config)
+    reference = shown.get("imageReference")
+    if isinstance(reference, dict) and "virtualMachineImageId" not in reference:
+        shown["imageReference"] = {**reference, "version": reference.get("version") or "latest"}
+    disks = shown.get("dataDisks")
+    if isinstance(disks, list):
+        shown["dataDisks"] = [
+            {"caching": "none", "storageAccountType": "standard_lrs", **disk}
+            if isinstance(disk, dict)
+            else disk
+            for disk in disks
+        ]
+    return shown
+
+
+# What the node agent reports as its version (nodeAgentInfo.version), as the service recorded it.
+NODE_AGENT_VERSION = "1.10.0"
+
+
+def node_json(pool: Pool, node: Node, base_url: str, position: int = 0) -> dict[str, Any]:
+    """A node as List/Get Node answers. `position` is its place in the pool (its SSH endpoint's number).
+    Once booted it has `lastBootTime`, `certificateReferences` and `nodeAgentInfo`, as on the service."""
+    booted = node.boot_time
+    config = pool.body.get("virtualMachineConfiguration") or {}
+    reference = config.get("imageReference") if isinstance(config, dict) else None
+    image = _vm_configuration({"imageReference": reference}).get("imageReference") if reference else None
+    windows = _is_windows(pool.body)
+    return _drop_none(
+        {
+            "id": node.node_id,
+            "url": f"{base_url}/pools/{pool.pool_id}/nodes/{node.node_id}",
+            "state": node.state.value,
+            "schedulingState": "enabled",
+            "stateTransitionTime": iso(node.state_transition_time),
+            "lastBootTime": _time(booted),
+            "allocationTime": iso(pool.creation_time),
+            "ipAddress": "127.0.0.1",
+            "affinityId": f"TVM:{node.node_id}",
+            "vmSize": str(pool.body.get("vmSize", "standard_a1_v2")).lower(),
+            "totalTasksRun": node.total_tasks_run,
+            "totalTasksSucceeded": node.total_tasks_succeeded,
+            "runningTasksCount": node.running_tasks,
+            "runningTaskSlotsCount": node.running_tasks,
+            "certificateReferences": [] if booted else None,
+            "isDedicated": node.dedicated,
+            "endpointConfiguration": {
+                "inboundEndpoints": [
+                    {
+                        "name": f"SSHRule.{position}",
+                        "protocol": "tcp",
+                        "publicIPAddress": "127.0.0.1",
+                        "publicFQDN": "localhost",
+                        "frontendPort": 50000 + position,
+                        "backendPort": 3389 if windows else 22,
+                    }
+                ]
+            },
+            "nodeAgentInfo": {"lastUpdateTime": iso(booted), "version": NODE_AGENT_VERSION}
+            if booted
+            else None,
+            "virtualMachineInfo": {"imageReference": {**image, "exactVersion": image["version"]}}
+            if isinstance(image, dict)
+            else None,
+        }
+    )
 
 
 def job_json(job: Job, base_url: str) -> dict[str, Any]:
-    passthrough: dict[str, Any] = {
-        name: job.body[name]
-        for name in ("displayName", "priority", "constraints", "commonEnvironmentSettings", "metadata")
-        if name in job.body
-    }
+    """A job as Get Job answers, with the defaults the service always returns: `priority` 0,
+    `maxParallelTasks` -1 (no limit), `constraints` (an unlimited `maxWallClockTime`, no retries)."""
+    body = job.body
+    given = body.get("constraints")
+    constraints: dict[str, Any] = given if isinstance(given, dict) else {}
     return _drop_none(
         {
             "id": job.job_id,
+            "displayName": body.get("displayName"),
             "url": f"{base_url}/jobs/{job.job_id}",
             "eTag": f'"{job.job_id}-{job.state}-{job.on_all_tasks_complete}"',
             "lastModified": iso(job.state_transition_time),
@@ -254,11 +384,16 @@ def job_json(job: Job, base_url: str) -> dict[str, Any]:
             "stateTransitionTime": iso(job.state_transition_time),
             "previousState": job.previous_state.value if job.previous_state else None,
             "previousStateTransitionTime": _time(job.previous_state_transition_time),
+            "priority": body.get("priority", 0),
+            "maxParallelTasks": body.get("maxParallelTasks", -1),
+            "usesTaskDependencies": bool(body.get("usesTaskDependencies", False)),
+            "allowTaskPreemption": bool(body.get("allowTaskPreemption", False)),
+            "constraints": {
+                "maxWallClockTime": constraints.get("maxWallClockTime") or _UNLIMITED,
+                "maxTaskRetryCount": constraints.get("maxTaskRetryCount", 0),
+            },
+            "commonEnvironmentSettings": body.get("commonEnvironmentSettings"),
             "poolInfo": {"poolId": job.pool_id},
-            "onAllTasksComplete": job.on_all_tasks_complete.value,
-            "onTaskFailure": job.body.get("onTaskFailure", "noaction"),
-            "usesTaskDependencies": False,
-            "allowTaskPreemption": False,
             "executionInfo": _drop_none(
                 {
                     "startTime": iso(job.creation_time),
@@ -267,7 +402,9 @@ def job_json(job: Job, base_url: str) -> dict[str, Any]:
                     "terminateReason": job.terminate_reason,
                 }
             ),
-            **passthrough,
+            "onAllTasksComplete": job.on_all_tasks_complete.value,
+            "onTaskFailure": body.get("onTaskFailure", "noaction"),
+            "metadata": body.get("metadata"),
         }
     )
 
@@ -290,6 +427,7 @@ def task_json(task: Task, base_url: str) -> dict[str, Any]:
         "outputFiles": task.body.get("outputFiles"),
         "environmentSettings": task.body.get("environmentSettings"),
         "containerSettings": task.body.get("containerSettings"),
+        "userIdentity": _user_identity(task.body.get("userIdentity")),
         "requiredSlots": 1,
         "constraints": {
             "maxWallClockTime": format_duration(constraints.max_wall_clock)
@@ -331,6 +469,15 @@ def task_json(task: Task, base_url: str) -> dict[str, Any]:
             f"workitems/{task.job_id}/job-1/{task.task_id}",
         }
     return _drop_none(body)
+
+
+def _user_identity(identity: Any) -> dict[str, Any]:
+    """A task's identity as the service reports it: by default the pool-wide, non-admin auto user."""
+    if isinstance(identity, dict) and identity.get("username"):
+        return identity
+    auto = (identity or {}).get("autoUser") if isinstance(identity, dict) else None
+    auto = auto if isinstance(auto, dict) else {}
+    return {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin", **auto}}
 
 
 def counts_json(counts: Counts) -> dict[str, Any]:
