@@ -248,6 +248,7 @@ class Emulator:
                     "header is formed correctly including the signature.",
                 )
             )
+        request = _query_names_lowered(request)
         if self.faults.in_outage(kind, time.monotonic()):
             if faults.outage_mode is OutageMode.DROP and request.transport is not None:
                 request.transport.abort()
@@ -754,6 +755,16 @@ class Emulator:
         if start + limit < len(images):
             body["odata.nextLink"] = _next_link(request, str(start + limit - 1))
         return json_response(body)
+
+
+def _query_names_lowered(request: web.Request) -> web.Request:
+    """The request with its query parameter names in lower case: the service matches them without regard
+    to case (`maxResults` is `maxresults`), and the handlers read the lower-case names."""
+    query = request.rel_url.query
+    if all(name == name.lower() for name in query):
+        return request
+    lowered = [(name.lower(), value) for name, value in query.items()]
+    return request.clone(rel_url=request.rel_url.with_query(lowered))
 
 
 def _by_id(item: Pool | Job) -> str:

@@ -1,8 +1,13 @@
-"""SharedKey verification: the same string-to-sign as the SDK's `BatchSharedKeyAuthPolicy`.
+"""SharedKey verification, as the Batch docs define it and as the SDK signs.
 
-The client signs the method, eleven standard headers, every `ocp-` header, `/account/path` and the sorted
-query parameters (decoded, blank ones left out). The server rebuilds that string from what it received and
-compares HMACs in constant time.
+The client signs the method, eleven standard headers, every `ocp-` header, `/account/path` and the query
+parameters. Per the docs (https://learn.microsoft.com/rest/api/batchservice/authenticate-requests-to-the-
+azure-batch-service, "Constructing the canonicalized resource string"), parameter names are lower-cased,
+sorted, decoded, and a name given more than once has its values sorted and joined by commas; the service
+matches names without regard to case, so `maxResults` signs and reads as `maxresults`. The SDK's
+`BatchSharedKeyAuthPolicy` signs the names as given (it only ever sends lower-case ones) and leaves blank
+values out. The server rebuilds both strings from what it received and accepts either signature, comparing
+HMACs in constant time.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 _HEADERS_TO_SIGN = (
     "content-encoding",
@@ -30,8 +35,16 @@ _HEADERS_TO_SIGN = (
 
 
 def string_to_sign(
-    method: str, raw_path: str, raw_query: str, headers: Mapping[str, str], account: str
+    method: str,
+    raw_path: str,
+    raw_query: str,
+    headers: Mapping[str, str],
+    account: str,
+    *,
+    as_documented: bool = True,
 ) -> str:
+    """The string a client signs for this request: per the Batch docs (`as_documented`, names lower-cased,
+    repeated values sorted and joined), or as the SDK builds it (names as sent, first value, blanks out)."""
     lowered = {name.lower(): value for name, value in headers.items() if value}
     if method in ("GET", "HEAD"):
         # The client signs only headers it set itself; an HTTP library may add `Content-Length: 0` later.
@@ -43,6 +56,11 @@ def string_to_sign(
     ocp = sorted((name, value) for name, value in lowered.items() if "ocp-" in name)
     text += "".join(f"{name}:{value}\n" for name, value in ocp)
     text += f"/{account}{raw_path}"
+    if as_documented:
+        params: dict[str, list[str]] = {}
+        for name, value in parse_qsl(raw_query, keep_blank_values=True):
+            params.setdefault(name.lower(), []).append(value)
+        return text + "".join(f"\n{name}:{','.join(sorted(params[name]))}" for name in sorted(params))
     query = parse_qs(raw_query)
     for name in sorted(query):
         value = query[name][0]
@@ -72,8 +90,13 @@ def verify(
     name, _, signature = authorization.removeprefix("SharedKey ").partition(":")
     if name != account:
         return False
-    try:
-        expected = sign(key, string_to_sign(method, raw_path, raw_query, headers, account))
-    except binascii.Error:
-        return False
-    return hmac.compare_digest(expected, signature)
+    matched = False
+    for as_documented in (True, False):
+        try:
+            text = string_to_sign(method, raw_path, raw_query, headers, account, as_documented=as_documented)
+            expected = sign(key, text)
+        except binascii.Error:
+            return False
+        # Both are compared, whichever matches, so the time taken says nothing about the signature.
+        matched |= hmac.compare_digest(expected, signature)
+    return matched
