@@ -229,7 +229,7 @@ def parse_job(body: object) -> tuple[str, tuple[str, ...], dict[str, str]]:
 async def post_job(request: web.Request) -> web.Response:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
         raise _bad("the body is not JSON") from None
     command, outputs, files = parse_job(body)
     try:

@@ -24,10 +24,18 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# A file name on Linux file systems is at most 255 bytes.
+_NAME_MAX = 255
+
+
 def temporary_sibling(dest: Path) -> Path:
     """A hidden name beside `dest` for writing before the final rename; unique, so that two writers of the
-    same file (two runs in one process) never share one."""
-    return dest.with_name(f".{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    same file (two runs in one process) never share one. Never longer than a file name may be (255 bytes),
+    however long `dest`'s name is: the name is shortened, the unique suffix kept."""
+    suffix = f".partial-{os.getpid()}-{secrets.token_hex(4)}"
+    room = _NAME_MAX - 1 - len(suffix)
+    stem = dest.name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return dest.with_name(f".{stem}{suffix}")
 
 
 def copy_atomically(source: Path, dest: Path) -> None:

@@ -84,6 +84,50 @@ def container_name(*parts: str) -> str:
     return name.ljust(3, "0")
 
 
+# --- limits on what comes from a user ----------------------------------------------------------------------
+# Each is checked where the value enters (one ConfigError line), so that nothing a user writes can exhaust the
+# machine or crash a run later. Where Batch or Storage document a limit, it is theirs.
+
+# Batch: "The maximum value [of taskSlotsPerNode] is the smaller of 4 times the number of cores of the vmSize
+# of the pool or 256" (PoolAddParameter.taskSlotsPerNode).
+MAX_TASK_SLOTS_PER_NODE = 256
+# Storage: a blob name is at most 1,024 characters ("Naming and referencing containers, blobs, and metadata").
+MAX_BLOB_NAME_CHARS = 1024
+# Linux refuses to start a program given one argument or environment string longer than MAX_ARG_STRLEN
+# (32 pages: 131,072 bytes, the NUL included); a node would fail the task with E2BIG. Batch sends a task's
+# command line and environment in one AddTaskCollection body of under 1 MB (for up to 100 tasks), so what
+# one task carries is held well below both.
+MAX_COMMAND_BYTES = 32 * 1024  # the template; values (names, at most 1,024 characters each) come on top
+MAX_ENVIRONMENT_BYTES = 64 * 1024  # all of a workload's variables together, `NAME=value` each
+MAX_ENVIRONMENT_VARIABLES = 256
+MAX_OUTPUT_PATTERNS = 100
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_environment(environment: tuple[tuple[str, str], ...]) -> None:
+    """ConfigError (one line, naming the variable and the limit) when a workload's environment could not be
+    given to a task: a name the OS refuses, more than MAX_ENVIRONMENT_VARIABLES variables, or more than
+    MAX_ENVIRONMENT_BYTES together."""
+    if len(environment) > MAX_ENVIRONMENT_VARIABLES:
+        raise ConfigError(
+            f"workload.environment has {len(environment)} variables; at most {MAX_ENVIRONMENT_VARIABLES}"
+        )
+    total = 0
+    for name, value in environment:
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise ConfigError(f"workload.environment: {name[:64]!r} is not a usable variable (no '=' or NUL)")
+        size = _utf8_size(name) + 1 + _utf8_size(value)
+        total += size
+        if size > MAX_ENVIRONMENT_BYTES or total > MAX_ENVIRONMENT_BYTES:
+            raise ConfigError(
+                f"workload.environment.{name[:64]} is {size:,} bytes ({total:,} with those before it); the "
+                f"environment may hold {MAX_ENVIRONMENT_BYTES:,} bytes: pass large values in an input file"
+            )
+
+
 # --- pool and job -----------------------------------------------------------------------------------------
 
 
@@ -165,6 +209,11 @@ class PoolSpec:
             raise ConfigError("the pool needs at least one node: set dedicated or spot nodes above zero")
         if self.task_slots_per_node < 1:
             raise ConfigError("task slots per node must be at least 1")
+        if self.task_slots_per_node > MAX_TASK_SLOTS_PER_NODE:
+            raise ConfigError(
+                f"task slots per node is {self.task_slots_per_node}; Batch allows at most "
+                f"{MAX_TASK_SLOTS_PER_NODE} (and 4 per core of the VM size)"
+            )
 
     @property
     def total_slots(self) -> int:
@@ -287,6 +336,21 @@ class TaskTemplate:
     container: ContainerSettings | None = None
 
     def __post_init__(self) -> None:
+        if _utf8_size(self.command) > MAX_COMMAND_BYTES:
+            raise ConfigError(
+                f"the command is {_utf8_size(self.command):,} bytes; at most {MAX_COMMAND_BYTES:,}: put a "
+                "long script in a file and run that"
+            )
+        if len(self.outputs) > MAX_OUTPUT_PATTERNS:
+            raise ConfigError(
+                f"{len(self.outputs)} output patterns; at most {MAX_OUTPUT_PATTERNS}: use wildcards"
+            )
+        for pattern in self.outputs:
+            if len(pattern) > MAX_BLOB_NAME_CHARS:
+                raise ConfigError(
+                    f"output pattern {pattern[:40]!r}... is {len(pattern)} characters; a blob name has at "
+                    f"most {MAX_BLOB_NAME_CHARS}"
+                )
         normalized = posixpath.normpath(self.output_dir) if self.output_dir else ""
         if not normalized or normalized.startswith(("/", "../")) or normalized == "..":
             raise ConfigError(
@@ -432,6 +496,7 @@ class Workload:
     job_lifetime: JobLifetime = JobLifetime.RUN
 
     def __post_init__(self) -> None:
+        check_environment(self.environment)
         # Derived names are filled in here so that a Workload built by hand and one from the CLI agree.
         if not self.job_id:
             object.__setattr__(self, "job_id", batch_id("batchpilot", self.name))

@@ -455,8 +455,16 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str | int | float) else _kind(value)
 
 
+# A workload file is a few lines of settings: one far larger is a mistake (or an attack on the parser).
+MAX_WORKLOAD_FILE_BYTES = 1 << 20
+
+
 def _read_text(path: Path) -> str:
     try:
+        if path.stat().st_size > MAX_WORKLOAD_FILE_BYTES:
+            raise ConfigError(
+                f"the workload file {path} is over {MAX_WORKLOAD_FILE_BYTES:,} bytes; give a workload file"
+            )
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the workload file {path} ({exc.strerror})") from None
@@ -467,6 +475,8 @@ def _read_text(path: Path) -> str:
 def _parse(text: str, origin: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise ConfigError(f"{origin}: arrays or tables nested too deeply to be a workload") from None
     except ValueError as exc:
         # tomllib's message ends with "(at line N, column M)". A plain ValueError is an integer too long
         # for Python to read (over 4300 digits).

@@ -148,6 +148,11 @@ async def test_a_malformed_body_gets_a_400_naming_its_fault(tmp_path: Path) -> N
             assert "Traceback" not in text
         not_json = await client.post("/jobs", data=b"{", headers={"Content-Type": "application/json"})
         assert not_json.status == 400
+        deep = b"[" * 300_000 + b"]" * 300_000  # under the size limit, too deep for any parser's stack
+        nested = await client.post(
+            "/jobs", data=io.BytesIO(deep), headers={"Content-Type": "application/json"}
+        )
+        assert nested.status == 400
         json_type = {"Content-Type": "application/json"}
         huge = await client.post("/jobs", data=io.BytesIO(b" " * (2 << 20)), headers=json_type)
         assert huge.status == 413

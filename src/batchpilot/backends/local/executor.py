@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import glob
 import os
 import posixpath
@@ -310,6 +311,9 @@ async def _run(
             )
         except (FileNotFoundError, PermissionError) as exc:
             return None, FailureInfo("usererror", "CommandProgramNotFound", _one_line(exc))
+        except OSError as exc:  # E2BIG: a command line or environment longer than the OS takes, say
+            code = "CommandLineTooLong" if exc.errno == errno.E2BIG else "CommandStartFailed"
+            return None, FailureInfo("usererror", code, f"the command could not start: {_one_line(exc)}")
         _watchdog.send(f"+{process.pid}\n")
         try:
             with anyio.move_on_after(limit) as scope:
