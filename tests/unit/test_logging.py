@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
 import structlog
 
-from batchpilot.events import TaskFailed
+from batchpilot.events import TaskFailed, TaskSucceeded
 from batchpilot.logging import configure_logging, register_secrets
 from batchpilot.records import FailureInfo
 from batchpilot.subscribers.log import LogSubscriber, event_fields
@@ -67,8 +68,17 @@ def test_event_fields_flatten_enums_and_paths():
     )
     assert fields == {
         "run_id": "r", "job_id": "j", "task_id": "t", "exit_code": None, "failure": None, "duration_s": None,
-        "stderr_tail": "",
+        "stderr_tail": "", "node_id": None, "start_time": None, "end_time": None,
     }  # fmt: skip
+
+
+def test_event_times_are_logged_as_iso_8601():
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    fields = event_fields(
+        TaskSucceeded(run_id="r", job_id="j", task_id="t", exit_code=0, duration_s=1.5, start_time=start)
+    )
+    assert fields["start_time"] == "2026-01-01T12:00:00+00:00"
+    assert json.loads(json.dumps(fields))["end_time"] is None
 
 
 def test_the_log_file_keeps_info_when_the_console_shows_warnings_only(tmp_path):
