@@ -51,7 +51,7 @@ class Stage(enum.StrEnum):
     NODES = "nodes"  # from when tasks can be submitted until the pool has a node that can run them
     SUBMISSION = "submission"  # the tasks added to the job
     MONITORING = "monitoring"  # from the last submission until every task completed
-    DOWNLOADS = "downloads"  # from the first output fetched (or found there) to the last
+    DOWNLOADS = "downloads"  # from the first task succeeded (its outputs are fetched) to the last output
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +184,8 @@ class RunRecorder:
             outcome = AttemptOutcome.RETRIED if retried else AttemptOutcome.REQUEUED
             self._end_attempt(event.task_id, outcome, end, None, None)
         elif isinstance(event, TaskSucceeded):
+            if self._started is not None and self._started.download_to is not None:
+                self._stages.starts.setdefault(Stage.DOWNLOADS, event.at)  # its outputs are fetched now
             self._succeeded.add(event.task_id)
             self._failed.pop(event.task_id, None)
             self._end_attempt(

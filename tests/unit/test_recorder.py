@@ -36,10 +36,10 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def started(inputs: int = 3) -> RunStarted:
+def started(inputs: int = 3, download_to: Path | None = None) -> RunStarted:
     return RunStarted(
         run_id=R, at=at(0), workload="w", job_id="job", pool_id="pool", input_count=inputs,
-        input_container="in", output_container="out", download_to=None, cleanup=Cleanup(),
+        input_container="in", output_container="out", download_to=download_to, cleanup=Cleanup(),
     )  # fmt: skip
 
 
@@ -143,12 +143,16 @@ def test_attempts_are_bounded_and_the_rest_counted():
 
 def test_stages_are_spans_in_the_order_they_began_and_downloads_come_from_their_events():
     recorder = RunRecorder()
-    recorder.observe(started())
+    recorder.observe(started(download_to=Path("out")))
     recorder.stage_started(Stage.POOL, at(0))
     recorder.stage_started(Stage.UPLOAD, at(1))
     recorder.stage_ended(Stage.POOL, at(3))
     recorder.stage_ended(Stage.UPLOAD, at(2))
     recorder.stage_started(Stage.MONITORING, at(4))
+    # The first task to succeed starts the downloads (its outputs are fetched at once); the last output
+    # ends them.
+    first = TaskSucceeded(run_id=R, at=at(4.5), job_id="job", task_id="a", exit_code=0, duration_s=1)
+    recorder.observe(first)
     for t in (5, 7):
         recorder.observe(downloaded("a/x", skipped=False, t=t))
     spans = [(span.stage, span.start, span.end) for span in recorder.record().stages]
@@ -156,7 +160,7 @@ def test_stages_are_spans_in_the_order_they_began_and_downloads_come_from_their_
         (Stage.POOL, at(0), at(3)),
         (Stage.UPLOAD, at(1), at(2)),
         (Stage.MONITORING, at(4), None),  # the run ended before monitoring did
-        (Stage.DOWNLOADS, at(5), at(7)),
+        (Stage.DOWNLOADS, at(4.5), at(7)),
     ]
 
 
