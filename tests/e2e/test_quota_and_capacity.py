@@ -126,7 +126,8 @@ def test_a_pool_short_of_nodes_runs_on_those_it_got(
 ):
     delete_run_containers(azurite)
     out = tmp_path / "out"
-    with start_emulator(faults=FaultConfig(core_quota=1), allocation_delay_s=0) as emulator:
+    # Room for one node of two: the default size, Standard_D2s_v5, has 2 cores.
+    with start_emulator(faults=FaultConfig(core_quota=2), allocation_delay_s=0) as emulator:
         result = run_azure(azure_env(home, emulator, azurite), out, "--nodes", "2")
         stats = emulator_stats(emulator)
 
