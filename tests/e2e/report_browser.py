@@ -39,6 +39,7 @@ CHROMIUM_FLAGS = (
     "--remote-debugging-port=0",
 )
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+Clip = tuple[float, float, float, float, float] | None
 
 
 def chromium() -> str:
@@ -56,9 +57,10 @@ class PageResult:
 
 
 def open_report(
-    path: Path, *, screenshot: Path | None = None, wait_s: float = 60, width: int = 1280
+    path: Path, *, screenshot: Path | None = None, wait_s: float = 60, width: int = 1280, clip: Clip = None
 ) -> PageResult:
-    """Open `path` in a fresh headless Chromium; wait up to `wait_s` for it to render."""
+    """Open `path` in a fresh headless Chromium; wait up to `wait_s` for it to render. The screenshot is of
+    the whole page, or of `clip` (x, y, width, height in CSS pixels, and a scale)."""
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         process = subprocess.Popen(
             [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
@@ -69,7 +71,7 @@ def open_report(
         try:
             port = _debugging_port(Path(profile), process, wait_s)
             result, shot = asyncio.run(
-                _session(port, path.resolve().as_uri(), wait_s, width, screenshot is not None)
+                _session(port, path.resolve().as_uri(), wait_s, width, screenshot is not None, clip)
             )
         finally:
             _end(process)
@@ -113,17 +115,17 @@ def _debugging_port(profile: Path, process: subprocess.Popen[bytes], wait_s: flo
 
 
 async def _session(
-    port: int, uri: str, wait_s: float, width: int, shoot: bool
+    port: int, uri: str, wait_s: float, width: int, shoot: bool, clip: Clip
 ) -> tuple[PageResult, bytes | None]:
     async with aiohttp.ClientSession() as session:
         targets = await (await session.get(f"http://127.0.0.1:{port}/json/list")).json()
         page = next(target for target in targets if target["type"] == "page")
         async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as socket:
-            return await _visit(socket, uri, wait_s, width, shoot)
+            return await _visit(socket, uri, wait_s, width, shoot, clip)
 
 
 async def _visit(
-    socket: aiohttp.ClientWebSocketResponse, uri: str, wait_s: float, width: int, shoot: bool
+    socket: aiohttp.ClientWebSocketResponse, uri: str, wait_s: float, width: int, shoot: bool, clip: Clip
 ) -> tuple[PageResult, bytes | None]:
     ids = itertools.count(1)
     result = PageResult(dataset={})
@@ -182,7 +184,10 @@ async def _visit(
             await asyncio.sleep(0.05)
         result.load_s = int(result.dataset.get("renderMs", "0")) / 1000
         if shoot:
-            answer = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            region = {}
+            if clip is not None:
+                region = {"clip": dict(zip(("x", "y", "width", "height", "scale"), clip, strict=True))}
+            answer = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True, **region)
             shot = base64.b64decode(answer["data"])
         await asyncio.sleep(0.2)  # late console messages and requests
     finally:

@@ -221,7 +221,7 @@ async def test_report_of_a_job_takes_each_tasks_latest_record_and_failed_stderr(
         ("ok", Outcome.SUCCEEDED),
     ]
     assert data.failures[0].failure_code == "FailureExitCode"
-    assert data.failures[0].stderr_tail.splitlines() == [f"line {i}" for i in range(80, 100)]
+    assert data.failures[0].stderr_tail.splitlines() == [f"line {i}" for i in range(90, 100)]
     assert data.summary_lines == ("job job-1: 3 tasks: 1 succeeded, 1 failed, 0 running, 1 waiting",)
     assert any("only each task's latest attempt" in note for note in data.notes)
 

@@ -377,7 +377,12 @@ def _failures(data: ReportData, esc: Callable[[object], str]) -> str:
         items.append(
             f"<tr><td>{esc(failure.task_id)}</td><td class='num'>{esc(code)}</td>"
             f"<td>{esc(failure.failure_code or '')}</td><td>{esc(failure.message)}"
-            + (f"<pre>{esc(failure.stderr_tail)}</pre>" if failure.stderr_tail else "")
+            + (
+                f"<details><summary>stderr, last {failure.stderr_tail.count(chr(10)) + 1} lines</summary>"
+                f"<pre>{esc(failure.stderr_tail)}</pre></details>"
+                if failure.stderr_tail
+                else ""
+            )
             + "</td></tr>"
         )
     more = (

@@ -32,7 +32,7 @@ from .model import (
     stages_of,
 )
 
-STDERR_TAIL_LINES = 20
+STDERR_TAIL_LINES = 10  # as the run's summary shows them (monitor/poller.py)
 
 
 def _node_window(recorders: Sequence[RunRecorder], now: datetime) -> tuple[datetime, datetime] | None:
