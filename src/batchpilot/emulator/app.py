@@ -29,6 +29,15 @@ from .auth import verify
 from .config import EmulatorConfig
 from .faults import Fault, FaultInjector, OutageMode, RequestKind
 from .images import IMAGE_PROPERTIES, check_agent_for_growth, check_pool_image
+from .limits import (
+    MAX_BODY_BYTES,
+    check_body_size,
+    check_job,
+    check_node_counts,
+    check_pool,
+    check_task,
+    too_large,
+)
 from .query import (
     JOB_PROPERTIES,
     POOL_PROPERTIES,
@@ -83,11 +92,11 @@ from .wire import (
 
 log = structlog.get_logger(__name__)
 
-# Batch's limits on one add-collection request.
-MAX_BODY_BYTES = 1024 * 1024
+# Batch's limit on the tasks of one add-collection request (its body limit is limits.MAX_BODY_BYTES).
 MAX_TASKS_PER_COLLECTION = 100
-# aiohttp refuses larger bodies itself, with a plain-text error; the emulator checks its own limit instead.
-_CLIENT_MAX_SIZE = 16 * MAX_BODY_BYTES
+# aiohttp refuses a body larger than this as it reads it (HTTPRequestEntityTooLarge), which the middleware
+# answers as Batch does; a body announced larger (Content-Length) is refused before it is read.
+_CLIENT_MAX_SIZE = MAX_BODY_BYTES
 # Anchored at the true end (\Z, fullmatch): `$` also matches before a trailing newline, and an id "j\n" would
 # pass, be created, and break the Location header of the answer (issue 16, item 9).
 _POOL_OR_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -267,6 +276,7 @@ class Emulator:
                     400, "MissingRequiredQueryParameter", "The api-version parameter is missing."
                 )
             check_api_version(request.query["api-version"])
+            check_body_size(request.content_length)
             response = await handler(request)
         except ServiceError as error:
             if error.code in _QUOTA_FAULTS:
@@ -279,6 +289,13 @@ class Emulator:
                 ServiceError(
                     400, "InvalidUri", "The requested URI does not represent any resource on the server."
                 )
+            )
+        except web.HTTPRequestEntityTooLarge:
+            return _error_response(too_large(f"The request body exceeds {MAX_BODY_BYTES} bytes (1 MB)."))
+        except RecursionError:
+            # json.loads of a body nested deeper than the interpreter's recursion limit.
+            return _error_response(
+                ServiceError(400, "InvalidRequestBody", "The request body is nested too deeply.")
             )
         except web.HTTPMethodNotAllowed:
             return error_response(
@@ -322,6 +339,7 @@ class Emulator:
         slots = _count(body, "taskSlotsPerNode", default=1)
         if slots < 1:
             raise invalid_property("taskSlotsPerNode", slots)
+        check_pool(body, dedicated, spot, slots)
         check_pool_image(self.config.supported_images, body, _utcnow())
         # As in Batch, a pool beyond the core quota gets the nodes that fit and a resize error for the rest.
         wanted = {True: dedicated, False: spot}  # by node kind: dedicated or not
@@ -407,6 +425,7 @@ class Emulator:
             deallocation = NodeDeallocationOption(str(option).lower())
         except ValueError:
             raise invalid_property("nodeDeallocationOption", option) from None
+        check_node_counts(dedicated, spot)
         vm_size = str(pool.body.get("vmSize", ""))
         if dedicated > pool.target(dedicated=True) or spot > pool.target(dedicated=False):
             check_agent_for_growth(self.config.supported_images, pool.body, _utcnow())
@@ -454,6 +473,7 @@ class Emulator:
     async def add_job(self, request: web.Request) -> web.Response:
         body = read_json(await request.read())
         job_id = _checked_id(body, "id")
+        check_job(body)
         pool_info = body.get("poolInfo") or {}
         if "autoPoolSpecification" in pool_info:
             raise invalid_property("poolInfo.autoPoolSpecification", "auto pools are not emulated")
@@ -542,6 +562,7 @@ class Emulator:
     async def add_task(self, request: web.Request) -> web.Response:
         job = self.account.job(request.match_info["job_id"])
         body = read_json(await request.read())
+        check_task(body)
         task = job.add_task(task_spec(body), body, _utcnow())
         self.runtime.tasks_added(job, [task])
         return created(f"{_base(request)}/jobs/{job.job_id}/tasks/{task.task_id}")
@@ -550,12 +571,12 @@ class Emulator:
         job = self.account.job(request.match_info["job_id"])
         raw = await request.read()
         if len(raw) > MAX_BODY_BYTES:
-            raise _too_large(f"The request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}.")
+            raise too_large(f"The request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}.")
         items = read_json(raw).get("value")
         if not isinstance(items, list):
             raise missing_property("value")
         if len(items) > MAX_TASKS_PER_COLLECTION:
-            raise _too_large(
+            raise too_large(
                 f"The collection has {len(items)} tasks; the limit is {MAX_TASKS_PER_COLLECTION}."
             )
         if job.state is not JobState.ACTIVE:
@@ -570,6 +591,7 @@ class Emulator:
             try:
                 if not isinstance(item, dict):
                     raise invalid_property("value", item)
+                check_task(item)
                 task = job.add_task(task_spec(item), item, now)
             except ServiceError as error:
                 status = "clienterror" if error.status < 500 else "servererror"
@@ -935,7 +957,3 @@ def _on_all_tasks_complete(body: dict[str, Any]) -> OnAllTasksComplete:
 
 def _server_error() -> ServiceError:
     return ServiceError(500, "InternalServerError", "An injected internal error.")
-
-
-def _too_large(message: str) -> ServiceError:
-    return ServiceError(413, "RequestBodyTooLarge", message)
