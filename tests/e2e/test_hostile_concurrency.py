@@ -12,10 +12,9 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.e2e.conftest import cli_command, cli_env
+from tests.e2e.support import cli_command, cli_env, wait_for
 
 PY = shlex.quote(sys.executable)
 # A task: logs its name and pid, starts a child of its own (a shell's command, say) that logs its pid too,
@@ -46,12 +45,15 @@ def _setup(tmp_path: Path, inputs: int = 2) -> tuple[Path, Path, Path, list[str]
 
 
 def _wait_for(condition, what: str, process: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        if process is not None:
-            assert process.poll() is None, f"ended before {what}: {process.returncode}"
-        time.sleep(0.02)
+    """`wait_for(condition)`, failing at once should `process` end first."""
+
+    def ready() -> bool:
+        if condition():
+            return True
+        assert process is None or process.poll() is None, f"ended before {what}: {process.returncode}"
+        return False
+
+    wait_for(ready, what)
 
 
 def _lines(path: Path) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 from batchpilot.backends.local import LocalBackend
 from batchpilot.errors import ConfigError
 from batchpilot.events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
-from batchpilot.records import AddStatus, BlobInfo, Permission, TaskResult, TaskState
+from batchpilot.records import AddStatus, BlobInfo, Permission, TaskResult, TaskState, TaskView
 from batchpilot.spec import (
     CleanupPolicy,
     JobSpec,
@@ -29,6 +29,7 @@ from batchpilot.spec import (
     leaves_root,
 )
 from batchpilot.subscribers.download import OutputDownloader
+from tests.waiting import eventually
 
 PY = shlex.quote(sys.executable)
 HOUR = timedelta(hours=1)
@@ -117,12 +118,12 @@ async def test_the_local_backend_refuses_ids_and_names_that_are_paths(tmp_path: 
 async def _run_one(backend: LocalBackend, task: TaskSpec) -> TaskResult | None:
     (added,) = await backend.compute.add_tasks("job", [task])
     assert added.status is AddStatus.ADDED
-    with anyio.fail_after(30):
-        while True:
-            (view,) = [v for v in await backend.compute.list_tasks("job") if v.task_id == task.task_id]
-            if view.state is TaskState.COMPLETED:
-                return view.result
-            await anyio.sleep(0.02)
+
+    async def completed() -> TaskView | None:
+        (view,) = [v for v in await backend.compute.list_tasks("job") if v.task_id == task.task_id]
+        return view if view.state is TaskState.COMPLETED else None
+
+    return (await eventually(completed, f"task {task.task_id} to complete", within=30)).result
 
 
 WRITES_EVERYWHERE = (
