@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.e2e.support import (
     cli_command,
     cli_env,
     delete_run_containers,
+    leaked_secrets,
     run_azure,
     wait_for,
 )
@@ -107,6 +109,8 @@ def test_the_report_of_an_emulator_run_from_the_service_alone(
     assert int(live.dataset["timelineBars"]) == int(live.dataset["attempts"]) >= 5
     text = (tmp_path / "job.html").read_text()
     assert "tvmps_" in text  # the emulator's nodes, named as Batch names them
+    for page in ("job.html", "run.html"):
+        assert leaked_secrets((tmp_path / page).read_text()) == []
 
 
 def test_an_unwritable_report_path_is_one_line_and_exit_2_before_anything(batchpilot: Run, tmp_path: Path):
@@ -169,4 +173,46 @@ def test_serve_keeps_a_rolling_report(tmp_path: Path):
         code, _, err = served.stop()
     assert code == 0, err
     page = _seen(report, tmp_path / "serve.png")
+    assert int(page.dataset["timelineBars"]) == 2
+
+
+def _slow_ffmpeg(tmp_path: Path) -> Path:
+    """ffmpeg that hangs on the MP3 encoding: tasks that stay running."""
+    slow = tmp_path / "slow-ffmpeg"
+    slow.write_text(
+        f'#!/bin/sh\ncase "$*" in *libmp3lame*) sleep 300 ;; esac\nexec {ffmpeg.find_ffmpeg()} "$@"\n'
+    )
+    slow.chmod(0o755)
+    return slow
+
+
+def test_a_timed_out_run_reports_its_attempts_still_running(tmp_path: Path):
+    report = tmp_path / "report.html"
+    result = subprocess.run(
+        cli_command("run", "--sample", "2", "--out", str(tmp_path / "out"), "--timeout", "3s",
+                    "--report", str(report)),
+        env=cli_env(tmp_path / "home", BATCHPILOT_FFMPEG=str(_slow_ffmpeg(tmp_path))),
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "TIMED OUT" in result.stderr
+    page = _seen(report, tmp_path / "report.png")
+    assert int(page.dataset["timelineBars"]) == 2
+    assert report.read_text().count('"o":"running"') == 2
+
+
+def test_an_interrupted_run_still_writes_its_report(tmp_path: Path):
+    report, log = tmp_path / "report.html", tmp_path / "stdout.log"
+    args = cli_command("run", "--sample", "2", "--out", str(tmp_path / "out"), "--report", str(report))
+    env = cli_env(tmp_path / "home", BATCHPILOT_FFMPEG=str(_slow_ffmpeg(tmp_path)))
+    with (
+        log.open("w") as stdout,
+        subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE) as run,
+    ):
+        wait_for(lambda: log.read_text().count('"state": "running"') >= 2, "both tasks running")
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert f"  report:  {report}" in err.decode()
+    page = _seen(report, tmp_path / "report.png")
     assert int(page.dataset["timelineBars"]) == 2
