@@ -180,6 +180,21 @@ class FolderSource:
     def inputs(self, names: Sequence[str]) -> tuple[Path, ...]:
         return tuple(self.folder / name for name in names)
 
+    def unreadable(self, names: Sequence[str]) -> dict[str, str]:
+        """The inputs among `names` that cannot be read (opened, and their first byte read), with the
+        system's reason. Blocking: call it in a worker thread."""
+        found = {}
+        for name in names:
+            try:
+                descriptor = os.open(self.folder / name, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.read(descriptor, 1)
+                finally:
+                    os.close(descriptor)
+            except OSError as exc:
+                found[name] = exc.strerror or type(exc).__name__
+        return found
+
 
 @dataclass(frozen=True, slots=True)
 class ContainerSource:
@@ -298,19 +313,25 @@ class Service:
         return self._clock.now().timestamp()
 
     async def _run_batch(self, names: Sequence[str]) -> None:
-        workload = replace(self._workload, inputs=self._source.inputs(names))
-        _log.info("service_batch", inputs=list(names))
         retry: str | None = None
+        failure: BaseException | None = None
         try:
+            # One bad input (unreadable, say) is reported and left out: the others run.
+            names = await self._readable(names)
+            if not names:
+                return
+            workload = replace(self._workload, inputs=self._source.inputs(names))
+            _log.info("service_batch", inputs=list(names))
             recorder = self._new_recorder() if self._new_recorder is not None else None
             summary = await self._orchestrator.run(workload, recorder=recorder)
         except (BatchpilotError, OSError) as exc:
-            # One batch's failure (a file removed while it was uploaded, say) is reported and the service
-            # goes on; its inputs are retried when they change or when the service starts again, or at
-            # once when only the service's answer was missing.
-            _log.error("service_batch_failed", inputs=list(names), error=str(exc))
-            if isinstance(exc, TransientBackendError):
-                retry = str(exc)
+            failure = exc
+        except BaseExceptionGroup as group:
+            # Task groups wrap what their tasks raise: a batch's own failures are still only the batch's.
+            matched, rest = group.split((BatchpilotError, OSError))
+            if rest is not None or matched is None:
+                raise
+            failure = _first_leaf(matched)
         else:
             if summary.unsubmitted:
                 retry = f"{summary.unsubmitted} tasks could not be added"
@@ -318,11 +339,29 @@ class Service:
                 retry = summary.lost_contact
         finally:
             self._runs_in_flight -= 1
+        if failure is not None:
+            # One batch's failure (a file removed while it was uploaded, say) is reported and the service
+            # goes on; its inputs are retried when they change or when the service starts again, or at
+            # once when only the service's answer was missing.
+            _log.error("service_batch_failed", inputs=list(names), error=str(failure))
+            if isinstance(failure, TransientBackendError):
+                retry = str(failure)
         if retry is not None:
             # Running the batch again is safe: what was uploaded, added or fetched is skipped.
             _log.warning("service_batch_retried", inputs=list(names), reason=retry)
             self._settler.release(names)
             self._released.update(names)
+
+    async def _readable(self, names: Sequence[str]) -> Sequence[str]:
+        """`names` without the inputs of a watched folder that cannot be read, each reported once
+        (`service_input_skipped`); they are taken again when they change."""
+        if not isinstance(self._source, FolderSource):
+            return names
+        unreadable = await anyio.to_thread.run_sync(self._source.unreadable, names)
+        for name, reason in unreadable.items():
+            error = f"cannot read it ({reason}); fix or remove it"
+            _log.error("service_input_skipped", input=name, error=error)
+        return [name for name in names if name not in unreadable]
 
     async def _scale(self, idle: IdleShutdown, *, busy: bool, now: float) -> None:
         size = idle.wanted(busy, now)
@@ -379,3 +418,9 @@ def summary_line(metrics: Metrics, workload: Workload) -> str:
     if unfinished > 0:
         line += f"; {unfinished} not finished yet: start the service again to pick them up"
     return line
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in `group` that is not itself a group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

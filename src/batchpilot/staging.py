@@ -28,7 +28,10 @@ async def stage_inputs(
 
 
 async def _hash_files(paths: tuple[Path, ...], concurrency: int) -> list[StagedInput]:
+    """Every input hashed; one ConfigError naming the first that cannot be read (and how many others),
+    raised after all were tried, never from inside the fan-out (where it would arrive as a group)."""
     staged: dict[Path, StagedInput] = {}
+    unreadable: dict[Path, str] = {}
 
     def read(path: Path) -> StagedInput:
         return StagedInput.for_path(path, md5_of(path), path.stat().st_size)
@@ -37,11 +40,15 @@ async def _hash_files(paths: tuple[Path, ...], concurrency: int) -> list[StagedI
         try:
             staged[path] = await anyio.to_thread.run_sync(read, path)
         except OSError as exc:
-            raise ConfigError(
-                f"cannot read input {path} ({exc.strerror}); fix its permissions or remove it"
-            ) from None
+            unreadable[path] = exc.strerror or type(exc).__name__
 
     await for_each(paths, stage, concurrency=concurrency)
+    if unreadable:
+        path = next(path for path in paths if path in unreadable)
+        others = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise ConfigError(
+            f"cannot read input {path} ({unreadable[path]}){others}; fix its permissions or remove it"
+        )
     return [staged[path] for path in paths]
 
 

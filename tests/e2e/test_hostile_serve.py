@@ -1,0 +1,72 @@
+"""One bad input never stops the service (issue 16, item 6): `batchpilot serve` as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.conftest import cli_command, cli_env
+
+
+def _wait_for(condition, what: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 90
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        assert process.poll() is None, f"the service ended before {what}"
+        time.sleep(0.05)
+
+
+def _unreadable(path: Path) -> None:
+    """A file the service cannot read: no read permission, or (for root, whom permissions do not stop) a
+    link to a file whose every read fails (EIO)."""
+    if os.getuid() != 0:
+        path.write_text("secret")
+        path.chmod(0)
+    else:
+        path.symlink_to("/proc/self/mem")
+
+
+def test_an_unreadable_input_among_good_ones_is_skipped_and_the_service_goes_on(
+    tmp_path: Path, home: Path
+) -> None:
+    """The repro: an unreadable file arriving with five good ones stopped the whole service (an
+    ExceptionGroup slipped past the batch's error handling); none of the five ran."""
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    log = tmp_path / "serve.log"
+    args = [
+        "serve", "--watch", str(watch), "--out", str(out), "--command", "/bin/cp {input} {stem}.copy",
+        "--outputs", "{stem}.copy", "--nodes", "2",
+    ]  # fmt: skip
+    with log.open("w") as stdout, log.with_suffix(".err").open("w") as stderr:
+        service = subprocess.Popen(
+            cli_command(*args), env=cli_env(home), stdout=stdout, stderr=stderr, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        _wait_for(lambda: "service_watching" in log.read_text(), "watching", service)
+        for index in range(5):
+            (watch / f"good{index}.txt").write_text(f"{index}\n")
+        _unreadable(watch / "bad.txt")
+        copies = lambda: sorted(path.name for path in out.glob("*.copy")) if out.exists() else []  # noqa: E731
+        _wait_for(lambda: len(copies()) == 5, "the five good inputs fetched", service)
+        # The service goes on: a later input runs too.
+        (watch / "later.txt").write_text("later\n")
+        _wait_for(lambda: "later.copy" in copies(), "a later input fetched", service)
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=120)
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert service.returncode == 0, log.with_suffix(".err").read_text()
+    assert copies() == [*(f"good{index}.copy" for index in range(5)), "later.copy"]
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    skipped = [event for event in events if event.get("event") == "service_input_skipped"]
+    assert [event["input"] for event in skipped] == ["bad.txt"]
+    assert "cannot read" in skipped[0]["error"]
+    assert not [event for event in events if event.get("event") == "service_batch_failed"]
+    assert "Traceback" not in log.with_suffix(".err").read_text()
