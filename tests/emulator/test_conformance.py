@@ -13,6 +13,11 @@ the first node list; a `$skiptoken` is the one the emulator's previous page gave
 (`workitems\\job\\...`) use `/`; `cmd /c` command lines run as `/bin/sh -c`; a job on an auto pool of Cloud
 Services (out of scope) is put on a prerequisite pool instead, its `poolInfo.autoPoolSpecification` and its
 job preparation/release tasks (not emulated) left out of both request and comparison.
+
+The emulator is set up as the recorded account was in September 2023: its supported images also list the
+Ubuntu 18.04 and Windows Server 2016 images the recorded pools used (refused by today's list), and a task
+waits a second before a node takes it (the service took about three). The figure is printed, and asserted
+against TARGET.
 """
 
 from __future__ import annotations
