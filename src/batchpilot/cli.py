@@ -493,6 +493,7 @@ async def _serve(args: argparse.Namespace) -> str:
         raise ConfigError(f"--watch {args.watch} is not a folder; create it or give another")
     if args.prefix and args.watch is not None:
         raise ConfigError("--prefix goes with --watch-container")
+    report = RollingReport.from_args(args)  # an unwritable --report: exit 2 before anything
     workload, pattern = await resolve_service_workload(args)
     workload = replace(
         workload,
@@ -501,7 +502,6 @@ async def _serve(args: argparse.Namespace) -> str:
         cleanup=CleanupPolicy(delete_input_container=False, delete_job=False, pool=PoolPolicy.KEEP),
         job_lifetime=JobLifetime.SERVICE,
     )
-    report = RollingReport.from_args(args, workload)  # an unwritable --report: exit 2 before anything
     from .metrics import Metrics, serve_metrics
     from .service import ContainerSource, FolderSource, Service, Source
     from .service import summary_line as service_summary_line
@@ -530,7 +530,7 @@ async def _serve(args: argparse.Namespace) -> str:
                 await _container_exists(source)
             service = Service(
                 orchestrator, workload, source, metrics, idle_shutdown=args.idle_shutdown,
-                new_recorder=report.runs.new_recorder if report else None,
+                new_recorder=report.start(workload) if report else None,
             )  # fmt: skip
             if report is not None:
                 group.start_soon(report.keep_writing, lambda: service_summary_line(metrics, workload))

@@ -156,15 +156,22 @@ class RollingReport:
 
     path: Path
     every_s: float
-    info: RunInfo
+    backend: str
+    info: RunInfo | None = None
     runs: RollingRuns = field(default_factory=RollingRuns)
     _failing: bool = False
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, workload: Workload) -> RollingReport | None:
+    def from_args(cls, args: argparse.Namespace) -> RollingReport | None:
+        """None without --report; ConfigError (exit 2) when the path cannot be written."""
         if args.report is None:
             return None
-        return cls(check_report_path(args.report), args.report_every, _info("serve", args.backend, workload))
+        return cls(check_report_path(args.report), args.report_every, args.backend)
+
+    def start(self, workload: Workload) -> Callable[[], RunRecorder]:
+        """What makes each batch's recorder (give it to `Service(new_recorder=...)`)."""
+        self.info = _info("serve", self.backend, workload)
+        return self.runs.new_recorder
 
     async def keep_writing(self, lines: Callable[[], str]) -> None:
         """Rewrite the report every `every_s` seconds until cancelled."""
@@ -173,6 +180,8 @@ class RollingReport:
             await self.write(lines)
 
     async def write(self, lines: Callable[[], str]) -> None:
+        if self.info is None:
+            return
         data = self.runs.data(self.info, generated_at=datetime.now(UTC), summary_lines=[lines()])
         try:
             await anyio.to_thread.run_sync(_render_and_write, self.path, data)

@@ -216,3 +216,22 @@ def test_an_interrupted_run_still_writes_its_report(tmp_path: Path):
     assert f"  report:  {report}" in err.decode()
     page = _seen(report, tmp_path / "report.png")
     assert int(page.dataset["timelineBars"]) == 2
+
+
+def test_report_mistakes_are_one_line_and_exit_2(batchpilot: Run, tmp_path: Path):
+    cases = [
+        (["report", "--job", "no-such-job"], "--job no-such-job: no such job on the local backend"),
+        (["report", "--job", "../../etc"], "job id '../../etc' is not a valid Batch id"),
+        (["report", "--job", "j", "--out", str(tmp_path)], "is a folder; give a file name"),
+        (["serve", "--watch", str(tmp_path), "--out", str(tmp_path / "o"),
+          "--report", str(tmp_path / "x" / "r.html")], "the folder"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = batchpilot(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert message in lines[0]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()  # serve created nothing before saying so
+    assert [p.name for p in tmp_path.glob("*.html")] == []
