@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import __version__
-from .model import Attempt, Outcome, ReportData
+from .model import Attempt, Outcome, ReportData, node_label
 
 COLOURS = {
     Outcome.SUCCEEDED: "#2e7d32",
@@ -66,7 +66,6 @@ def _attempt_row(data: ReportData, attempt: Attempt, label: Callable[[str | None
 
 def chart_data(data: ReportData, redact: Callable[[str], str]) -> dict[str, Any]:
     """The JSON island: the datasets and the Vega-Lite specs that draw them."""
-    from .model import node_label
 
     def label(node_id: str | None) -> str:
         return redact(node_label(node_id))
@@ -362,6 +361,10 @@ def _node_time_table(data: ReportData, esc: Callable[[object], str]) -> str:
         else "allocated: the nodes seen running tasks, from the first start to the last end; busy: the time"
         " each node ran at least one task"
     )
+    if data.info.source == "serve":
+        basis += (
+            "; a service's pool counts as allocated throughout, time scaled to zero by --idle-shutdown too"
+        )
     return (
         "<table><tr><th>nodes</th><th>count</th><th>allocated node-min</th><th>busy node-min</th>"
         f'<th>idle share</th></tr>{rows}</table><p class="muted">{esc(basis)}</p>'
