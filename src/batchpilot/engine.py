@@ -319,6 +319,11 @@ class Orchestrator:
         self._stage(run_id, Stage.UPLOAD, ended=True)
         to_add = await self._build_tasks(workload, [item for item in staged if item.task_id not in existing])
         recorder.found_in_job(len(staged) - len(to_add))
+        # Every backend's succeeded tasks are held to their outputs by the same check (the downloader's).
+        template = workload.template
+        self._downloader.expect(
+            run_id, {item.task_id: template.required_outputs(item.template_values()) for item in staged}
+        )
         ended = job_ready[0].ended
         if ended is not None and to_add:
             raise JobEndedError(
@@ -338,7 +343,9 @@ class Orchestrator:
             submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
             self._stage(run_id, Stage.SUBMISSION)
             await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
-            if workload.job_lifetime is JobLifetime.RUN and ended is None:
+            # A job told to end when its tasks are done ends at once when it has none, before a re-run can add
+            # what the service could not take now: such a job stays open (its max wall clock still ends it).
+            if workload.job_lifetime is JobLifetime.RUN and ended is None and not recorder.unsubmitted:
                 await compute.end_job_when_done(workload.job_id)
             self._stage(run_id, Stage.SUBMISSION, ended=True)
             refused = recorder.failed_ids()  # tasks the service did not take: nothing to wait for

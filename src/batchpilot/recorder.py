@@ -32,6 +32,7 @@ from .events import (
     RunStarted,
     RunSummary,
     TaskFailed,
+    TaskOutputsMissing,
     TaskRequeued,
     TasksSubmitted,
     TaskStateChanged,
@@ -200,6 +201,10 @@ class RunRecorder:
             self._end_attempt(
                 event.task_id, AttemptOutcome.FAILED, event.end_time or event.at, event, event.exit_code
             )
+        elif isinstance(event, TaskOutputsMissing):
+            # The service called it a success; without its declared outputs it is not one.
+            self._succeeded.discard(event.task_id)
+            self._failed[event.task_id] = FailedTask(event.task_id, 0, event.reason, "")
         elif isinstance(event, OutputDownloaded | OutputDownloadFailed):
             if isinstance(event, OutputDownloadFailed):
                 counts.download_failed += 1
@@ -239,6 +244,11 @@ class RunRecorder:
     def finished(self) -> int:
         """Tasks that succeeded or failed (refused ones included)."""
         return len(self._succeeded) + len(self._failed)
+
+    @property
+    def unsubmitted(self) -> int:
+        """Tasks the service could not take even after retries (5xx, throttling): a re-run adds them."""
+        return self._counts.unsubmitted
 
     def failed_ids(self) -> frozenset[str]:
         """The tasks failed so far, those the service refused to add included."""

@@ -12,6 +12,7 @@ from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Work
 from batchpilot.cli_errors import backend_error_line
 from batchpilot.engine import JOB_GRACE, SAS_MARGIN, job_wall_clock, sas_lifetime
 from batchpilot.errors import JobEndedError
+from batchpilot.records import AddStatus
 from batchpilot.spec import JobLifetime, JobSpec, TaskConstraints
 from batchpilot.testing import InMemoryBackend, Succeed
 
@@ -95,3 +96,21 @@ async def test_new_inputs_for_a_job_that_has_ended_are_a_clear_error(tmp_path: P
     line = backend_error_line(raised.value, "local")
     assert line.startswith(f"batchpilot: BackendError: {message}; ")
     assert "delete it (batchpilot cleanup --backend local --job batchpilot-lifetime) and run again" in line
+
+
+async def test_a_one_shot_run_whose_tasks_the_service_could_not_take_leaves_its_job_open_for_the_rerun(
+    tmp_path: Path,
+):
+    job = workload(tmp_path, JobLifetime.RUN)
+    backend = InMemoryBackend(script=copies)
+    # Every attempt of the submitter fails with a server error: nothing is added.
+    backend.compute.refuse_adds(5, status=AddStatus.SERVER_ERROR, code="ServerBusy")
+    async with Orchestrator(backend) as orchestrator:
+        first = await orchestrator.run(job)
+        assert (first.ok, first.unsubmitted) == (False, 3)
+        # Told to end when done, a job with no task ends at once (as on Batch): the re-run could add nothing.
+        assert "end_job_when_done" not in [name for name, _ in backend.compute.calls]
+        again = await orchestrator.run(job)
+    assert again.ok, again
+    assert (again.tasks_added, again.succeeded) == (3, 3)
+    assert [name for name, _ in backend.compute.calls].count("end_job_when_done") == 1
