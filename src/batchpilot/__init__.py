@@ -11,6 +11,8 @@ fake clock for tests. tests/unit/test_public_api.py checks that every type these
 
 from collections.abc import Sequence
 
+# First: it imports structlog without rich (see batchpilot.logging), before any module imports structlog.
+from . import logging as _logging  # noqa: F401
 from .backends.base import Backend, Compute, Storage
 from .backends.local import LocalBackend
 from .backoff import BackoffPolicy

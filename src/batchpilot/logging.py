@@ -14,10 +14,30 @@ from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .redact import redact
+def _import_structlog_without_rich() -> None:
+    """Import structlog without the rich it imports for its development tracebacks (60-100 ms at start-up).
+
+    `import structlog` imports `structlog.dev` and `structlog.tracebacks`, which import rich if it is
+    installed, only to format exceptions on a console. batchpilot never shows a traceback (one line per
+    error), so structlog is imported once with rich hidden: both modules then fall back to plain tracebacks,
+    and rich stays importable for the progress bar. Nothing happens if either is already imported.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` raise ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402
+from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
+
+from .redact import redact  # noqa: E402
 
 LogFormat = Literal["console", "json"]
 
