@@ -194,8 +194,15 @@ async def test_resize_up_of_a_pool_whose_agent_ended_is_refused(
         return True if (await client.get_pool("jammy")).allocation_state == "steady" else None
 
     await eventually(steady)
-    # Ubuntu 22.04's end of life (2027-06-30) passes while the pool lives.
-    monkeypatch.setattr(emulator_app, "_utcnow", lambda: datetime(2027, 7, 1, tzinfo=UTC))
+    # Ubuntu 22.04's end of life (2027-06-30) passes while the pool lives: the growth check's clock moves
+    # on (only its clock: requests are still signed and dated now).
+    judge = emulator_app.check_agent_for_growth
+    later = datetime(2027, 7, 1, tzinfo=UTC)
+
+    def check_later(images: tuple[SupportedImage, ...], body: dict[str, object], _now: datetime) -> None:
+        judge(images, body, later)
+
+    monkeypatch.setattr(emulator_app, "check_agent_for_growth", check_later)
     with pytest.raises(HttpResponseError) as refused:
         await client.begin_resize_pool("jammy", m.BatchPoolResizeOptions(target_dedicated_nodes=2))
     assert refused.value.status_code == 409

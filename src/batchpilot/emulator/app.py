@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 
 from ..records import TaskState
-from .auth import verify
+from .auth import MAX_REQUEST_SKEW, fresh, verify
 from .config import EmulatorConfig
 from .faults import Fault, FaultInjector, OutageMode, RequestKind
 from .images import IMAGE_PROPERTIES, check_agent_for_growth, check_pool_image
@@ -258,6 +258,16 @@ class Emulator:
                 )
             )
         request = _query_names_lowered(request)
+        if not fresh(request.headers, _utcnow()):
+            minutes = int(MAX_REQUEST_SKEW.total_seconds() // 60)
+            return error_response(
+                ServiceError(
+                    403,
+                    "AuthenticationFailed",
+                    "Server failed to authenticate the request. The ocp-date (or Date) header must be within "
+                    f"{minutes} minutes of the service's time.",
+                )
+            )
         if self.faults.in_outage(kind, time.monotonic()):
             if faults.outage_mode is OutageMode.DROP and request.transport is not None:
                 request.transport.abort()

@@ -17,7 +17,13 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qs, parse_qsl
+
+# "The Batch service must receive a request within 15 minutes of when it is created. By doing this, the
+# service is guarded against security attacks, such as replay attacks." (Authenticate requests to Azure Batch)
+MAX_REQUEST_SKEW = timedelta(minutes=15)
 
 _HEADERS_TO_SIGN = (
     "content-encoding",
@@ -100,3 +106,23 @@ def verify(
         # Both are compared, whichever matches, so the time taken says nothing about the signature.
         matched |= hmac.compare_digest(expected, signature)
     return matched
+
+
+def request_time(headers: Mapping[str, str]) -> datetime | None:
+    """When the client created the request: its `ocp-date` header, else `Date` (RFC 1123); None when it
+    gives neither or one that does not parse."""
+    text = headers.get("ocp-date") or headers.get("Date")
+    if not text or len(text) > 64:
+        return None
+    try:
+        created = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return created if created.tzinfo is not None else None
+
+
+def fresh(headers: Mapping[str, str], now: datetime) -> bool:
+    """Whether the request was created within MAX_REQUEST_SKEW of `now`, either way: an older one could be
+    a captured request replayed."""
+    created = request_time(headers)
+    return created is not None and abs(now - created) <= MAX_REQUEST_SKEW

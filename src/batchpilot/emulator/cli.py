@@ -4,12 +4,24 @@ calls `add_arguments` on its parser and awaits `run_from_args` with the parsed n
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import math
+import os
 from pathlib import Path
 
+import structlog
+
+from ..errors import ConfigError
 from .config import DEFAULT_ACCOUNT, DEFAULT_KEY, EmulatorConfig
 from .faults import FaultConfig, OutageMode, RequestKind
 from .images import DEFAULT_IMAGES, load_images
+
+log = structlog.get_logger(__name__)
+
+# Where the emulator's key is read from when no file is given (never from the command line by default).
+KEY_ENV = "BATCHPILOT_EMULATOR_KEY"
+_MAX_KEY_FILE_BYTES = 4096
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--account", default=DEFAULT_ACCOUNT, help="Batch account name (default: %(default)s)"
     )
-    parser.add_argument("--key", default=DEFAULT_KEY, help="base64 SharedKey of the account")
+    parser.add_argument(
+        "--key-file", type=Path, metavar="FILE",
+        help=f"a file holding the account's base64 SharedKey (default: ${KEY_ENV}, else the emulator's "
+        "published development key)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--key", help=f"the key itself: visible to every user in `ps`; prefer --key-file or ${KEY_ENV}"
+    )
     parser.add_argument("--workdir", type=Path, help="where task directories live (default: a temporary dir)")
     parser.add_argument(
         "--allocation-delay-s", type=float, default=0.2, help="seconds before new nodes are idle"
@@ -128,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         host=args.host,
         port=args.port,
         account=args.account,
-        key=args.key,
+        key=_key(args.key, args.key_file),
         workdir=args.workdir,
         allocation_delay_s=args.allocation_delay_s,
         deletion_delay_s=args.deletion_delay_s,
@@ -166,6 +185,42 @@ async def run_from_args(args: argparse.Namespace) -> None:
     from .app import serve  # aiohttp's server and the storage SDK: loaded only to serve
 
     await serve(config_from_args(args))
+
+
+def _key(given: str | None, key_file: Path | None) -> str:
+    """The account key: from --key-file, else --key (with a warning: command lines are public), else
+    $BATCHPILOT_EMULATOR_KEY, else the published development key. A real account's key in
+    $AZURE_BATCH_ACCESS_KEY is never taken: it must not become an emulator's. ConfigError (one line) when
+    the key is not base64 or the file cannot be read."""
+    if key_file is not None and given is not None:
+        raise ConfigError("give the emulator's key once: --key-file or --key, not both")
+    if key_file is not None:
+        try:
+            if key_file.stat().st_size > _MAX_KEY_FILE_BYTES:
+                raise ConfigError(
+                    f"{key_file} is too large to be a key file (at most {_MAX_KEY_FILE_BYTES} bytes)"
+                )
+            key = key_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(f"cannot read the key file {key_file}: {reason}") from None
+        source = str(key_file)
+    elif given is not None:
+        log.warning("emulator.key_on_command_line", fix=f"use --key-file or ${KEY_ENV}: `ps` shows --key")
+        key, source = given, "--key"
+    elif os.environ.get(KEY_ENV):
+        key, source = os.environ[KEY_ENV].strip(), f"${KEY_ENV}"
+    else:
+        return DEFAULT_KEY
+    try:
+        base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            f"the emulator's key from {source} is not base64; give the account key as Azure does"
+        ) from None
+    if not key:
+        raise ConfigError(f"the emulator's key from {source} is empty")
+    return key
 
 
 def _seconds_range(text: str) -> tuple[float, float]:
