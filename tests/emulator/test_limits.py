@@ -13,11 +13,12 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 
 from batchpilot.emulator.limits import MAX_ARG_BYTES, MAX_BODY_BYTES, MAX_ENVIRONMENT_SETTINGS
+from tests.waiting import eventually
 
 from .support import add_tasks, job_options, pool_options, shell_task
 
 FOUR_MB = 4 * 1024 * 1024
-# aiohttp (the SDK's transport) warns when it sends a body over 1 MB from bytes: these tests send one on purpose.
+# aiohttp (the SDK's transport) warns when it sends a body over 1 MB from bytes; these tests do so on purpose.
 LARGE_BODY = pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
 
 
@@ -86,8 +87,6 @@ async def test_a_long_command_line_within_the_limit_runs(client: BatchClient) ->
     async def done() -> m.BatchTask | None:
         task = await client.get_task("j", "t")
         return task if task.state == "completed" else None
-
-    from .support import eventually
 
     task = await eventually(done, within=20)
     assert task.execution_info is not None

@@ -18,7 +18,9 @@ from azure.core.exceptions import (
 )
 from azure.core.rest import HttpRequest
 
-from .support import add_tasks, eventually, job_options, pool_options, shell_task
+from tests.waiting import eventually
+
+from .support import add_tasks, job_options, pool_options, shell_task
 
 
 async def task_in(client: BatchClient, job_id: str, task_id: str, state: str) -> m.BatchTask:

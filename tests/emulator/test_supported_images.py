@@ -15,11 +15,12 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 
 from batchpilot.emulator.cli import add_arguments, config_from_args
-from batchpilot.emulator.images import DEFAULT_IMAGES, SupportedImage, load_images
+from batchpilot.emulator.images import DEFAULT_IMAGES, SupportedImage, check_agent_for_growth, load_images
 from batchpilot.errors import ConfigError
 from tests.conftest import EmulatorFactory
+from tests.waiting import eventually
 
-from .support import batch_client, eventually, pool_options
+from .support import batch_client, pool_options
 
 RECORDING = (
     Path(__file__).resolve().parents[2]
@@ -196,7 +197,7 @@ async def test_resize_up_of_a_pool_whose_agent_ended_is_refused(
     await eventually(steady)
     # Ubuntu 22.04's end of life (2027-06-30) passes while the pool lives: the growth check's clock moves
     # on (only its clock: requests are still signed and dated now).
-    judge = emulator_app.check_agent_for_growth
+    judge = check_agent_for_growth
     later = datetime(2027, 7, 1, tzinfo=UTC)
 
     def check_later(images: tuple[SupportedImage, ...], body: dict[str, object], _now: datetime) -> None:
