@@ -538,6 +538,8 @@ class Runtime:
     # --- outcomes ---------------------------------------------------------------------------------------
 
     def _finish_attempt(self, job: Job, task: Task, execution: Execution) -> None:
+        if _deleted(job, task):  # deleted while its process was ending: nothing to record
+            return
         decision = after_attempt(
             exit_code=execution.exit_code,
             failure=execution.failure,
@@ -555,6 +557,8 @@ class Runtime:
         )
 
     def _finish_interrupted(self, job: Job, task: Task, reason: EndReason) -> None:
+        if _deleted(job, task):
+            return
         interruption, failure = _ENDED[reason]
         decision = after_attempt(
             exit_code=None,
@@ -582,7 +586,7 @@ class Runtime:
         self._maybe_finish(job)
 
     def _requeue(self, job: Job, task: Task) -> None:
-        if task.state is TaskState.COMPLETED or job.state is not JobState.ACTIVE:
+        if task.state is TaskState.COMPLETED or job.state is not JobState.ACTIVE or _deleted(job, task):
             return
         task.requeue_count += 1
         task.last_requeue_time = self._now()
@@ -613,6 +617,11 @@ def _link_ffmpeg(bin_dir: Path) -> None:
         return
     link.unlink(missing_ok=True)
     link.symlink_to(target)
+
+
+def _deleted(job: Job, task: Task) -> bool:
+    """Whether Delete Task has removed `task` from its job (its id may be in use by a new task)."""
+    return not job.has_task(task.task_id) or job.task(task.task_id) is not task
 
 
 def _remove_tree(path: Path) -> None:
