@@ -47,21 +47,25 @@ def build_task(
     `output_url` (a container URL, with a create+write SAS on Azure) under `output_path(...)`, and the
     task's stdout/stderr uploaded there on failure under `_logs/<task id>/`. Raises nothing beyond what
     rendering the template raises (`KeyError` for a placeholder the template never allowed)."""
-    values = staged.template_values()
+    # The command, the staged input and the patterns matched on the node use safe names only
+    # (`StagedInput.safe_path`: no name from outside becomes shell syntax or an option); a single-file output
+    # is uploaded under the name rendered from the input's own name, so it is downloaded under it.
+    on_node = staged.node_values()
+    named = template.render_outputs(staged.template_values())
     outputs = [
         OutputFile(
-            template.in_working_dir(pattern),
+            template.in_working_dir(node_pattern),
             output_url,
-            output_path(staged.task_id, pattern),
+            staged.task_id if glob.has_magic(node_pattern) else f"{staged.task_id}/{pattern}",
             UploadCondition.TASK_SUCCESS,
         )
-        for pattern in template.render_outputs(values)
+        for pattern, node_pattern in zip(named, template.render_outputs(on_node), strict=True)
     ]
     outputs.append(failure_logs_output(staged.task_id, output_url))
     return TaskSpec(
         task_id=staged.task_id,
-        command_line=template.render_command(values),
-        resource_files=(ResourceFile(input_url, staged.blob_name),),
+        command_line=template.render_command(on_node),
+        resource_files=(ResourceFile(input_url, staged.safe_path),),
         output_files=tuple(outputs),
         constraints=template.constraints,
         display_name=staged.name[:MAX_DISPLAY_NAME],

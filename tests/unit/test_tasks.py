@@ -68,10 +68,14 @@ def test_a_task_has_its_input_its_outputs_on_success_and_its_logs_on_failure():
     template = workload(Path("/tmp")).template
     task = build_task(template, item, input_url="IN", output_url="OUT", environment=(("K", "V"),))
     assert task.task_id == item.task_id
-    assert task.command_line == template.render_command(item.template_values())
-    assert task.resource_files == (ResourceFile("IN", "a clip.mp4"),)
+    # A name with a space is staged and named on the node by a safe name (issue 16 item 1); the output it
+    # leaves is uploaded under the input's own name.
+    assert task.command_line == template.render_command(item.node_values())
+    assert task.resource_files == (ResourceFile("IN", f"{item.task_id}.mp4"),)
     assert task.output_files == (
-        OutputFile("out/a clip.mp3", "OUT", f"{item.task_id}/a clip.mp3", UploadCondition.TASK_SUCCESS),
+        OutputFile(
+            f"out/{item.task_id}.mp3", "OUT", f"{item.task_id}/a clip.mp3", UploadCondition.TASK_SUCCESS
+        ),
         OutputFile("out/*.log", "OUT", item.task_id, UploadCondition.TASK_SUCCESS),
         OutputFile("../std*.txt", "OUT", f"{LOGS_PREFIX}/{item.task_id}", UploadCondition.TASK_FAILURE),
     )
@@ -114,7 +118,8 @@ def test_plan_shows_every_output_file_of_a_task_including_its_failure_logs(tmp_p
     lines = plan_lines(job, [item], backend="local")
     at = lines.index(f"    {item.task_id}: {planned_task(job, item).command_line}")
     assert lines[at + 1 : at + 4] == [
-        f"      on success: out/a clip.mp3 -> container {job.output_container}: {item.task_id}/a clip.mp3",
+        f"      on success: out/{item.task_id}.mp3 -> container {job.output_container}: "
+        f"{item.task_id}/a clip.mp3",
         f"      on success: out/*.log -> container {job.output_container}: {item.task_id}",
         f"      on failure: ../std*.txt -> container {job.output_container}: _logs/{item.task_id}",
     ]

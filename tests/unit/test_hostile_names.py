@@ -1,0 +1,114 @@
+"""A name from outside never becomes code (issue 16, item 1): whatever the template does with it, the command
+line a task gets holds only safe names; the original name stays data (outputs, display name)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from batchpilot.spec import StagedInput, TaskTemplate
+from batchpilot.tasks import build_task
+
+HOSTILE_NAMES = [
+    "a'$(id>PWNED)'b.log",
+    'a"$(id>PWNED)"b.log',
+    "a`id>PWNED`b.log",
+    "a;id>PWNED;b.log",
+    "a|id>PWNED.log",
+    "a&&id>PWNED.log",
+    "a\nid>PWNED\n.log",
+    "a $(id) b.log",
+    "-x",
+    "--version",
+    "-rf.log",
+    "ünï cödé.log",
+    "a\\'b.log",
+    "${IFS}id.log",
+    "a*b?.log",
+    "a{b,c}.log",
+    "~root.log",
+    "a\u202eb.log",  # right-to-left override
+    "a\u00a0b.log",  # no-break space
+    ".hidden.log",
+    "x.$(id)",
+]
+TEMPLATES = [
+    '/bin/sh -c "gzip -c {input} > {input_name}.gz"',
+    "/bin/sh -c 'gzip -c {input} > {input_name}.gz'",
+    "gzip -k {input}",
+    '/bin/bash -c "/bin/sh -c \\"cat {input} > {stem}.out\\""',
+    "/bin/sh -c 'eval cat {input} {input_name} {stem}'",
+    "tool --in={input} --name={input_name} {task_id}",
+]
+SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+
+
+def _staged(name: str) -> StagedInput:
+    return StagedInput.for_path(Path("/in") / name, "0" * 32, 1)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+@pytest.mark.parametrize("command", TEMPLATES)
+def test_no_name_from_outside_reaches_the_command_line(name: str, command: str) -> None:
+    """The repro's template among others: the command line holds the template's own text and safe names."""
+    staged = _staged(name)
+    template = TaskTemplate(command, ("{input_name}.gz",))
+    task = build_task(template, staged, input_url="IN", output_url="OUT")
+    values = staged.node_values()
+    assert all(SAFE.fullmatch(value) for value in values.values()), values
+    assert task.command_line == command.format_map(values)  # nothing but the template and safe values
+    assert name not in task.command_line
+    assert PurePosixPath(name).stem not in task.command_line or SAFE.fullmatch(PurePosixPath(name).stem)
+    # Staged on the node under the safe name; that name reads as no option.
+    (resource,) = task.resource_files
+    assert resource.file_path == values["input"]
+    assert not resource.file_path.startswith(("-", "."))
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_the_original_name_is_kept_where_it_is_data(name: str) -> None:
+    staged = _staged(name)
+    template = TaskTemplate(
+        '/bin/sh -c "gzip -c {input} > {input_name}.gz"', ("{input_name}.gz", "{stem}*.png")
+    )
+    task = build_task(template, staged, input_url="IN", output_url="OUT")
+    single, wildcard, _logs = task.output_files
+    # Matched on the node by the safe name, uploaded (and so downloaded) under the original one.
+    assert single.file_pattern == f"{staged.safe_path}.gz"
+    assert single.path == f"{staged.task_id}/{name}.gz"
+    assert wildcard.file_pattern == f"{PurePosixPath(staged.safe_path).stem}*.png"
+    assert wildcard.path == staged.task_id
+    assert task.display_name == name
+
+
+@pytest.mark.parametrize("name", ["a.log", "clip_01.mp4", "x+y-z.tar.gz", "_a", "A1"])
+def test_a_safe_name_is_used_as_it_is(name: str) -> None:
+    staged = _staged(name)
+    assert staged.safe_path == name
+    task = build_task(
+        TaskTemplate("gzip -k {input}", ("{input_name}.gz",)), staged, input_url="I", output_url="O"
+    )
+    assert task.command_line == f"gzip -k {name}"
+    assert task.output_files[0].file_pattern == f"{name}.gz"
+
+
+def test_a_blob_input_in_folders_keeps_its_path_when_every_part_is_safe() -> None:
+    assert StagedInput.for_blob("videos/2024/a.mp4", None, 1).safe_path == "videos/2024/a.mp4"
+    for hostile in ("videos/$(id)/a.mp4", "videos/2024/-a.mp4", "../a.mp4", "videos/a b.mp4"):
+        staged = StagedInput.for_blob(hostile, None, 1)
+        assert SAFE.fullmatch(staged.safe_path), staged.safe_path
+        assert staged.safe_path.endswith(".mp4")
+
+
+def test_the_command_splits_into_the_templates_words_whatever_the_name() -> None:
+    for name in HOSTILE_NAMES:
+        task = build_task(
+            TaskTemplate("tool {input} {stem}.out", ()), _staged(name), input_url="I", output_url="O"
+        )
+        words = shlex.split(task.command_line)
+        assert len(words) == 3
+        assert words[0] == "tool"
+        assert not words[1].startswith("-")
