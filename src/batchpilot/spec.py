@@ -322,7 +322,8 @@ class TaskTemplate:
 
     Placeholders: `{input}` (the staged input's path, relative to the working dir), `{input_name}` (its
     original file name), `{stem}` (that name without its extension), `{output_dir}` (where the command should
-    write its outputs, relative to the working dir), `{task_id}`. Values are shell-quoted.
+    write its outputs, relative to the working dir), `{task_id}`. Values are shell-quoted; for a task, the
+    input's values are safe names (`StagedInput.node_values`), so no name from outside becomes syntax.
 
     `outputs` are file patterns relative to `output_dir`. With the default `"."` that is the working dir
     itself; any other folder is created before the command runs (through `/bin/sh`, since Batch runs the
