@@ -53,7 +53,12 @@ def add_workload_arguments(
     )  # fmt: skip
     parser.add_argument(
         "--outputs", action="append", default=[], metavar="PATTERN",
-        help="with --command: output files to fetch, e.g. '*.gz' (repeatable)",
+        help="with --command: output files to fetch, e.g. '*.gz' (repeatable); a pattern that matches no "
+        "file fails its task",
+    )  # fmt: skip
+    parser.add_argument(
+        "--optional-outputs", action="append", default=[], metavar="PATTERN",
+        help="with --command: output files to fetch if the command wrote them (repeatable)",
     )  # fmt: skip
     if not service:
         parser.add_argument(
@@ -97,11 +102,18 @@ async def resolve_service_workload(args: argparse.Namespace) -> tuple[Workload, 
         if args.workload:
             raise ConfigError("give either --workload FILE or --command TEMPLATE, not both")
         workload = await anyio.to_thread.run_sync(
-            lambda: one_off_workload(args.command_template, tuple(args.outputs), None, defaults, inputs=())
+            lambda: one_off_workload(
+                args.command_template,
+                tuple(args.outputs),
+                None,
+                defaults,
+                inputs=(),
+                optional_outputs=tuple(args.optional_outputs),
+            )
         )
         pattern = "*"
     else:
-        if args.outputs:
+        if args.outputs or args.optional_outputs:
             raise ConfigError("--outputs goes with --command; a workload file lists its outputs itself")
         path = args.workload or await _workload_in_settings(args.config) or ffmpeg.WORKLOAD_FILE
         table = await anyio.to_thread.run_sync(read_workload_table, path)
@@ -141,11 +153,17 @@ async def resolve_workload(args: argparse.Namespace, state_root: Path) -> Worklo
         if inputs_from is None:
             raise ConfigError("--command needs INPUTS: a folder, a file or a quoted glob")
         workload = await anyio.to_thread.run_sync(
-            lambda: one_off_workload(args.command_template, tuple(args.outputs), inputs_from, defaults)
+            lambda: one_off_workload(
+                args.command_template,
+                tuple(args.outputs),
+                inputs_from,
+                defaults,
+                optional_outputs=tuple(args.optional_outputs),
+            )
         )
         workload = _renamed(workload, _name_for("run", inputs_from))
     else:
-        if args.outputs:
+        if args.outputs or args.optional_outputs:
             raise ConfigError("--outputs goes with --command; a workload file lists its outputs itself")
         path = args.workload or await _workload_in_settings(args.config)
         if path is None and inputs_from is None:

@@ -232,6 +232,19 @@ class OutputDownloadFailed(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TaskOutputsMissing(Event):
+    """A task the service says succeeded left no file for some of its output patterns (`patterns`, as
+    rendered for it, not the optional ones): Batch then uploads nothing and still calls the task a success
+    (azure-docs#37770), so the run counts the task as failed, with `reason` in one line."""
+
+    kind: ClassVar[str] = "task_outputs_missing"
+    job_id: str
+    task_id: str
+    patterns: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceDeleted(Event):
     """The run deleted a resource it no longer needs: `resource` is "container", "job" or "pool"."""
 

@@ -5,7 +5,9 @@
     inputs = "logs/*.log"                # a glob, relative to this file's folder, or blobs already in
                                          # storage: { container = "raw-logs", prefix = "2024/" }
     command = "gzip -k {input}"          # placeholders: {input} {input_name} {stem} {output_dir} {task_id}
-    outputs = ["{input_name}.gz"]        # file patterns relative to output_dir, fetched to download_to
+    outputs = ["{input_name}.gz"]        # file patterns relative to output_dir, fetched to download_to;
+                                         # each must match a file, or the task fails, unless written
+                                         # { pattern = "{stem}.log", optional = true }
 
 The optional tables `[workload.pool]`, `[workload.constraints]`, `[workload.container]` and
 `[workload.cleanup]` hold the rest (see `KEYS`). Every mistake is one `ConfigError` line naming the file, the
@@ -138,10 +140,13 @@ def one_off_workload(
     defaults: Defaults,
     *,
     inputs: tuple[Path, ...] | None = None,
+    optional_outputs: tuple[str, ...] = (),
 ) -> Workload:
     """`batchpilot run INPUTS --command '...' --outputs '*.mp3'`: the same rules as a file, named by flag.
-    `inputs` replaces the inputs outright, as in `load_workload`."""
-    table: dict[str, Any] = {"command": command, "outputs": list(outputs)}
+    `inputs` replaces the inputs outright, as in `load_workload`; `optional_outputs` (--optional-outputs)
+    are output patterns that may match no file."""
+    patterns: list[Any] = [*outputs, *({"pattern": p, "optional": True} for p in optional_outputs)]
+    table: dict[str, Any] = {"command": command, "outputs": patterns}
     return _build(table, _Source("--command/--outputs"), Path.cwd(), defaults, inputs, inputs_from)
 
 
@@ -207,7 +212,7 @@ def _blob_inputs(table: dict[str, Any], reader: _Reader) -> BlobInputs:
 
 def _template(table: dict[str, Any], reader: _Reader) -> TaskTemplate:
     command = reader.string(table, "workload.command", required=True)
-    outputs = reader.strings(table, "workload.outputs")
+    outputs, optional = reader.outputs(table, "workload.outputs")
     allowed = ", ".join("{" + name + "}" for name in sorted(PLACEHOLDERS))
     # Checked here, key by key, so the message points at the line; TaskTemplate checks again for the API.
     for key, text in [("workload.command", command)] + [("workload.outputs", p) for p in outputs]:
@@ -224,6 +229,7 @@ def _template(table: dict[str, Any], reader: _Reader) -> TaskTemplate:
         return TaskTemplate(
             command=command,
             outputs=outputs,
+            optional_outputs=optional,
             output_dir=reader.string(table, "workload.output_dir") or ".",
             constraints=TaskConstraints(
                 max_wall_clock=reader.duration(limits, "workload.constraints.max_wall_clock"),
@@ -369,6 +375,29 @@ class _Reader:
         ):
             raise self.source.error(key, 'must be a list of file patterns, like ["*.gz"]')
         return tuple(value)
+
+    def outputs(self, table: Mapping[str, Any], key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Output patterns, each a string or `{ pattern = "...", optional = true }`: (all, the optional)."""
+        value = table.get(_last(key), [])
+        items = [value] if isinstance(value, str | dict) else value
+        problem = 'must be a list of file patterns, like ["*.gz"] or [{ pattern = "*.log", optional = true }]'
+        if not isinstance(items, list):
+            raise self.source.error(key, problem)
+        patterns: list[str] = []
+        optional: list[str] = []
+        for item in items:
+            if isinstance(item, dict):
+                if set(item) - {"pattern", "optional"} or not isinstance(item.get("optional", False), bool):
+                    raise self.source.error(key, problem)
+                pattern = item.get("pattern")
+                if item.get("optional", False) and isinstance(pattern, str):
+                    optional.append(pattern)
+            else:
+                pattern = item
+            if not isinstance(pattern, str) or not pattern or "\0" in pattern:
+                raise self.source.error(key, problem)
+            patterns.append(pattern)
+        return tuple(patterns), tuple(optional)
 
     def integer(self, table: Mapping[str, Any], key: str, default: int | None, *, minimum: int) -> int | None:
         value = table.get(_last(key))

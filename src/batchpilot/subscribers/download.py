@@ -9,13 +9,21 @@ A file that cannot be written here (a full disk, a read-only or unwritable folde
 should be) fails that one download, with the path, the system's reason and the remedy; the others go on, and
 the run's summary counts it as failed (from the OutputDownloadFailed event: the run's recorder keeps the
 counts, not the downloader), so the same command run again fetches it.
+
+Every succeeded task is also held to its declared outputs, on every backend by this same code: each output
+pattern that is not optional must have left at least one blob under `<task_id>/`, or the task is reported
+as TaskOutputsMissing and the run counts it failed. Batch itself uploads nothing for a pattern that matched
+no file and still calls the task a success (azure-docs#37770, azure-powershell#9912), so only a look at the
+container tells. This holds with or without a download folder.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
+import glob
 import posixpath
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +31,14 @@ import anyio
 
 from ..backends.base import Backend
 from ..errors import BackendError
-from ..events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
+from ..events import (
+    Event,
+    OutputDownloaded,
+    OutputDownloadFailed,
+    RunStarted,
+    TaskOutputsMissing,
+    TaskSucceeded,
+)
 from ..files import md5_of
 from ..records import BlobInfo
 from ..spec import leaves_root
@@ -35,7 +50,7 @@ Publish = Callable[..., Awaitable[None]]
 class _Run:
     job_id: str
     container: str
-    folder: Path
+    folder: Path | None  # None: outputs stay in the container, only checked
 
 
 class OutputDownloader:
@@ -43,24 +58,49 @@ class OutputDownloader:
         # The backend, not its storage: a backend's clients exist only once it is opened.
         self._backend = backend
         self._publish = publish
-        self._runs: dict[str, _Run] = {}  # the runs in flight that download, until forget()
+        self._runs: dict[str, _Run] = {}  # the runs in flight, until forget()
+        # Each run's tasks' required output patterns (rendered), by task id, until forget().
+        self._required: dict[str, dict[str, tuple[str, ...]]] = {}
+
+    def expect(self, run_id: str, required: dict[str, tuple[str, ...]]) -> None:
+        """The output patterns each of the run's tasks must have produced (`TaskTemplate.required_outputs`,
+        by task id); the engine gives them before any task of the run can succeed."""
+        self._required[run_id] = required
 
     def forget(self, run_id: str) -> None:
         """Drop what is known of a run that has ended (`Orchestrator.run` calls it when the run returns)."""
         self._runs.pop(run_id, None)
+        self._required.pop(run_id, None)
 
     async def __call__(self, event: Event) -> None:
-        if isinstance(event, RunStarted) and event.download_to is not None:
+        if isinstance(event, RunStarted):
             self._runs[event.run_id] = _Run(event.job_id, event.output_container, event.download_to)
         elif isinstance(event, TaskSucceeded) and (run := self._runs.get(event.run_id)) is not None:
             await self._fetch_task(event.run_id, run, event.task_id)
 
     async def _fetch_task(self, run_id: str, run: _Run, task_id: str) -> None:
         prefix = f"{task_id}/"
+        required = self._required.get(run_id, {}).get(task_id, ())
+        if run.folder is None and not required:
+            return  # nothing to fetch, nothing to check: no request
         try:
             blobs = await self._backend.storage.list_blobs(run.container, prefix)
         except BackendError as exc:
             await self._failed(run_id, run, task_id, prefix, str(exc))
+            return
+        missing = unmatched_outputs(task_id, required, (blob.name for blob in blobs))
+        if missing:
+            await self._publish(
+                TaskOutputsMissing(
+                    run_id=run_id,
+                    job_id=run.job_id,
+                    task_id=task_id,
+                    patterns=missing,
+                    reason=outputs_missing_reason(missing),
+                ),
+                source=self,
+            )
+        if run.folder is None:
             return
         for blob in blobs:
             relative = blob.name.removeprefix(prefix)
@@ -99,6 +139,42 @@ class OutputDownloader:
             ),
             source=self,
         )
+
+
+def unmatched_outputs(task_id: str, patterns: Sequence[str], blob_names: Iterable[str]) -> tuple[str, ...]:
+    """Of a task's rendered output `patterns` (relative to its output dir, as `TaskTemplate.render_outputs`
+    gives them), those that no blob in `blob_names` (full names in the output container) came from. A
+    pattern naming one file needs the blob `<task id>/<pattern>` (`output_path`); a wildcard pattern needs
+    one blob under `<task id>/` whose name, or last part, it matches (Batch keeps a match's name under the
+    virtual folder; the local backend keeps its file name). Pure."""
+    prefix = f"{task_id}/"
+    names = [name.removeprefix(prefix) for name in blob_names if name.startswith(prefix)]
+    present = {posixpath.normpath(name) for name in names}
+    missing = []
+    for pattern in patterns:
+        if not glob.has_magic(pattern):
+            # An input below the input root keeps its folder: `<task id>/<folder>/<pattern>`.
+            wanted = posixpath.normpath(pattern)
+            found = any(name == wanted or name.endswith(f"/{wanted}") for name in present)
+        else:
+            last = posixpath.basename(pattern)
+            found = any(
+                fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(posixpath.basename(name), last)
+                for name in names
+            )
+        if not found:
+            missing.append(pattern)
+    return tuple(missing)
+
+
+def outputs_missing_reason(patterns: Sequence[str]) -> str:
+    """One line for a task whose output `patterns` matched no file."""
+    shown = ", ".join(repr(pattern) for pattern in patterns[:5])
+    more = f" and {len(patterns) - 5} more" if len(patterns) > 5 else ""
+    return (
+        f"no file matched output pattern {shown}{more}: the command succeeded but did not write it (check the"
+        " command, or mark the output optional)"
+    )
 
 
 _REMEDIES = {

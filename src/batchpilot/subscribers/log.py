@@ -16,11 +16,12 @@ from ..events import (
     OutputDownloadFailed,
     RunFinished,
     TaskFailed,
+    TaskOutputsMissing,
     TaskRequeued,
 )
 from ..records import FailureInfo
 
-_WARNINGS = (TaskFailed, TaskRequeued, OutputDownloadFailed, MonitorDegraded)
+_WARNINGS = (TaskFailed, TaskOutputsMissing, TaskRequeued, OutputDownloadFailed, MonitorDegraded)
 
 
 def event_fields(event: Event) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from ..events import Event, RunFinished, RunStarted, TaskFailed, TaskSucceeded
+from ..events import Event, RunFinished, RunStarted, TaskFailed, TaskOutputsMissing, TaskSucceeded
 
 
 class ProgressDisplay:
@@ -37,6 +37,9 @@ class ProgressDisplay:
                 self._progress.update(bar, advance=1, failed=failed)
             else:
                 self._progress.advance(bar)
+        elif isinstance(event, TaskOutputsMissing) and (bar := self._bars.get(event.run_id)) is not None:
+            # Counted done when it succeeded; without its outputs it is a failure.
+            self._progress.update(bar, failed=int(self._progress.tasks[bar].fields["failed"]) + 1)
         elif (
             isinstance(event, RunFinished)
             and self._bars.pop(event.run_id, None) is not None
