@@ -322,7 +322,8 @@ class TaskTemplate:
 
     Placeholders: `{input}` (the staged input's path, relative to the working dir), `{input_name}` (its
     original file name), `{stem}` (that name without its extension), `{output_dir}` (where the command should
-    write its outputs, relative to the working dir), `{task_id}`. Values are shell-quoted.
+    write its outputs, relative to the working dir), `{task_id}`. Values are shell-quoted; for a task, the
+    input's values are safe names (`StagedInput.node_values`), so no name from outside becomes syntax.
 
     `outputs` are file patterns relative to `output_dir`. With the default `"."` that is the working dir
     itself; any other folder is created before the command runs (through `/bin/sh`, since Batch runs the
@@ -370,7 +371,8 @@ class TaskTemplate:
             unknown_out = sorted(set(template_fields(pattern)) - PLACEHOLDERS)
             if unknown_out:
                 raise ConfigError(f"unknown placeholder {{{unknown_out[0]}}} in output pattern {pattern!r}")
-            check_output_pattern(pattern, pattern.format_map(dict.fromkeys(PLACEHOLDERS, "x")))
+            sample = {**dict.fromkeys(PLACEHOLDERS, "x"), "output_dir": self.output_dir}
+            check_output_pattern(pattern, pattern.format_map(sample))
         stray = [pattern for pattern in self.optional_outputs if pattern not in self.outputs]
         if stray:
             raise ConfigError(
@@ -556,6 +558,12 @@ class Workload:
         )
 
 
+# A name that is the same word for every shell and no program's option: see StagedInput.node_path.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}")
+_SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
+_SAFE_PATH_CHARS = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class StagedInput:
     """An input with its blob and the id of the task that will process it.
@@ -584,6 +592,35 @@ class StagedInput:
         fingerprint = md5_hex or f"size-{size}"
         task_id = batch_id(PurePosixPath(name).stem, unique_by=f"{blob_name}\0{fingerprint}")
         return cls(name, blob_name, fingerprint, size, task_id)
+
+    @property
+    def safe_path(self) -> str:
+        """Where the input is staged on the node, relative to the task's working dir, as the command's
+        `{input}` names it: its blob name when each of its parts is a safe name, else a name derived from the
+        task id, with the input's extension when that is safe (`a'$(id)'b.log` -> `a-id-b-1f2e3d4c.log`).
+
+        Names come from outside (a file dropped in a folder, a blob a task wrote), and a command template may
+        hand them to a shell at any depth of quoting (`/bin/sh -c "... {input} ..."`): no quoting survives
+        every template. So the command only ever sees safe names: ASCII letters, digits, `.`, `_`, `+`, `-`,
+        not starting with `-` or `.` (so never an option either). The original name is kept where it is
+        data: the task's display name, and the blob names its single-file outputs are uploaded (and
+        downloaded) under."""
+        path = self.blob_name
+        if len(path) <= _SAFE_PATH_CHARS and all(_SAFE_NAME.fullmatch(part) for part in path.split("/")):
+            return path
+        suffix = PurePosixPath(self.name).suffix
+        return self.task_id + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else "")
+
+    def node_values(self) -> dict[str, str]:
+        """The placeholder values the command and the output patterns on the node are rendered with: those of
+        `safe_path`, which no shell can take for syntax and no program for an option."""
+        name = PurePosixPath(self.safe_path).name
+        return {
+            "input": self.safe_path,
+            "input_name": name,
+            "stem": PurePosixPath(name).stem,
+            "task_id": self.task_id,
+        }
 
     def template_values(self) -> dict[str, str]:
         return {
