@@ -66,12 +66,14 @@ def run(config: SideConfig) -> SideResult:
     batch.create_pool(
         bm.BatchPoolCreateOptions(
             id=pool_id,
+            # The tutorial's pool (Ubuntu 20.04, A1_v2) is refused since the 20.04 node agent's retirement
+            # (2025-04-23, Azure/Batch#174); Microsoft samples moved to 24.04 gen1 (azure-batch-samples#328).
             vm_size="STANDARD_A1_v2",
             virtual_machine_configuration=bm.VirtualMachineConfiguration(
                 image_reference=bm.BatchVmImageReference(
-                    publisher="Canonical", offer="0001-com-ubuntu-server-focal", sku="20_04-lts"
+                    publisher="canonical", offer="ubuntu-24_04-lts", sku="server-gen1"
                 ),
-                node_agent_sku_id="batch.node.ubuntu 20.04",
+                node_agent_sku_id="batch.node.ubuntu 24.04",
             ),
             target_dedicated_nodes=config.nodes,
             task_slots_per_node=config.slots,
