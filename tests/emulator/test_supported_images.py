@@ -20,19 +20,16 @@ from batchpilot.errors import ConfigError
 from tests.conftest import EmulatorFactory
 from tests.waiting import eventually
 
+from . import recordings
 from .support import batch_client, pool_options
 
-RECORDING = (
-    Path(__file__).resolve().parents[2]
-    / "../shared/recordings/azure-sdk-for-python/test_batch.pyTestBatchtest_batch_create_pools[async].json"
-)
+CREATE_POOLS = "test_batch.pyTestBatchtest_batch_create_pools[async].json"
 
 
 def recorded_images() -> dict[str, Any]:
-    entries = json.loads(RECORDING.read_text())["Entries"]
-    found = [entry for entry in entries if "/supportedimages" in entry["RequestUri"]]
+    found = [ex for ex in recordings.load(CREATE_POOLS) if ex.path.endswith("/supportedimages")]
     assert found, "the create_pools recording holds a List Supported Images exchange"
-    body: dict[str, Any] = found[0]["ResponseBody"]
+    body: dict[str, Any] = found[0].response_body
     return body
 
 

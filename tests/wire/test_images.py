@@ -6,9 +6,7 @@ The service's own answer comes from the Azure SDK for Python's recording of the 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +18,11 @@ from batchpilot.engine import check_pool_image
 from batchpilot.errors import ImageCheckError, UnsupportedImageError
 from batchpilot.images import Reason, Verdict
 from batchpilot.spec import ImageReference, PoolSpec
+from tests.emulator import recordings
 
 from .conftest import BATCH, BLOBS, Http
 
-RECORDING = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared/recordings/azure-sdk-for-python/test_batch.pyTestBatchtest_batch_create_pools[async].json"
-)
+CREATE_POOLS = "test_batch.pyTestBatchtest_batch_create_pools[async].json"
 FOCAL = {
     "publisher": "canonical",
     "offer": "0001-com-ubuntu-server-focal",
@@ -36,10 +32,9 @@ FOCAL = {
 
 
 def recorded_images() -> list[dict[str, Any]]:
-    entries = json.loads(RECORDING.read_text())["Entries"]
-    [answer] = [entry for entry in entries if "/supportedimages" in entry["RequestUri"]]
-    assert answer["StatusCode"] == 200
-    images: list[dict[str, Any]] = answer["ResponseBody"]["value"]
+    [answer] = [ex for ex in recordings.load(CREATE_POOLS) if ex.path.endswith("/supportedimages")]
+    assert answer.status == 200
+    images: list[dict[str, Any]] = answer.response_body["value"]
     return images
 
 
