@@ -277,15 +277,19 @@ class LocalCompute:
     async def _resume(self, job: _Job) -> None:
         """Load the job's tasks; requeue those that were queued or cut short when the last process ended."""
         records = await anyio.to_thread.run_sync(_read_task_records, job.directory / "tasks")
+        stopped = [task for task in records if task.state not in (TaskState.COMPLETED, TaskState.ACTIVE)]
+        if stopped:
+            # Their processes died with their orchestrator (the executor's watchdog); any that did not are
+            # ended before their tasks run again in the same directories (one look at the processes).
+            task_dirs = [job.directory / "tasks" / task.spec.task_id for task in stopped]
+            ended = await anyio.to_thread.run_sync(end_strays, task_dirs)
+            if ended:
+                _log.warning("local_strays_ended", job_id=job.spec.job_id, processes=ended)
         for task in records:
             job.tasks[task.spec.task_id] = task
             if task.state is TaskState.COMPLETED:
                 continue
             if task.state is not TaskState.ACTIVE:
-                # Its processes died with their orchestrator (the executor's watchdog); any that did not
-                # are ended before the task runs again in the same directory.
-                task_dir = job.directory / "tasks" / task.spec.task_id
-                await anyio.to_thread.run_sync(end_strays, task_dir)
                 task.requeue_count += 1
                 task.move(TaskState.ACTIVE)
                 await self._persist(job, task)

@@ -111,6 +111,10 @@ class _Watchdog:
             except OSError:
                 return None
             atexit.register(self._close, self._process)
+            if self._process.stdin is not None:
+                # Never block the event loop on a watchdog that stopped reading: a lost line is the
+                # next run's to catch (end_strays).
+                os.set_blocking(self._process.stdin.fileno(), False)
         return self._process.stdin.fileno() if self._process.stdin is not None else None
 
     def send(self, line: str) -> None:
@@ -157,21 +161,23 @@ def base_environment(inherited: Mapping[str, str], tool_dirs: Sequence[Path] = (
 TASK_DIR_VARIABLE = "AZ_BATCH_TASK_DIR"
 
 
-def end_strays(task_dir: Path, *, wait_s: float = 10.0) -> int:
-    """SIGKILL every process of ours still marked with `task_dir` (its `AZ_BATCH_TASK_DIR`), left by an
-    orchestrator that died with its task running, and wait until they are gone (at most `wait_s`). Returns
-    how many there were. Linux (/proc); elsewhere nothing is found. Blocking: call it in a worker thread."""
-    marker = f"{TASK_DIR_VARIABLE}={task_dir}".encode()
-    strays = [pid for pid in _pids() if marker in _environ(pid)]
-    for pid in strays:
+def end_strays(task_dirs: Iterable[Path], *, wait_s: float = 10.0) -> int:
+    """SIGKILL every process of ours still marked with one of `task_dirs` (its `AZ_BATCH_TASK_DIR`), left by
+    an orchestrator that died with its task running, and wait until they are gone (at most `wait_s`).
+    Returns how many there were. One look at /proc (Linux); elsewhere nothing is found. Blocking: call it in
+    a worker thread."""
+    markers = {f"{TASK_DIR_VARIABLE}={task_dir}".encode() for task_dir in task_dirs}
+    found = [pid for pid in _pids() if markers.intersection(_environ(pid))]
+    for pid in found:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    strays = found
     deadline = time.monotonic() + wait_s
     while strays and time.monotonic() < deadline:
         strays = [pid for pid in strays if _alive(pid)]
         if strays:
             time.sleep(0.01)
-    return len(strays)
+    return len(found)
 
 
 def _pids() -> list[int]:
