@@ -29,6 +29,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Every pattern above needs one of these in an ASCII text (compared in lower case, so a superset of what the
+# case-sensitive patterns match): a log line without any is not searched five times over. Other texts are
+# always searched: ignoring case, the patterns also match the long s (U+017F) for `s`
+# and the dotless i (U+0131) for `i`.
+_MARKERS = ("sig=", "accountkey=", "sharedaccesssignature=", "sharedkey", "bearer ")
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` with every known secret (raw or URL-encoded) and every recognised secret pattern masked."""
     # Longest first, so a secret that contains another is masked whole.
@@ -37,6 +44,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         encoded = quote(secret, safe="")
         if encoded != secret:
             text = text.replace(encoded, MASK)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    lowered = text.lower()
+    if not text.isascii() or any(marker in lowered for marker in _MARKERS):
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
     return text
