@@ -127,5 +127,13 @@ class ImageCheckError(BackendError):
     created, and the run stops rather than skip the check."""
 
 
+class UnreadableInputError(ConfigError):
+    """Inputs that cannot be read (`paths`, as given); the message names the first and counts the rest."""
+
+    def __init__(self, message: str, *, paths: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.paths = paths
+
+
 class StateInUseError(ConfigError):
     """Another process holds a folder this one would write (a job's state, a watched folder). Exit 2."""

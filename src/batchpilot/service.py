@@ -38,7 +38,14 @@ from .backends.base import Storage
 from .backoff import BackoffPolicy
 from .clock import Clock, SystemClock
 from .engine import Orchestrator
-from .errors import BackendError, BatchpilotError, NotFoundError, TransientBackendError
+from .errors import (
+    BackendError,
+    BatchpilotError,
+    NotFoundError,
+    StateInUseError,
+    TransientBackendError,
+    UnreadableInputError,
+)
 from .files import FolderLock
 from .metrics import Metrics
 from .recorder import RunRecorder
@@ -318,25 +325,30 @@ class Service:
         try:
             # One bad input (unreadable, say) is reported and left out: the others run.
             names = await self._readable(names)
-            if not names:
-                return
-            workload = replace(self._workload, inputs=self._source.inputs(names))
-            _log.info("service_batch", inputs=list(names))
-            recorder = self._new_recorder() if self._new_recorder is not None else None
-            summary = await self._orchestrator.run(workload, recorder=recorder)
-        except (BatchpilotError, OSError) as exc:
-            failure = exc
-        except BaseExceptionGroup as group:
-            # Task groups wrap what their tasks raise: a batch's own failures are still only the batch's.
-            matched, rest = group.split((BatchpilotError, OSError))
-            if rest is not None or matched is None:
-                raise
-            failure = _first_leaf(matched)
-        else:
-            if summary.unsubmitted:
-                retry = f"{summary.unsubmitted} tasks could not be added"
-            elif summary.lost_contact:
-                retry = summary.lost_contact
+            while names:
+                workload = replace(self._workload, inputs=self._source.inputs(names))
+                _log.info("service_batch", inputs=list(names))
+                recorder = self._new_recorder() if self._new_recorder is not None else None
+                try:
+                    summary = await self._orchestrator.run(workload, recorder=recorder)
+                except (BatchpilotError, OSError, BaseExceptionGroup) as exc:
+                    # Task groups wrap what their tasks raise: a batch's own failures are still only its own.
+                    error = _batch_error(exc)
+                    if error is None:
+                        raise
+                    if isinstance(error, StateInUseError):
+                        raise error from None  # another process runs this job: this service cannot
+                    bad = self._unreadable_among(error, names)
+                    if bad:  # unreadable since it was looked at: left out, and the others run at once
+                        names = [name for name in names if name not in bad]
+                        continue
+                    failure = error
+                else:
+                    if summary.unsubmitted:
+                        retry = f"{summary.unsubmitted} tasks could not be added"
+                    elif summary.lost_contact:
+                        retry = summary.lost_contact
+                break
         finally:
             self._runs_in_flight -= 1
         if failure is not None:
@@ -351,6 +363,16 @@ class Service:
             _log.warning("service_batch_retried", inputs=list(names), reason=retry)
             self._settler.release(names)
             self._released.update(names)
+
+    def _unreadable_among(self, error: BaseException, names: Sequence[str]) -> set[str]:
+        """The names among `names` that `error` says cannot be read, each reported as skipped."""
+        if not isinstance(error, UnreadableInputError) or not isinstance(self._source, FolderSource):
+            return set()
+        paths = set(error.paths)
+        bad = {name for name in names if str(self._source.folder / name) in paths}
+        for name in sorted(bad):
+            _log.error("service_input_skipped", input=name, error=str(error))
+        return bad
 
     async def _readable(self, names: Sequence[str]) -> Sequence[str]:
         """`names` without the inputs of a watched folder that cannot be read, each reported once
@@ -420,7 +442,16 @@ def summary_line(metrics: Metrics, workload: Workload) -> str:
     return line
 
 
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first error in `group` that is not itself a group."""
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+def _batch_error(exc: BaseException) -> BaseException | None:
+    """The error that explains a batch's failure: `exc` itself, or for a group whose every leaf is a
+    BatchpilotError or OSError, its first leaf; None for anything else (a cancellation, a bug), which is not
+    the batch's to swallow."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc if isinstance(exc, BatchpilotError | OSError) else None
+    matched, rest = exc.split((BatchpilotError, OSError))
+    if rest is not None or matched is None:
+        return None
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

@@ -11,7 +11,7 @@ import anyio
 
 from .backends.base import Storage
 from .concurrency import for_each
-from .errors import ConfigError, NotFoundError
+from .errors import ConfigError, NotFoundError, UnreadableInputError
 from .files import md5_of
 from .spec import BlobInputs, StagedInput, Workload
 
@@ -46,8 +46,9 @@ async def _hash_files(paths: tuple[Path, ...], concurrency: int) -> list[StagedI
     if unreadable:
         path = next(path for path in paths if path in unreadable)
         others = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
-        raise ConfigError(
-            f"cannot read input {path} ({unreadable[path]}){others}; fix its permissions or remove it"
+        raise UnreadableInputError(
+            f"cannot read input {path} ({unreadable[path]}){others}; fix its permissions or remove it",
+            paths=tuple(str(path) for path in unreadable),
         )
     return [staged[path] for path in paths]
 

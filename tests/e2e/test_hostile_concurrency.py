@@ -250,3 +250,34 @@ def test_a_rerun_ends_a_task_left_running_before_it_runs_it_again(tmp_path: Path
             again.kill()
     assert again.returncode == 0, stderr
     assert _task_pids(home) == []
+
+
+def test_a_service_whose_job_another_process_runs_stops_with_one_line(tmp_path: Path, home: Path) -> None:
+    """Two services on two folders but one job (the same --name): the second meets the held job at its
+    first batch and stops, one line naming the holder, exit 2; it does not fail batch after batch."""
+    env = cli_env(home)
+    first_watch, second_watch = tmp_path / "w1", tmp_path / "w2"
+    first_watch.mkdir()
+    second_watch.mkdir()
+    log = tmp_path / "first.log"
+    common = ["--command", "true {input}", "--name", "shared", "--nodes", "1"]
+    first = _start(["serve", "--watch", str(first_watch), "--out", str(tmp_path / "o1"), *common], env, log)
+    try:
+        _wait_for(lambda: "service_watching" in log.read_text(), "the first service watching", first)
+        (first_watch / "a.txt").write_text("a")
+        _wait_for(lambda: "task_succeeded" in log.read_text(), "the first service's task", first)
+        (second_watch / "b.txt").write_text("b")
+        second = subprocess.run(
+            cli_command("serve", "--watch", str(second_watch), "--out", str(tmp_path / "o2"), *common),
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        line = _one_error_line(second)
+        assert "in use" in line
+        assert f"process {first.pid}" in line
+        first.send_signal(signal.SIGTERM)
+        _finish(first, log)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0

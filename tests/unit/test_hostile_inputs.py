@@ -3,14 +3,20 @@ before a batch runs (issue 16, item 6)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 
+from batchpilot import CleanupPolicy, Orchestrator
 from batchpilot.errors import ConfigError
-from batchpilot.service import FolderSource
-from batchpilot.spec import PoolSpec, TaskTemplate, Workload
+from batchpilot.events import Event, OutputDownloaded
+from batchpilot.metrics import Metrics
+from batchpilot.service import FolderSource, Service, WatchSettings
+from batchpilot.spec import JobLifetime, PoolSpec, TaskTemplate, Workload
 from batchpilot.staging import stage_inputs
+from batchpilot.testing import InMemoryBackend, ScriptedTask, Succeed
 
 
 def _unreadable(path: Path) -> Path:
@@ -40,3 +46,54 @@ def test_a_watched_folder_names_the_inputs_it_cannot_read(tmp_path: Path) -> Non
     unreadable = source.unreadable(["a.txt", "bad.txt", "empty.txt", "gone.txt"])
     assert sorted(unreadable) == ["bad.txt", "gone.txt"]
     assert all(reason for reason in unreadable.values())
+
+
+class _LooksFine(FolderSource):
+    """A watched folder whose inputs all look readable when the batch is made: an input that turns
+    unreadable after that look (or fails after its first byte) is met only when it is hashed."""
+
+    def unreadable(self, names: Sequence[str]) -> dict[str, str]:
+        return {}
+
+
+async def test_an_input_unreadable_only_when_hashed_is_left_out_and_the_others_run(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(5):
+        (folder / f"good{index}.txt").write_text(str(index))
+    _unreadable(folder / "bad.txt")
+
+    def copies(task: ScriptedTask) -> Succeed:
+        [(name, content)] = task.inputs.items()
+        return Succeed(files={f"{Path(name).stem}.copy": content})
+
+    workload = Workload(
+        name="bad-input",
+        inputs=(),
+        template=TaskTemplate("/bin/cp {input} {stem}.copy", outputs=("{stem}.copy",)),
+        pool=PoolSpec("bad-input-pool"),
+        download_to=tmp_path / "out",
+        cleanup=CleanupPolicy(delete_input_container=False),
+        job_lifetime=JobLifetime.SERVICE,
+    )
+    metrics = Metrics()
+    fetched: list[str] = []
+    done = anyio.Event()
+
+    async def on_fetched(event: Event) -> None:
+        if isinstance(event, OutputDownloaded):
+            fetched.append(event.path.name)
+            if len(fetched) == 5:
+                done.set()
+
+    settings = WatchSettings(settle_s=0.0, min_interval_s=0.01, max_interval_s=0.05)
+    backend = InMemoryBackend(script=copies)
+    async with Orchestrator(backend, subscribers=[metrics, on_fetched]) as orchestrator:
+        stop = anyio.Event()
+        service = Service(orchestrator, workload, _LooksFine(folder), metrics, settings)
+        async with anyio.create_task_group() as group:
+            group.start_soon(service.run, stop)
+            with anyio.fail_after(30):
+                await done.wait()
+            stop.set()
+    assert sorted(fetched) == [f"good{index}.copy" for index in range(5)]
