@@ -158,6 +158,7 @@ class LocalCompute:
         # One writer per job folder: two processes running the same job would run every task twice.
         self._locks: dict[str, FolderLock] = {}
         self._task_group: TaskGroup | None = None
+        self._records = _RecordWriter()
 
     def attach(self, task_group: TaskGroup) -> None:
         """Workers run in the backend's task group, so they end when the backend closes."""
@@ -336,6 +337,24 @@ class LocalCompute:
             self._enqueue(job, task)
         return results
 
+    async def reactivate_task(self, job_id: str, task_id: str) -> None:
+        """As Batch's Reactivate Task: a failed task runs again under its id, its last attempt cleared. A
+        local job never ends, so only the task's state can refuse (409 TaskNotCompleted, TaskSucceeded)."""
+        job = self._job(job_id)
+        task = job.tasks.get(task_id)
+        if task is None:
+            raise NotFoundError(f"task {task_id!r} of job {job_id!r} not found", code="TaskNotFound")
+        if task.state is not TaskState.COMPLETED:
+            raise BackendError(f"task {task_id} has not completed: nothing to retry", code="TaskNotCompleted")
+        if task.result is TaskResult.SUCCESS:
+            raise BackendError(f"task {task_id} succeeded: nothing to retry", code="TaskSucceeded")
+        task.exit_code = task.result = task.failure = task.node_id = None
+        task.start_time = task.end_time = None
+        task.retry_count = task.requeue_count = 0
+        task.move(TaskState.ACTIVE)
+        await self._persist(job, task)
+        self._enqueue(job, task)
+
     async def task_counts(self, job_id: str) -> TaskCounts:
         tasks = self._job(job_id).tasks.values()
         by_state = {state: 0 for state in TaskState}
@@ -374,11 +393,15 @@ class LocalCompute:
             raise NotFoundError(f"job {job_id!r} not found", code="JobNotFound")
         return directory
 
-    async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
+    async def read_task_file(
+        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
+    ) -> bytes:
         path = await self._job_directory(job_id) / "tasks" / task_id / name
         if leaves_root(f"{task_id}/{name}") or "/" in task_id or not await anyio.Path(path).is_file():
             raise NotFoundError(f"task file {name!r} of {task_id!r} not found", code="FileNotFound")
-        return await anyio.Path(path).read_bytes()
+        if tail is None:
+            return await anyio.Path(path).read_bytes()
+        return await anyio.to_thread.run_sync(_read_tail, path, tail)
 
     async def end_job_when_done(self, job_id: str) -> None:
         """Nothing to do: a local job's tasks cannot outlive the process that runs them."""
@@ -504,11 +527,52 @@ class LocalCompute:
         return env
 
     async def _persist(self, job: _Job, *tasks: _Task) -> None:
-        """Write the tasks' records in one trip to a worker thread (a collection's hundred share one)."""
-        records = [
-            (job.directory / "tasks" / task.spec.task_id / "task.json", _task_to_json(task)) for task in tasks
-        ]
-        await anyio.to_thread.run_sync(_write_json_files, records)
+        """Return once the tasks' records (or newer ones of the same tasks) are on disk; see _RecordWriter."""
+        tasks_dir = job.directory / "tasks"
+        await self._records.write(
+            [(tasks_dir / task.spec.task_id / "task.json", _task_to_json(task)) for task in tasks]
+        )
+
+
+class _RecordWriter:
+    """Task records written in batches: one worker-thread trip writes every record that arrived while the
+    previous trip ran, and a record replaced before its trip (a task that ran and completed meanwhile) is
+    written once, in its latest state. `write` returns when its records, or newer ones, are on disk, so a
+    state the caller goes on from survives a crash as before; nothing waits on purpose to fill a batch."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Path, dict[str, Any]] = {}
+        self._collecting = 0  # the number of the batch that new records join
+        self._written = -1  # the last batch whose trip has ended
+        self._failed: tuple[int, OSError] | None = None  # the last batch whose trip failed
+        self._writing = False
+        self._trip_ended = anyio.Event()
+
+    async def write(self, records: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+        self._pending.update(records)
+        mine = self._collecting
+        while self._written < mine:
+            if self._writing:
+                await self._trip_ended.wait()
+                continue
+            # No trip under way: this caller writes the batch, its own records and any others pending.
+            self._writing = True
+            batch, self._pending = self._pending, {}
+            number, self._collecting = self._collecting, self._collecting + 1
+            try:
+                # Shielded: the batch holds other callers' records, taken from the pending ones.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_write_json_files, list(batch.items()))
+            except OSError as exc:
+                self._failed = (number, exc)
+                raise
+            finally:
+                self._writing = False
+                self._written = number
+                ended, self._trip_ended = self._trip_ended, anyio.Event()
+                ended.set()
+        if self._failed is not None and self._failed[0] == mine:
+            raise self._failed[1]
 
 
 async def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -517,9 +581,13 @@ async def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _write_json_files(files: Sequence[tuple[Path, dict[str, Any]]]) -> None:
     for path, data in files:
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # concurrent writers never collide
-        temporary.write_text(json.dumps(data))
+        text = json.dumps(data)
+        try:
+            temporary.write_text(text)
+        except FileNotFoundError:  # the first record of a task: its folder is made once, not at each write
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(text)
         os.replace(temporary, path)
 
 
@@ -603,3 +671,13 @@ def _seconds(value: float | None) -> timedelta | None:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _read_tail(path: Path, tail: int) -> bytes:
+    """The last `tail` bytes of the file at `path`: a seek, then one bounded read."""
+    if tail <= 0:
+        return b""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - tail))
+        return handle.read(tail)
