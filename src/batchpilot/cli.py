@@ -629,6 +629,14 @@ def _finish_run(outcome: _Outcome) -> int:
     return EXIT_OK if outcome.summary.ok else EXIT_FAILED
 
 
+def _added(summary: RunSummary) -> str:
+    """`N added`, with how many of them are new because their definition changed."""
+    if not summary.tasks_changed:
+        return f"{summary.tasks_added} added"
+    because = "its definition" if summary.tasks_changed == 1 else "their definitions"
+    return f"{summary.tasks_added} added ({summary.tasks_changed} because {because} changed)"
+
+
 def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
     if summary.ok:
         verdict = "done"
@@ -642,7 +650,8 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
         f"batchpilot: {verdict}: {summary.succeeded} of {summary.tasks} tasks succeeded"
         f" in {summary.elapsed_s:.1f} s (job {summary.job_id})",
         f"  inputs:  {summary.uploaded} uploaded, {summary.upload_skipped} unchanged and skipped",
-        f"  tasks:   {summary.tasks_added} added, {summary.tasks_existing} already in the job and skipped",
+        f"  tasks:   {_added(summary)}, {summary.tasks_existing} already in the job and skipped"
+        + (f", {summary.tasks_retried} failed tasks retried" if summary.tasks_retried else ""),
         f"  outputs: {summary.downloaded} downloaded to {out}, {summary.download_skipped} already there"
         + (f", {summary.download_failed} FAILED" if summary.download_failed else ""),
     ]
@@ -664,16 +673,10 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
             f"  outputs missing: {summary.download_failed} could not be saved (output_download_failed in the"
             " log says why); fix that and run the same command again to fetch them: no task runs again"
         )
-    elif not summary.ok and backend == "azure":
-        # A one-shot run's job ends with its last task, and an ended job takes no new tasks.
-        lines.append(
-            "  the job has ended with its tasks: fix or replace the failed inputs, delete it"
-            f" (batchpilot cleanup --backend azure --job {summary.job_id}) and run the same command again"
-        )
     elif not summary.ok:
         lines.append(
-            "  the job is kept: fix or replace the failed inputs and run the same command again (changed"
-            " inputs get new tasks), or remove it:"
+            "  the job is kept: run the same command again to retry the failed tasks (fix or replace their"
+            " inputs first: changed inputs or commands get new tasks), or remove it:"
             f" batchpilot cleanup --backend {backend} --job {summary.job_id}"
         )
     return lines

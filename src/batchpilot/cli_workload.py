@@ -67,12 +67,18 @@ def add_workload_arguments(
         )  # fmt: skip
     parser.add_argument("--name", help="run name; the job id derives from it (default: from the workload)")
     parser.add_argument(
-        "--nodes", type=positive_int, metavar="N",
-        help="dedicated nodes (local: parallel slots, default: the machine's cores; Azure default: 0)",
+        "--nodes", type=non_negative_int, metavar="N",
+        help="dedicated nodes (local: parallel slots, default: the machine's cores; Azure default: 0); the "
+        "pool needs at least one node of either kind",
     )  # fmt: skip
     parser.add_argument(
         "--spot-nodes", type=non_negative_int, metavar="N",
         help="spot nodes (Azure; with neither flag nor a workload setting, the tutorial's 5 spot nodes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-retry-failed", dest="retry_failed", action="store_false",
+        help="do not retry the tasks of the job that failed (by default, running the same command again "
+        "retries them; workload key retry_failed = false)",
     )  # fmt: skip
     parser.add_argument("--vm-size", help="node size on Azure (default: Standard_D2s_v5)")
     parser.add_argument("--task-slots", type=positive_int, metavar="N", help="tasks per node at once")
@@ -215,6 +221,8 @@ def _with_flags(workload: Workload, args: argparse.Namespace) -> Workload:
         pool = replace(pool, task_slots_per_node=args.task_slots)
     timeout: timedelta = args.timeout or workload.timeout
     workload = replace(workload, pool=pool, timeout=timeout)
+    if not args.retry_failed:
+        workload = replace(workload, retry_failed=False)
     return _renamed(workload, args.name) if args.name else workload
 
 

@@ -51,7 +51,16 @@ from .images import ImageVerdict, Verdict, enforced, unchecked
 from .monitor.poller import Poller, PollSettings, PollStats
 from .monitor.state import TaskTracker
 from .recorder import RunRecorder, Stage
-from .records import AddStatus, AddTaskResult, Ensured, Permission, TaskState, TaskView, UploadOutcome
+from .records import (
+    AddStatus,
+    AddTaskResult,
+    Ensured,
+    Permission,
+    TaskResult,
+    TaskState,
+    TaskView,
+    UploadOutcome,
+)
 from .spec import (
     BlobInputs,
     JobLifetime,
@@ -60,12 +69,13 @@ from .spec import (
     StagedInput,
     TaskSpec,
     Workload,
+    job_generation_id,
 )
 from .staging import stage_inputs
 from .submit import Submitter
 from .subscribers.cleanup import Cleanup
 from .subscribers.download import OutputDownloader
-from .tasks import build_task
+from .tasks import build_task, changed_definitions, required_downloads
 
 _log = structlog.get_logger("batchpilot.engine")
 
@@ -118,6 +128,49 @@ async def check_pool_image(compute: Compute, spec: PoolSpec) -> ImageVerdict:
     except BackendError as exc:
         raise unchecked(spec, exc) from exc
     return enforced(spec, verdict)
+
+
+# How many generations of a one-shot run's job a run walks before giving up (see Orchestrator._choose_job).
+MAX_JOB_GENERATIONS = 20
+
+
+@dataclass(slots=True)
+class _JobChoice:
+    """What `_choose_job` found: the job to add to (`job_id`, just `created`, `ended` with that reason), where
+    each of the run's tasks already is (`homes`: task id to its job and view, the latest generation winning),
+    every task id seen in the job's generations (`seen`), and, once planned, the inputs whose tasks are to be
+    added (`to_add`) or reactivated in this job (`to_retry`)."""
+
+    job_id: str
+    created: bool
+    ended: str | None
+    homes: dict[str, tuple[str, TaskView]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    to_add: list[StagedInput] = field(default_factory=list)
+    to_retry: list[StagedInput] = field(default_factory=list)
+
+    def plan(self, staged: Sequence[StagedInput], *, retry_failed: bool) -> None:
+        self.to_add, self.to_retry = [], []
+        for item in staged:
+            home = self.homes.get(item.task_id)
+            if home is None:
+                self.to_add.append(item)
+            elif retry_failed and _failed(home[1]):
+                (self.to_retry if home[0] == self.job_id else self.to_add).append(item)
+
+    def elsewhere(self, job_id: str) -> dict[str, list[str]]:
+        """The tasks that stay in another job than `job_id` (an earlier, ended generation), by job."""
+        moving = {item.task_id for item in (*self.to_add, *self.to_retry)}
+        by_job: dict[str, list[str]] = {}
+        for task_id, (home, _) in self.homes.items():
+            if home != job_id and task_id not in moving:
+                by_job.setdefault(home, []).append(task_id)
+        return by_job
+
+
+def _failed(view: TaskView) -> bool:
+    """A task that completed and failed (Batch's executionInfo.result `failure`)."""
+    return view.state is TaskState.COMPLETED and view.result is TaskResult.FAILURE
 
 
 class Orchestrator:
@@ -309,29 +362,27 @@ class Orchestrator:
         async with anyio.create_task_group() as group:
             group.start_soon(self._ensure_pool_and_job, run_id, workload, job_ready)
             group.start_soon(self._ensure_containers, workload, fresh_input_container)
-        existing: dict[str, TaskView] = {}
-        if not job_ready[0].created:
-            existing = {view.task_id: view for view in await compute.list_tasks(workload.job_id)}
+        choice = await self._choose_job(run_id, workload, job_ready[0], staged)
+        if choice.job_id != workload.job_id:
+            workload = replace(workload, job_id=choice.job_id)
+            await self._publish(JobReady(run_id=run_id, job_id=choice.job_id, created=choice.created))
+        ended = choice.ended
         # A task that already ran needs no input: a re-run of a finished command uploads nothing.
-        done = {task_id for task_id, view in existing.items() if view.state is TaskState.COMPLETED}
+        done = set(choice.homes) - {item.task_id for item in (*choice.to_add, *choice.to_retry)}
         self._stage(run_id, Stage.UPLOAD)
         await self._upload_inputs(run_id, workload, staged, done, check_existing=not fresh_input_container[0])
         self._stage(run_id, Stage.UPLOAD, ended=True)
-        to_add = await self._build_tasks(workload, [item for item in staged if item.task_id not in existing])
-        recorder.found_in_job(len(staged) - len(to_add))
+        to_add = await self._build_tasks(workload, choice.to_add)
+        retried = await self._retry_failed(workload.job_id, choice.to_retry, recorder)
+        readded = sum(item.task_id in choice.homes for item in choice.to_add)  # failed in an ended job
+        recorder.found_in_job(len(staged) - len(to_add) - len(retried))
+        recorder.retried(retried=len(retried) + readded, readded=readded)
+        recorder.definitions_changed(changed_definitions(choice.to_add, choice.seen))
         # Every backend's succeeded tasks are held to their outputs by the same check (the downloader's).
         template = workload.template
         self._downloader.expect(
-            run_id, {item.task_id: template.required_outputs(item.template_values()) for item in staged}
+            run_id, {item.task_id: required_downloads(template, item) for item in staged}
         )
-        ended = job_ready[0].ended
-        if ended is not None and to_add:
-            raise JobEndedError(
-                f"job {workload.job_id} has ended ({ended}) and takes no new tasks, but {len(to_add)} inputs"
-                " are new or changed",
-                job_id=workload.job_id,
-                reason=ended,
-            )
 
         async def submitted(results: Sequence[AddTaskResult]) -> None:
             await self._publish_submitted(run_id, workload.job_id, results)
@@ -349,7 +400,14 @@ class Orchestrator:
                 await compute.end_job_when_done(workload.job_id)
             self._stage(run_id, Stage.SUBMISSION, ended=True)
             refused = recorder.failed_ids()  # tasks the service did not take: nothing to wait for
-            expected = [item.task_id for item in staged if item.task_id not in refused]
+            # Tasks that stay in an earlier generation of the job (ended, so completed) are read from there.
+            elsewhere = choice.elsewhere(workload.job_id)
+            for other_job, ids in elsewhere.items():
+                earlier = TaskTracker(run_id, other_job, ids)
+                settings, clock = self._settings.poll, self._clock
+                await Poller(compute, earlier, self._publish, settings=settings, clock=clock).run()
+            moved = {task_id for ids in elsewhere.values() for task_id in ids}
+            expected = [item.task_id for item in staged if item.task_id not in refused | moved]
             tracker = TaskTracker(run_id, workload.job_id, expected)
             poller = Poller(compute, tracker, self._publish, settings=self._settings.poll, clock=self._clock)
             self._stage(run_id, Stage.MONITORING)
@@ -370,6 +428,64 @@ class Orchestrator:
                 del self.poll_stats[next(iter(self.poll_stats))]
             group.cancel_scope.cancel()
 
+    async def _choose_job(
+        self, run_id: str, workload: Workload, first: Ensured, staged: Sequence[StagedInput]
+    ) -> _JobChoice:
+        """The job this run adds to, and where each task already is.
+
+        A one-shot run's job ends with its last task, and Batch takes no task into an ended job, nor
+        reactivates one there (409 JobCompleted). So a run that has tasks to add (new inputs, changed
+        definitions) or failed tasks to retry moves on to the job's next generation (`<job>-g2`, ...): the
+        first generation that has not ended, or whose tasks cover the run. Tasks that succeeded in an earlier
+        generation stay there and are read from there; failed ones are added again to the new generation.
+        JobEndedError after MAX_JOB_GENERATIONS."""
+        compute = self._backend.compute
+        choice = _JobChoice(workload.job_id, first.created, first.ended)
+        wanted = {item.task_id for item in staged}
+        for generation in range(1, MAX_JOB_GENERATIONS + 1):
+            if generation > 1:
+                spec = JobSpec(
+                    job_generation_id(workload.job_id, generation),
+                    workload.pool.pool_id,
+                    max_wall_clock=job_wall_clock(workload),
+                )
+                job = await compute.ensure_job(spec)
+                choice = _JobChoice(job.resource_id, job.created, job.ended, choice.homes, choice.seen)
+            if not choice.created:
+                for view in await compute.list_tasks(choice.job_id):
+                    choice.seen.add(view.task_id)
+                    if view.task_id in wanted:
+                        choice.homes[view.task_id] = (choice.job_id, view)
+            choice.plan(staged, retry_failed=workload.retry_failed)
+            if choice.ended is None or not (choice.to_add or choice.to_retry):
+                return choice
+        raise JobEndedError(
+            f"job {workload.job_id} has ended, and so have its {MAX_JOB_GENERATIONS - 1} later generations"
+            f" ({job_generation_id(workload.job_id, 2)}, ...); delete them (batchpilot cleanup --job ...) or"
+            " give the run another --name",
+            job_id=workload.job_id,
+            reason=choice.ended or "completed",
+        )
+
+    async def _retry_failed(
+        self, job_id: str, items: Sequence[StagedInput], recorder: RunRecorder
+    ) -> list[str]:
+        """Reactivate each failed task of `items` in `job_id` (Batch keeps its id, clears its exit code and
+        retry count and runs it again); the ids retried. A task the service will not reactivate is a warning
+        of the summary, not a failure of the run."""
+        retried: list[str] = []
+
+        async def retry(item: StagedInput) -> None:
+            try:
+                await self._backend.compute.reactivate_task(job_id, item.task_id)
+            except BackendError as exc:
+                recorder.warn(f"failed task {item.task_id} was not retried: {exc}")
+                return
+            retried.append(item.task_id)
+
+        await for_each(items, retry, concurrency=self._settings.submit_in_flight * 4)
+        return retried
+
     async def _watch_nodes(self, run_id: str, pool_id: str) -> None:
         self._stage(run_id, Stage.NODES)
         nodes = await self._backend.compute.wait_for_nodes(pool_id)
@@ -378,8 +494,11 @@ class Orchestrator:
 
     async def _ensure_pool_and_job(self, run_id: str, workload: Workload, job_ready: list[Ensured]) -> None:
         pool = await self._ensure_pool(run_id, workload.pool)
+        recorder = self._recorders.get(run_id)
         for warning in pool.warnings:
             _log.warning("pool_differs", pool_id=pool.resource_id, detail=warning)
+            if recorder is not None:
+                recorder.warn(f"pool {pool.resource_id}: {warning}")
         await self._publish(
             PoolReady(run_id=run_id, pool_id=pool.resource_id, created=pool.created, warnings=pool.warnings)
         )

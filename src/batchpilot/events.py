@@ -308,6 +308,11 @@ class RunSummary:
     # Tasks the service could not take even after retries (5xx, throttling, lost connections): a re-run
     # adds them, unlike tasks it refused as invalid.
     unsubmitted: int = 0
+    # Failed tasks run again by this run (a re-run retries what failed; Batch's Reactivate Task).
+    tasks_retried: int = 0
+    # Of `tasks_added`, those new because their definition (command, outputs, container, environment,
+    # resource files) changed: the job had a task of the same input under another definition.
+    tasks_changed: int = 0
     # What the user should know and act on, though the run went on: e.g. a reused pool past its image's end
     # of Batch support, or an image whose support ends soon.
     warnings: tuple[str, ...] = ()

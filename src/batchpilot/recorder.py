@@ -26,6 +26,7 @@ from .events import (
     Event,
     FailedTask,
     InputUploaded,
+    JobReady,
     OutputDownloaded,
     OutputDownloadFailed,
     ResourceKept,
@@ -40,6 +41,9 @@ from .events import (
 )
 from .records import TaskState
 
+# Warnings kept for a run's summary, each cut to a line's worth.
+MAX_WARNINGS = 20
+MAX_WARNING_CHARS = 500
 # Attempts kept per run for a report: 10,000 tasks with a retry each fit; beyond, attempts are only counted.
 MAX_ATTEMPTS = 50_000
 
@@ -126,6 +130,9 @@ class _Counts:
     added: int = 0
     existing: int = 0
     unsubmitted: int = 0
+    retried: int = 0  # failed tasks run again: reactivated, or added again to a later job generation
+    readded: int = 0  # of `retried`, those added again (their adds are in `added` too)
+    changed: int = 0  # tasks added because their definition changed
     downloaded: int = 0
     download_skipped: int = 0
     download_failed: int = 0
@@ -152,6 +159,8 @@ class RunRecorder:
         self._stages = _Stages()
         self._lost_contact: str | None = None
         self._kept: list[ResourceKept] = []
+        self._warnings: list[str] = []
+        self._job_id: str | None = None  # the job the run went on in, when not the workload's (a generation)
 
     # --- fed by the engine --------------------------------------------------------------------------------
 
@@ -160,6 +169,8 @@ class RunRecorder:
         counts = self._counts
         if isinstance(event, RunStarted):
             self._started = event
+        elif isinstance(event, JobReady):
+            self._job_id = event.job_id
         elif isinstance(event, InputUploaded):
             if event.skipped:
                 counts.upload_skipped += 1
@@ -229,6 +240,23 @@ class RunRecorder:
         """`count` tasks were in the job already before submission (a re-run): not added again."""
         self._counts.existing += count
 
+    def retried(self, *, retried: int, readded: int = 0) -> None:
+        """`retried` failed tasks are run again, `readded` of them added again (to a later generation of the
+        job, their adds counted by their TasksSubmitted events too)."""
+        self._counts.retried += retried
+        self._counts.readded += readded
+
+    def definitions_changed(self, count: int) -> None:
+        """`count` of the tasks to add are new because their definition changed (the job has their input)."""
+        self._counts.changed += count
+
+    def warn(self, warning: str) -> None:
+        """A warning for the run's summary (one line; the first MAX_WARNINGS are kept, then a count)."""
+        if len(self._warnings) < MAX_WARNINGS:
+            self._warnings.append(warning[:MAX_WARNING_CHARS])
+        elif len(self._warnings) == MAX_WARNINGS:
+            self._warnings.append("more warnings: see the log")
+
     def lost_contact(self, reason: str) -> None:
         """Monitoring gave up: the service stopped answering (`reason`); the tasks went on without us."""
         self._lost_contact = reason
@@ -286,15 +314,17 @@ class RunRecorder:
         stopped = monitoring_stopped and not timed_out and self.finished < started.input_count
         return RunSummary(
             run_id=started.run_id,
-            job_id=started.job_id,
+            job_id=self._job_id or started.job_id,
             workload=started.workload,
             tasks=started.input_count,
             succeeded=len(self._succeeded),
             failed=tuple(self._failed.values()),
             uploaded=counts.uploaded,
             upload_skipped=counts.upload_skipped,
-            tasks_added=counts.added,
+            tasks_added=max(0, counts.added - counts.readded),
             tasks_existing=counts.existing,
+            tasks_retried=counts.retried,
+            tasks_changed=counts.changed,
             downloaded=counts.downloaded,
             download_skipped=counts.download_skipped,
             download_failed=counts.download_failed,
@@ -303,7 +333,7 @@ class RunRecorder:
             stopped=stopped,
             lost_contact=self._lost_contact,
             unsubmitted=counts.unsubmitted,
-            warnings=warnings,
+            warnings=(*warnings, *self._warnings),
             kept=tuple(self._kept),
         )
 

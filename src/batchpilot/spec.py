@@ -30,8 +30,9 @@ _ID_HASH_LENGTH = 8
 _NOT_ALLOWED_IN_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def batch_id(*parts: str, unique_by: str | None = None) -> str:
-    """Join `parts` into an id that follows Batch's rules (letters, digits, `-`, `_`; at most 64 chars).
+def batch_id(*parts: str, unique_by: str | None = None, max_length: int = BATCH_ID_MAX_LENGTH) -> str:
+    """Join `parts` into an id that follows Batch's rules (letters, digits, `-`, `_`; at most `max_length`
+    chars, 64 by default: Batch's limit).
 
     Characters the rules do not allow become `-`. When `unique_by` is given, a short hash of it is appended
     so that two names that differ only in dropped characters (`a b.mp4` and `a+b.mp4`) or in case (Batch ids
@@ -40,9 +41,9 @@ def batch_id(*parts: str, unique_by: str | None = None) -> str:
     cleaned = [_NOT_ALLOWED_IN_ID.sub("-", part).strip("-_") for part in parts]
     stem = "-".join(piece for piece in cleaned if piece) or "x"
     if unique_by is None:
-        return stem[:BATCH_ID_MAX_LENGTH].rstrip("-_") or "x"
-    digest = hashlib.sha256(unique_by.encode()).hexdigest()[:_ID_HASH_LENGTH]
-    room = BATCH_ID_MAX_LENGTH - _ID_HASH_LENGTH - 1
+        return stem[:max_length].rstrip("-_") or "x"
+    digest = hashlib.sha256(unique_by.encode("utf-8", "surrogatepass")).hexdigest()[:_ID_HASH_LENGTH]
+    room = max_length - _ID_HASH_LENGTH - 1
     return f"{stem[:room].rstrip('-_') or 'x'}-{digest}"
 
 
@@ -230,6 +231,16 @@ class JobSpec:
     pool_id: str
     # Counted from the job's creation; the service then ends it and its tasks, with or without us.
     max_wall_clock: timedelta | None = None
+
+
+def job_generation_id(job_id: str, generation: int) -> str:
+    """The id of a job's `generation` (1: the job itself; then `<job id>-g2`, `-g3`, ...), at most 64
+    characters. A one-shot run's job ends with its last task and Batch takes no task into an ended job: a
+    run with tasks to add or retry goes on in the next generation."""
+    if generation <= 1:
+        return job_id
+    suffix = f"-g{generation}"
+    return f"{job_id[: BATCH_ID_MAX_LENGTH - len(suffix)].rstrip('-_') or 'x'}{suffix}"
 
 
 class JobLifetime(enum.StrEnum):
@@ -514,6 +525,12 @@ class Workload:
     timeout: timedelta = timedelta(hours=1)
     environment: tuple[tuple[str, str], ...] = field(default=())
     job_lifetime: JobLifetime = JobLifetime.RUN
+    # The folder the local inputs were found in (a folder given, or a glob's fixed part): each input keeps
+    # its folder below it in its blob name and its outputs' place in the download folder. None: the
+    # inputs' common folder.
+    input_root: Path | None = None
+    # Running the same workload again retries the tasks of the job that failed (Batch's Reactivate Task).
+    retry_failed: bool = True
 
     def __post_init__(self) -> None:
         check_environment(self.environment)
@@ -558,6 +575,10 @@ class Workload:
         )
 
 
+# An input's part of a task id: room is left for the definition's hash (`-` and 8 hex digits, tasks.py).
+INPUT_KEY_MAX_LENGTH = BATCH_ID_MAX_LENGTH - _ID_HASH_LENGTH - 1
+
+
 # A name that is the same word for every shell and no program's option: see StagedInput.node_path.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}")
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
@@ -569,7 +590,11 @@ class StagedInput:
     """An input with its blob and the id of the task that will process it.
 
     `path` is the local file to upload, or None for an input that is already a blob (`BlobInputs`).
-    `fingerprint` identifies the content: the MD5, or the size where the store kept no MD5.
+    `fingerprint` identifies the content: the MD5, or the size where the store kept no MD5. `folder` is the
+    input's folder below the input root (POSIX, "" for an input at the root): it is part of the blob name
+    and of where the input's outputs land in the download folder, so that `d1/app.log` and `d2/app.log`
+    stay apart. `input_key` is the input's part of the task id (its name, folder and content); `task_id`
+    adds the hash of the task's definition (`tasks.identify`), `input_key` until then.
     """
 
     name: str
@@ -578,25 +603,53 @@ class StagedInput:
     size: int
     task_id: str
     path: Path | None = None
+    folder: str = ""
+    input_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.input_key:
+            object.__setattr__(self, "input_key", self.task_id)
 
     @classmethod
-    def for_path(cls, path: Path, md5_hex: str, size: int) -> StagedInput:
+    def for_path(cls, path: Path, md5_hex: str, size: int, *, folder: str = "") -> StagedInput:
         # The hash covers the content too: an input changed since the last run gets a new task, an unchanged
-        # one resumes the task that exists.
-        task_id = batch_id(path.stem, unique_by=f"{path.name}\0{md5_hex}")
-        return cls(path.name, path.name, md5_hex, size, task_id, path)
+        # one resumes the task that exists. An input at the root hashes as before folders were kept.
+        blob_name = f"{folder}/{path.name}" if folder else path.name
+        key = batch_id(path.stem, unique_by=f"{blob_name}\0{md5_hex}", max_length=INPUT_KEY_MAX_LENGTH)
+        return cls(path.name, blob_name, md5_hex, size, key, path, folder)
 
     @classmethod
-    def for_blob(cls, blob_name: str, md5_hex: str | None, size: int) -> StagedInput:
+    def for_blob(cls, blob_name: str, md5_hex: str | None, size: int, *, prefix: str = "") -> StagedInput:
+        """A blob input; its folder is the blob's folder below the folder part of `prefix`."""
         name = PurePosixPath(blob_name).name
         fingerprint = md5_hex or f"size-{size}"
-        task_id = batch_id(PurePosixPath(name).stem, unique_by=f"{blob_name}\0{fingerprint}")
-        return cls(name, blob_name, fingerprint, size, task_id)
+        key = batch_id(
+            PurePosixPath(name).stem, unique_by=f"{blob_name}\0{fingerprint}", max_length=INPUT_KEY_MAX_LENGTH
+        )
+        root = posixpath.dirname(prefix)
+        parent = posixpath.dirname(blob_name)
+        folder = parent.removeprefix(f"{root}/") if root and parent.startswith(f"{root}/") else parent
+        if root and parent == root:
+            folder = ""
+        # A blob's name is text: `.`, `..` and empty parts never become folders of the download folder.
+        folder = "/".join(part for part in folder.split("/") if part not in ("", ".", ".."))
+        return cls(name, blob_name, fingerprint, size, key, folder=folder)
+
+    @property
+    def node_path(self) -> str:
+        """Where the input lands in the task's working dir (its resource file's path, `{input}`): a local
+        input under its own name (each task has a working dir of its own), a blob under its blob name."""
+        return self.name if self.path is not None else self.blob_name
+
+    @property
+    def label(self) -> str:
+        """How messages name the input: its local path, or its blob name."""
+        return str(self.path) if self.path is not None else self.blob_name
 
     @property
     def safe_path(self) -> str:
         """Where the input is staged on the node, relative to the task's working dir, as the command's
-        `{input}` names it: its blob name when each of its parts is a safe name, else a name derived from the
+        `{input}` names it: `node_path` when each of its parts is a safe name, else a name derived from the
         task id, with the input's extension when that is safe (`a'$(id)'b.log` -> `a-id-b-1f2e3d4c.log`).
 
         Names come from outside (a file dropped in a folder, a blob a task wrote), and a command template may
@@ -605,7 +658,7 @@ class StagedInput:
         not starting with `-` or `.` (so never an option either). The original name is kept where it is
         data: the task's display name, and the blob names its single-file outputs are uploaded (and
         downloaded) under."""
-        path = self.blob_name
+        path = self.node_path
         if len(path) <= _SAFE_PATH_CHARS and all(_SAFE_NAME.fullmatch(part) for part in path.split("/")):
             return path
         suffix = PurePosixPath(self.name).suffix
@@ -624,7 +677,7 @@ class StagedInput:
 
     def template_values(self) -> dict[str, str]:
         return {
-            "input": self.blob_name,
+            "input": self.node_path,
             "input_name": self.name,
             "stem": PurePosixPath(self.name).stem,
             "task_id": self.task_id,

@@ -5,7 +5,8 @@ Shared by `run` and `plan`, so that the ids and commands a plan shows are the on
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePath
 
 import anyio
 
@@ -14,27 +15,55 @@ from .concurrency import for_each
 from .errors import ConfigError, NotFoundError, UnreadableInputError
 from .files import md5_of
 from .spec import BlobInputs, StagedInput, Workload
+from .tasks import check_distinct, identify
 
 
 async def stage_inputs(
     workload: Workload, storage: Storage | None, *, concurrency: int = 16
 ) -> list[StagedInput]:
-    """Each input with its fingerprint and task id, in the workload's order. `storage` lists blob inputs."""
+    """Each input with its fingerprint and task id (its input and its task's definition: `tasks.identify`),
+    in the workload's order. `storage` lists blob inputs. ConfigError, before anything is uploaded, for an
+    input that cannot be read, and for two inputs or outputs that would land on the same name
+    (`tasks.check_distinct`)."""
     if isinstance(workload.inputs, BlobInputs):
         if storage is None:
             raise ConfigError("inputs in a storage container need a backend to list them")
-        return await _list_blobs(workload.inputs, storage)
-    return await _hash_files(workload.inputs, concurrency)
+        staged = await _list_blobs(workload.inputs, storage)
+    else:
+        staged = await _hash_files(workload.inputs, concurrency, input_folders(workload))
+    check_distinct(workload.template, staged)
+    return identify(workload, staged)
 
 
-async def _hash_files(paths: tuple[Path, ...], concurrency: int) -> list[StagedInput]:
+def input_folders(workload: Workload) -> dict[Path, str]:
+    """Each local input's folder below the input root (POSIX; "" at the root): the workload's `input_root`
+    when every input is inside it, else the inputs' common folder. A flat folder of inputs gives "" to all,
+    so their blob names and task ids are their file names' as before folders were kept."""
+    paths = workload.inputs if not isinstance(workload.inputs, BlobInputs) else ()
+    if not paths:
+        return {}
+    absolute = {path: os.path.abspath(path) for path in paths}
+    parents = [os.path.dirname(where) for where in absolute.values()]
+    root = os.path.abspath(workload.input_root) if workload.input_root is not None else None
+    if root is None or any(os.path.commonpath([root, parent]) != root for parent in parents):
+        root = os.path.commonpath(parents)
+    folders = {}
+    for path, where in absolute.items():
+        folder = os.path.relpath(os.path.dirname(where), root)
+        folders[path] = "" if folder == "." else PurePath(folder).as_posix()
+    return folders
+
+
+async def _hash_files(
+    paths: tuple[Path, ...], concurrency: int, folders: dict[Path, str]
+) -> list[StagedInput]:
     """Every input hashed; one ConfigError naming the first that cannot be read (and how many others),
     raised after all were tried, never from inside the fan-out (where it would arrive as a group)."""
     staged: dict[Path, StagedInput] = {}
     unreadable: dict[Path, str] = {}
 
     def read(path: Path) -> StagedInput:
-        return StagedInput.for_path(path, md5_of(path), path.stat().st_size)
+        return StagedInput.for_path(path, md5_of(path), path.stat().st_size, folder=folders.get(path, ""))
 
     async def stage(path: Path) -> None:
         try:
@@ -62,7 +91,9 @@ async def _list_blobs(source: BlobInputs, storage: Storage) -> list[StagedInput]
     if source.names:
         wanted = set(source.names)
         blobs = [blob for blob in blobs if blob.name in wanted]
-    staged = [StagedInput.for_blob(blob.name, blob.md5_hex, blob.size) for blob in blobs]
+    staged = [
+        StagedInput.for_blob(blob.name, blob.md5_hex, blob.size, prefix=source.prefix) for blob in blobs
+    ]
     if not staged:
         raise ConfigError(f"no blobs in {where}; upload some, or check workload.inputs.prefix")
     return staged

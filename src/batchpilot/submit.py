@@ -3,8 +3,9 @@
 The service takes at most 100 tasks and 1 MB of body per add-collection request. The chunker keeps under both
 using an estimate of each task's JSON size with a margin; if the service still says the body is too large, the
 submitter halves the chunk. Per-task server errors and transient failures of a whole request are retried with
-backoff; `TaskExists` is success, since ids are deterministic and a re-run (or a retry of a request that was
-applied before its connection dropped) finds the task it already added.
+backoff; `TaskExists` is success, since ids are deterministic and a re-run finds the task it already added;
+for a task resent after its request's answer was lost (the request may have been applied before its
+connection dropped), `TaskExists` means this run added it, and it is reported as added.
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ class Submitter:
         final: list[AddTaskResult] = []
         pending = chunk
         base: float | None = None
+        # Tasks sent in a request whose answer was lost (or that got a server error): the service may have
+        # added them, so on a resend TaskExists means this run added them, not that they were there before.
+        unanswered: set[str] = set()
         for attempt in range(1, self._attempts + 1):
             retry_after: float | None = None
             try:
@@ -141,14 +145,17 @@ class Submitter:
                 return [*final, *halves[0], *halves[1]]
             except TransientBackendError as exc:
                 retry_after = exc.retry_after
+                unanswered.update(task.task_id for task in pending)
                 if attempt == self._attempts:
                     return [*final, *(_gave_up(task, str(exc)) for task in pending)]
                 _log.warning(
                     "add_tasks_retry", job_id=job_id, tasks=len(pending), attempt=attempt, error=str(exc)
                 )
             else:
+                results = [_added_by_resend(r) if r.task_id in unanswered else r for r in results]
                 by_id = {task.task_id: task for task in pending}
                 retry = [by_id[r.task_id] for r in results if r.status is AddStatus.SERVER_ERROR]
+                unanswered.update(task.task_id for task in retry)
                 final.extend(r for r in results if r.status is not AddStatus.SERVER_ERROR)
                 if not retry:
                     return final
@@ -160,6 +167,13 @@ class Submitter:
             base = self._backoff.next_base(base, changed=False)
             await self._clock.sleep(self._backoff.delay(base, unit=self._draw(), retry_after=retry_after))
         raise AssertionError("unreachable: the last attempt returns")
+
+
+def _added_by_resend(result: AddTaskResult) -> AddTaskResult:
+    """TaskExists for a task this run sent before without an answer: the earlier request added it."""
+    if result.status is not AddStatus.EXISTS:
+        return result
+    return AddTaskResult(result.task_id, AddStatus.ADDED)
 
 
 def _too_large(task: TaskSpec) -> AddTaskResult:

@@ -9,8 +9,21 @@ A task gets its input as one resource file (read through `input_url`), its outpu
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
-from .spec import OutputFile, ResourceFile, StagedInput, TaskSpec, TaskTemplate, UploadCondition
+from .errors import ConfigError
+from .spec import (
+    OutputFile,
+    ResourceFile,
+    StagedInput,
+    TaskSpec,
+    TaskTemplate,
+    UploadCondition,
+    Workload,
+)
 
 # The virtual folder of the output container that holds a failed task's stdout.txt and stderr.txt.
 LOGS_PREFIX = "_logs"
@@ -21,10 +34,14 @@ FAILURE_LOGS_PATTERN = "../std*.txt"
 MAX_DISPLAY_NAME = 1024
 
 
-def output_path(task_id: str, pattern: str) -> str:
-    """Batch's destination path for an output file pattern: a blob name (`<task id>/<pattern>`) for a single
-    file, a virtual folder (`<task id>`) for a wildcard pattern, under which Batch keeps each match's path."""
-    return task_id if glob.has_magic(pattern) else f"{task_id}/{pattern}"
+def output_path(task_id: str, pattern: str, folder: str = "", *, wildcard: bool | None = None) -> str:
+    """Batch's destination path for an output file pattern: a blob name (`<task id>/<folder>/<pattern>`) for
+    a single file, a virtual folder (`<task id>/<folder>`) for a wildcard pattern (`wildcard`, by default
+    whether `pattern` has one), under which Batch keeps each match's path. `folder` is the input's folder
+    below the input root ("" at the root): the downloader drops `<task id>/`, so the outputs land in the
+    download folder under the input's own folder."""
+    base = f"{task_id}/{folder}" if folder else task_id
+    return base if (glob.has_magic(pattern) if wildcard is None else wildcard) else f"{base}/{pattern}"
 
 
 def failure_logs_output(task_id: str, output_url: str) -> OutputFile:
@@ -56,7 +73,7 @@ def build_task(
         OutputFile(
             template.in_working_dir(node_pattern),
             output_url,
-            staged.task_id if glob.has_magic(node_pattern) else f"{staged.task_id}/{pattern}",
+            output_path(staged.task_id, pattern, staged.folder, wildcard=glob.has_magic(node_pattern)),
             UploadCondition.TASK_SUCCESS,
         )
         for pattern, node_pattern in zip(named, template.render_outputs(on_node), strict=True)
@@ -72,3 +89,110 @@ def build_task(
         environment=environment,
         container=template.container,
     )
+
+
+
+# --- a task's identity ------------------------------------------------------------------------------------
+# What decides a task's result decides its id, as Nextflow's task hash and Snakemake's rerun triggers do: the
+# input (name, folder, content), the rendered command, the output patterns, the container image and its
+# options, the environment and the resource files. Change any of them and the task is new; change none and a
+# re-run finds the task it added before. Not in it: the SAS tokens (new on every run) and the constraints
+# (how long and how often a task may run do not change what it computes).
+
+# Bumped if what the hash covers changes, so that old and new ids never meet by chance.
+_DEFINITION_VERSION = 1
+# A task id is `<input key>-<8 hex digits of the definition hash>`.
+DEFINITION_HASH_LENGTH = 8
+
+
+def definition_hash(workload: Workload, staged: StagedInput) -> str:
+    """The SHA-256 (hex) of everything that decides the result of the task that processes `staged` under
+    `workload`. Pure and stable across runs and machines: no URL, token or local path goes in. `{task_id}`
+    is rendered as the input key (the id itself carries this hash). ConfigError when an output pattern
+    renders outside the output dir (see `TaskTemplate.render_outputs`)."""
+    template = workload.template
+    keyed = replace(staged, task_id=staged.input_key)
+    on_node = keyed.node_values()
+    container = template.container
+    definition = {
+        "version": _DEFINITION_VERSION,
+        "input": [staged.blob_name, staged.fingerprint],
+        "command": template.render_command(on_node),
+        "outputs": [template.in_working_dir(p) for p in template.render_outputs(on_node)],
+        "output_names": list(template.render_outputs(keyed.template_values())),
+        "optional_outputs": sorted(template.optional_outputs),
+        "container": [container.image, container.run_options] if container is not None else None,
+        "environment": sorted([name, value] for name, value in workload.environment),
+        "resource_files": [[workload.input_container, staged.blob_name, keyed.safe_path]],
+    }
+    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def task_id_for(staged: StagedInput, definition: str) -> str:
+    """`<input key>-<first 8 hex digits of definition>`: at most 64 characters (the input key keeps room for
+    it) of letters, digits, `-` and `_` (Batch's rule for task ids), and readable: it starts with the
+    input's name."""
+    return f"{staged.input_key}-{definition[:DEFINITION_HASH_LENGTH]}"
+
+
+def identify(workload: Workload, staged: Sequence[StagedInput]) -> list[StagedInput]:
+    """`staged` with each task id made of its input key and the hash of its task's definition."""
+    return [replace(item, task_id=task_id_for(item, definition_hash(workload, item))) for item in staged]
+
+
+def input_key_of(task_id: str) -> str | None:
+    """The input key of a task id made by `task_id_for`, or None for an id of another shape."""
+    key, dash, digest = task_id.rpartition("-")
+    if not dash or not key or len(digest) != DEFINITION_HASH_LENGTH:
+        return None
+    return key if all(ch in "0123456789abcdef" for ch in digest) else None
+
+
+def changed_definitions(staged: Iterable[StagedInput], existing_ids: Iterable[str]) -> int:
+    """How many of `staged` are new to the job because their definition changed: the job has no task of
+    that id, but one of the same input (the same input key) under another definition."""
+    present = set(existing_ids)
+    keys = {key for key in map(input_key_of, present) if key is not None}
+    return sum(item.task_id not in present and item.input_key in keys for item in staged)
+
+
+def required_downloads(template: TaskTemplate, staged: StagedInput) -> tuple[str, ...]:
+    """The required output patterns of `staged`'s task as they sit under `<task id>/` in the output
+    container: below the input's folder (`output_path`)."""
+    required = template.required_outputs(staged.template_values())
+    return tuple(f"{staged.folder}/{pattern}" for pattern in required) if staged.folder else required
+
+
+# --- names that must not meet -------------------------------------------------------------------------------
+
+
+def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> None:
+    """ConfigError (one line naming both inputs) when two inputs would land on the same blob name, or two
+    outputs (of one input or of two) on the same name in the download folder, where one would overwrite the
+    other (BatchExplorer#2956). Names are compared without regard to case: Batch ids are case-insensitive,
+    and so are the disks of Windows and macOS. Wildcard patterns are judged by the files they match, after
+    the task ran, not here."""
+    blobs: dict[str, StagedInput] = {}
+    outputs: dict[str, tuple[StagedInput, int]] = {}
+    for item in staged:
+        other = blobs.setdefault(item.blob_name.casefold(), item)
+        if other is not item:
+            raise ConfigError(
+                f"inputs {other.label} and {item.label} would land on the same name ({other.blob_name!r} and "
+                f"{item.blob_name!r} differ at most in case); rename or remove one"
+            )
+        rendered = template.render_outputs(item.template_values())
+        for index, name in enumerate(rendered):
+            if glob.has_magic(name):
+                continue
+            dest = f"{item.folder}/{name}" if item.folder else name
+            first, first_index = outputs.setdefault(dest.casefold(), (item, index))
+            if first is item and first_index == index:
+                continue
+            patterns = f"{template.outputs[first_index]!r} and {template.outputs[index]!r}"
+            whose = f"of input {item.label}" if first is item else f"of inputs {first.label} and {item.label}"
+            raise ConfigError(
+                f"output patterns {patterns} {whose} both name {dest!r}: one would overwrite the other; "
+                "make each pattern name its input, like '{stem}.gz' or '{input_name}.gz'"
+            )

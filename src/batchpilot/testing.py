@@ -46,7 +46,7 @@ import anyio.lowlevel
 
 from .attempts import Decision, Interruption, after_attempt
 from .clock import Clock
-from .errors import BackendError, NotFoundError, RequestTooLargeError
+from .errors import BackendError, JobEndedError, NotFoundError, RequestTooLargeError
 from .files import temporary_sibling
 from .images import ImageVerdict, Reason, SupportedImage, Verdict, judge
 from .records import (
@@ -354,6 +354,7 @@ class _Task:
     end_time: datetime | None = None
     files: dict[str, bytes] = field(default_factory=dict)  # stdout.txt, stderr.txt
     queued_again: bool = False  # retried or requeued: its next attempt runs when the job is next looked at
+    reactivated_after: int = 0  # attempts before its last reactivation (Reactivate Task resets the counts)
 
     def view(self) -> TaskView:
         return TaskView(
@@ -501,6 +502,31 @@ class InMemoryCompute:
             self._attempt(job, task)
         return results
 
+    async def reactivate_task(self, job_id: str, task_id: str) -> None:
+        """Batch's Reactivate Task: a failed task turns active under its id, its last attempt cleared and
+        its retry count 0; it runs when the job is next looked at. NotFoundError for an unknown job or task;
+        JobEndedError (JobCompleted) in a completed job; BackendError TaskNotCompleted / TaskSucceeded for a
+        task that did not fail."""
+        self.calls.append(("reactivate_task", task_id))
+        job = self._job(job_id)
+        task = job.tasks.get(task_id)
+        if task is None:
+            raise NotFoundError(f"task {task_id!r} not found", code="TaskNotFound")
+        if task.state is not TaskState.COMPLETED:
+            raise BackendError(f"task {task_id!r} has not completed", code="TaskNotCompleted")
+        if task.result is TaskResult.SUCCESS:
+            raise BackendError(f"task {task_id!r} succeeded", code="TaskSucceeded")
+        if job.ended is not None:
+            raise JobEndedError(
+                f"job {job_id!r} has completed and reactivates no task", job_id=job_id, reason="JobCompleted"
+            )
+        task.reactivated_after += task.retry_count + task.requeue_count + 1
+        task.exit_code = task.result = task.failure = task.node_id = None
+        task.start_time = task.end_time = None
+        task.retry_count = task.requeue_count = 0
+        task.queued_again = True
+        self._move(task, TaskState.ACTIVE)
+
     async def task_counts(self, job_id: str) -> TaskCounts:
         """Tasks by state (preparing counts as running). NotFoundError when no such job."""
         self.calls.append(("task_counts", job_id))
@@ -584,7 +610,7 @@ class InMemoryCompute:
         if failure is not None:
             outcome = Fail(exit_code=None, failure=failure)
         else:
-            attempt = task.retry_count + task.requeue_count
+            attempt = task.reactivated_after + task.retry_count + task.requeue_count
             outcome = self.script(ScriptedTask(job.spec.job_id, task.spec, attempt, inputs))
         if not isinstance(outcome, Hold):
             self._end_attempt(job, task, outcome)

@@ -59,7 +59,7 @@ KEYS: Mapping[str, frozenset[str]] = {
     "workload": frozenset(
         {
             "name", "inputs", "command", "outputs", "output_dir", "download_to", "timeout", "environment",
-            "pool", "constraints", "container", "cleanup",
+            "pool", "constraints", "container", "cleanup", "retry_failed",
         }
     ),
     "workload.pool": frozenset(
@@ -168,12 +168,14 @@ def _build(
     if template.container is not None and not pool.container_images:
         pool = replace(pool, container_images=(template.container.image,))
     sources: tuple[Path, ...] | BlobInputs | None = inputs
+    input_root: Path | None = None
     if sources is None:
         if isinstance(table.get("inputs"), dict) and inputs_from is None:
             sources = _blob_inputs(reader.table(table, "workload.inputs"), reader)
         else:
             pattern = reader.string(table, "workload.inputs", required=inputs_from is None)
             sources = _find_inputs(pattern, base, inputs_from, source)
+            input_root = _input_root(pattern, base, inputs_from)
     download_to = reader.string(table, "workload.download_to")
     cleanup = reader.table(table, "workload.cleanup")
     environment = reader.table(table, "workload.environment", check=False)
@@ -196,6 +198,8 @@ def _build(
         ),
         timeout=timeout or defaults.timeout,
         environment=tuple(sorted(environment.items())),
+        input_root=input_root,
+        retry_failed=reader.boolean(table, "workload.retry_failed", True),
     )
 
 
@@ -315,6 +319,22 @@ def _find_inputs(pattern: str, base: Path, inputs_from: Path | None, source: _So
     if not found:
         raise source.error("workload.inputs", f"no files match {pattern!r} (relative to {base})")
     return found
+
+
+def _input_root(pattern: str | None, base: Path, inputs_from: Path | None) -> Path:
+    """The folder inputs keep their folders below: a folder given, or the part of a glob before its first
+    wildcard (`logs/**/*.log`: `logs`), or a file's own folder."""
+    where = inputs_from if inputs_from is not None else Path(pattern or ".")
+    if inputs_from is None and not where.is_absolute():
+        where = base / where
+    if inputs_from is not None and where.is_dir():
+        return where
+    fixed: list[str] = []
+    for part in where.parts:
+        if glob.has_magic(part):
+            return Path(*fixed) if fixed else Path(".")
+        fixed.append(part)
+    return where.parent
 
 
 def _files(pattern: str) -> tuple[Path, ...]:

@@ -10,10 +10,10 @@ import pytest
 
 from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.cli_errors import backend_error_line
-from batchpilot.engine import JOB_GRACE, SAS_MARGIN, job_wall_clock, sas_lifetime
+from batchpilot.engine import JOB_GRACE, MAX_JOB_GENERATIONS, SAS_MARGIN, job_wall_clock, sas_lifetime
 from batchpilot.errors import JobEndedError
 from batchpilot.records import AddStatus
-from batchpilot.spec import JobLifetime, JobSpec, TaskConstraints
+from batchpilot.spec import JobLifetime, JobSpec, TaskConstraints, job_generation_id
 from batchpilot.testing import InMemoryBackend, Succeed
 
 JOB_CALLS = ("ensure_job", "add_tasks", "end_job_when_done")
@@ -79,23 +79,39 @@ def test_task_tokens_outlive_everything_that_can_still_run(tmp_path: Path):
     assert sas_lifetime(long_tasks) == timedelta(minutes=20) + timedelta(hours=5) + SAS_MARGIN
 
 
-async def test_new_inputs_for_a_job_that_has_ended_are_a_clear_error(tmp_path: Path):
+async def test_new_inputs_for_a_job_that_has_ended_go_on_in_its_next_generation(tmp_path: Path):
+    # Batch takes no task into an ended job: the run goes on in `<job>-g2`, and a re-run finds it there.
     job = workload(tmp_path, JobLifetime.RUN)
     backend = InMemoryBackend(script=copies)
     await backend.compute.ensure_pool(job.pool)
     await backend.compute.ensure_job(JobSpec(job.job_id, job.pool.pool_id))
     backend.compute.end_job(job.job_id, "AllTasksComplete")
     async with Orchestrator(backend) as orchestrator:
+        first = await orchestrator.run(job)
+        again = await orchestrator.run(job)
+    assert (first.ok, first.job_id, first.tasks_added) == (True, "batchpilot-lifetime-g2", 3)
+    assert (again.ok, again.job_id, again.tasks_added, again.tasks_existing) == (
+        True, "batchpilot-lifetime-g2", 0, 3,
+    )  # fmt: skip
+    assert "batchpilot-lifetime-g3" not in backend.compute.jobs
+
+
+async def test_a_job_whose_generations_have_all_ended_is_a_clear_error(tmp_path: Path):
+    job = workload(tmp_path, JobLifetime.RUN)
+    backend = InMemoryBackend(script=copies)
+    await backend.compute.ensure_pool(job.pool)
+    for generation in range(1, MAX_JOB_GENERATIONS + 1):
+        job_id = job_generation_id(job.job_id, generation)
+        await backend.compute.ensure_job(JobSpec(job_id, job.pool.pool_id))
+        backend.compute.end_job(job_id, "AllTasksComplete")
+    async with Orchestrator(backend) as orchestrator:
         with pytest.raises(JobEndedError, match="job batchpilot-lifetime has ended") as raised:
             await orchestrator.run(job)
     message = str(raised.value)
     assert "\n" not in message
     assert (raised.value.job_id, raised.value.reason) == ("batchpilot-lifetime", "AllTasksComplete")
-    # What happened only: the remedy is the command line's, which names the command that mends it.
-    assert "batchpilot cleanup" not in message
     line = backend_error_line(raised.value, "local")
     assert line.startswith(f"batchpilot: BackendError: {message}; ")
-    assert "delete it (batchpilot cleanup --backend local --job batchpilot-lifetime) and run again" in line
 
 
 async def test_a_one_shot_run_whose_tasks_the_service_could_not_take_leaves_its_job_open_for_the_rerun(

@@ -292,10 +292,12 @@ async def test_an_orchestrator_runs_a_workload_end_to_end_on_the_in_memory_backe
     [failed] = [event for event in events if isinstance(event, TaskFailed)]
     assert "bad input" in failed.stderr_tail
     assert backend.opened == backend.closed == 1
-    # Run again: the job is the service's record; nothing is added and nothing fetched again.
+    # Run again: the job is the service's record; nothing is added and nothing fetched again, and the task
+    # that failed is retried (the job has ended with its tasks: in the job's next generation).
     async with Orchestrator(backend, clock=FakeClock()) as orchestrator:
         again = await orchestrator.run(job)
-    assert (again.tasks_added, again.tasks_existing, again.download_skipped) == (0, 3, 2)
+    assert (again.tasks_added, again.tasks_existing, again.download_skipped) == (0, 2, 2)
+    assert (again.tasks_retried, again.job_id, len(again.failed)) == (1, f"{job.job_id}-g2", 1)
 
 
 async def test_a_preempted_attempt_is_requeued_without_counting_a_retry():

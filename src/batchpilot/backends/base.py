@@ -58,6 +58,14 @@ class Compute(Protocol):
         """Add one collection (at most 100 tasks, under 1 MB). Raises RequestTooLargeError when over."""
         ...
 
+    async def reactivate_task(self, job_id: str, task_id: str) -> None:
+        """Run a task that failed again under the same id: it turns active, its exit code, failure info,
+        times, node and retry count cleared (Batch REST: Reactivate Task, POST
+        /jobs/{job}/tasks/{task}/reactivate). BackendError (code TaskNotCompleted or TaskSucceeded) for a
+        task that did not fail; JobEndedError when the job has ended (409 JobCompleted: Batch reactivates no
+        task in a completed job); NotFoundError for an unknown job or task."""
+        ...
+
     async def task_counts(self, job_id: str) -> TaskCounts:
         """The cheap probe. May lag behind `list_tasks`."""
         ...

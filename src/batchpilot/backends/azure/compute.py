@@ -253,6 +253,22 @@ class AzureCompute:
                 ) from exc
         return models.add_results(tasks, result)
 
+    async def reactivate_task(self, job_id: str, task_id: str) -> None:
+        """Batch's Reactivate Task (the SDK's `reactivate_task`). JobEndedError when the job has completed
+        (409 JobCompleted); other refusals (409 TaskNotCompleted, TaskSucceeded) as BackendError."""
+        operation = f"reactivate task {task_id} of job {job_id}"
+        with translated(operation, self._secrets):
+            try:
+                await self._client.reactivate_task(job_id, task_id)
+            except HttpResponseError as exc:
+                if service_code(exc) not in ("JobCompleted", "JobNotActive"):
+                    raise
+                raise JobEndedError(
+                    f"{operation}: job {job_id} has ended and reactivates no task ({service_code(exc)})",
+                    job_id=job_id,
+                    reason=service_code(exc) or "JobCompleted",
+                ) from exc
+
     async def task_counts(self, job_id: str) -> TaskCounts:
         with translated(f"get task counts of job {job_id}", self._secrets):
             return models.task_counts(await self._client.get_job_task_counts(job_id))
