@@ -1,6 +1,7 @@
-"""A small async web application that embeds batchpilot's orchestrator (aiohttp.web, local backend).
+"""A small async web application that runs commands sent to it, through batchpilot's orchestrator
+(aiohttp.web, local backend): whoever can send it a request runs any program as the user who started it.
 
-It runs commands: whoever can send it a request runs any program as the user who started it. It therefore
+It therefore
 listens on loopback only by default, answers only requests that carry the token it prints at start
 (`Authorization: Bearer <token>`), and refuses what a browser sends from another site (a cross-origin simple
 request: a form post, a `text/plain` fetch). Put it behind authentication of your own before exposing it.

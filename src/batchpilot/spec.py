@@ -92,6 +92,8 @@ def container_name(*parts: str) -> str:
 # Batch: "The maximum value [of taskSlotsPerNode] is the smaller of 4 times the number of cores of the vmSize
 # of the pool or 256" (PoolAddParameter.taskSlotsPerNode).
 MAX_TASK_SLOTS_PER_NODE = 256
+# Batch REST types targetDedicatedNodes and targetLowPriorityNodes as int32; quotas bound them far lower.
+MAX_NODES = 2**31 - 1
 # Storage: a blob name is at most 1,024 characters ("Naming and referencing containers, blobs, and metadata").
 MAX_BLOB_NAME_CHARS = 1024
 # Linux refuses to start a program given one argument or environment string longer than MAX_ARG_STRLEN
@@ -210,6 +212,10 @@ class PoolSpec:
             raise ConfigError("the pool needs at least one node: set dedicated or spot nodes above zero")
         if self.task_slots_per_node < 1:
             raise ConfigError("task slots per node must be at least 1")
+        if max(self.dedicated_nodes, self.spot_nodes) > MAX_NODES:
+            raise ConfigError(
+                f"a pool node count is at most {MAX_NODES:,} (Batch's targetDedicatedNodes is an int32)"
+            )
         if self.task_slots_per_node > MAX_TASK_SLOTS_PER_NODE:
             raise ConfigError(
                 f"task slots per node is {self.task_slots_per_node}; Batch allows at most "

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 from aiohttp.test_utils import TestClient, TestServer
 
+import examples.webapp
 from examples.webapp import make_app, open_jobs
 
 PY = shlex.quote(sys.executable)
@@ -159,3 +160,10 @@ async def test_a_malformed_body_gets_a_400_naming_its_fault(tmp_path: Path) -> N
         assert (await client.get("/jobs/x/outputs/a%00b")).status == 404
     assert not jobs.by_id
     assert not [path async for path in anyio.Path(tmp_path).rglob("ESCAPE-MARK.txt")]
+
+
+def test_it_says_first_that_it_runs_commands_and_listens_on_loopback_by_default() -> None:
+    first_paragraph = (examples.webapp.__doc__ or "").split("\n\n")[0]
+    assert "runs commands" in first_paragraph
+    assert examples.webapp._address(["webapp.py"]) == (8080, "127.0.0.1")
+    assert examples.webapp._address(["webapp.py", "9000"]) == (9000, "127.0.0.1")

@@ -87,6 +87,12 @@ def test_task_slots_per_node_follow_batchs_limit(slots: int) -> None:
         PoolSpec("p", task_slots_per_node=slots)
 
 
+@pytest.mark.parametrize(("dedicated", "spot"), [(2**31, 0), (0, 2**40), (10**30, 1)])
+def test_node_counts_fit_batchs_int32(dedicated: int, spot: int) -> None:
+    with pytest.raises(ConfigError, match="node count"):
+        PoolSpec("p", dedicated_nodes=dedicated, spot_nodes=spot)
+
+
 @pytest.mark.parametrize("length", [200, 240, 250, 254, 255])
 def test_a_long_file_name_gets_a_temporary_name_the_file_system_takes(tmp_path: Path, length: int) -> None:
     """The repro: a 254-character input name, `File name too long` on the temporary download name."""
