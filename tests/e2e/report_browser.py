@@ -25,6 +25,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.waiting import wait_for
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -106,12 +108,12 @@ def _group_alive(pgid: int) -> bool:
 
 def _debugging_port(profile: Path, process: subprocess.Popen[bytes], wait_s: float) -> int:
     marker = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + wait_s
-    while not (marker.exists() and marker.read_text().strip()):
+
+    def written() -> str:
         assert process.poll() is None, f"chromium exited with {process.returncode}"
-        assert time.monotonic() < deadline, "chromium did not open its debugging port"
-        time.sleep(0.05)
-    return int(marker.read_text().splitlines()[0])
+        return marker.read_text().strip() if marker.exists() else ""
+
+    return int(wait_for(written, "chromium to open its debugging port", within=wait_s).splitlines()[0])
 
 
 async def _session(

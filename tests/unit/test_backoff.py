@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchpilot.backoff import BackoffPolicy
 from batchpilot.errors import ConfigError
-from batchpilot.monitor.backoff import BackoffPolicy
 
 POLICY = BackoffPolicy(initial=0.25, factor=2.0, cap=4.0, jitter=0.1)
 
