@@ -48,6 +48,7 @@ from .spec import (
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
+from .text import one_line
 from .workload_file import MAX_DURATION, parse_duration
 from .workloads import ffmpeg
 
@@ -56,6 +57,9 @@ if TYPE_CHECKING:  # the Azure SDKs and the service take ~0.5 s to import: only 
     from .service import ContainerSource
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A summary lists this many failed tasks, each with at most this many lines of its stderr's end.
+SUMMARY_FAILED_SHOWN = 20
+SUMMARY_TAIL_LINES = 10
 
 
 class _Parser(argparse.ArgumentParser):
@@ -655,11 +659,18 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
         f"  outputs: {summary.downloaded} downloaded to {out}, {summary.download_skipped} already there"
         + (f", {summary.download_failed} FAILED" if summary.download_failed else ""),
     ]
-    lines.extend(f"  warning: {warning}" for warning in summary.warnings)
-    for failed in summary.failed:
+    lines.extend(f"  warning: {one_line(warning)}" for warning in summary.warnings)
+    # What a task or the service wrote is escaped and capped; a run of thousands of failures lists a few.
+    for failed in summary.failed[:SUMMARY_FAILED_SHOWN]:
         code = f"exit code {failed.exit_code}" if failed.exit_code is not None else "no exit code"
-        lines.append(f"  failed:  {failed.task_id} ({code}): {failed.reason}")
-        lines.extend(f"           | {line}" for line in failed.stderr_tail.splitlines())
+        lines.append(f"  failed:  {failed.task_id} ({code}): {one_line(failed.reason)}")
+        tail = failed.stderr_tail.splitlines()[-SUMMARY_TAIL_LINES:]
+        lines.extend(f"           | {one_line(line)}" for line in tail)
+    if len(summary.failed) > SUMMARY_FAILED_SHOWN:
+        lines.append(
+            f"  failed:  ... and {len(summary.failed) - SUMMARY_FAILED_SHOWN:,} more: "
+            f"batchpilot status --backend {backend} --job {summary.job_id}"
+        )
     if summary.timed_out:
         lines.append(
             "  the run hit --timeout; everything is left in place: run the same command again to resume"

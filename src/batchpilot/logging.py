@@ -38,6 +38,10 @@ import structlog  # noqa: E402
 from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
 
 from .redact import redact  # noqa: E402
+from .text import FIELD_CHARS, bounded  # noqa: E402
+
+# A traceback (format_exc_info) is kept longer than other fields: it is for whoever debugs.
+_TRACEBACK_CHARS = 20_000
 
 LogFormat = Literal["console", "json"]
 
@@ -70,6 +74,16 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return {key: _redact_value(value) for key, value in event_dict.items()}
 
 
+def bound_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor, after redaction (a secret is masked whole before any cut): every value capped
+    and its control characters escaped (`text.bounded`), so no log line grows with what a task wrote and
+    none can drive the terminal (BatchExplorer#457)."""
+    return {
+        key: bounded(value, chars=_TRACEBACK_CHARS if key == "exception" else FIELD_CHARS)
+        for key, value in event_dict.items()
+    }
+
+
 def default_format(stream: TextIO) -> LogFormat:
     return "console" if stream.isatty() else "json"
 
@@ -81,6 +95,7 @@ def _shared_processors() -> list[Processor]:
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         structlog.processors.format_exc_info,
         redact_secrets,
+        bound_values,
     ]
 
 

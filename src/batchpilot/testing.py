@@ -557,13 +557,19 @@ class InMemoryCompute:
         self._run_queued(job)
         return views
 
-    async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
-        """`stdout.txt` or `stderr.txt` of the task's last attempt. NotFoundError otherwise."""
+    async def read_task_file(
+        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
+    ) -> bytes:
+        """`stdout.txt` or `stderr.txt` of the task's last attempt (its last `tail` bytes, when given).
+        NotFoundError otherwise."""
         self.calls.append(("read_task_file", (task_id, name)))
         task = self._job(job_id).tasks.get(task_id)
         if task is None or name not in task.files:
             raise NotFoundError(f"task file {name!r} of {task_id!r} not found", code="FileNotFound")
-        return task.files[name]
+        content = task.files[name]
+        if tail is None:
+            return content
+        return content[len(content) - tail :] if 0 < tail < len(content) else content if tail > 0 else b""
 
     # --- for tests ---
 

@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "request_tally",
         "images",
         "redact",
+        "text",
         "concurrency",
         "monitor",  # the package, monitor.state and the monitor.backoff shim; the poller is below
     ),

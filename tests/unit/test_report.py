@@ -203,7 +203,9 @@ def test_the_report_of_an_interrupted_run_draws_what_was_under_way():
 
 async def test_report_of_a_job_takes_each_tasks_latest_record_and_failed_stderr():
     class Compute(FakeCompute):
-        async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
+        async def read_task_file(
+            self, job_id: str, task_id: str, name: str, *, tail: int | None = None
+        ) -> bytes:
             return b"\n".join(f"line {i}".encode() for i in range(100))
 
     compute = Compute()

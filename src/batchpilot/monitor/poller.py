@@ -29,6 +29,7 @@ from ..clock import Clock, SystemClock
 from ..errors import LostContactError, NotFoundError, TransientBackendError
 from ..events import Event, MonitorDegraded, MonitorRecovered, TaskFailed
 from ..records import TaskCounts
+from ..text import TAIL_BYTES, tail_text
 from .backoff import BackoffPolicy
 from .state import TaskTracker
 
@@ -234,12 +235,17 @@ class Poller:
         return moved or bool(events)
 
     async def _stderr_tail(self, task_id: str) -> str:
+        """The last lines of the task's stderr, from its last `TAIL_BYTES` bytes only (a byte range: a task
+        can write gigabytes, BatchExplorer#457), each line capped and escaped (`text.tail_text`)."""
         try:
-            data = await self._compute.read_task_file(self._tracker.job_id, task_id, "stderr.txt")
+            data = await self._compute.read_task_file(
+                self._tracker.job_id, task_id, "stderr.txt", tail=TAIL_BYTES + 1
+            )
         except (NotFoundError, TransientBackendError):
             return ""  # the summary still names the task and its failure code
-        lines = data.decode(errors="replace").strip().splitlines()
-        return "\n".join(lines[-_STDERR_TAIL_LINES:])
+        # More came before, and not a whole line: the first line read is cut.
+        partial = len(data) > TAIL_BYTES and data[-TAIL_BYTES - 1 : -TAIL_BYTES] != b"\n"
+        return tail_text(data[-TAIL_BYTES:], lines=_STDERR_TAIL_LINES, partial=partial)
 
 
 def _minutes(span: timedelta) -> str:

@@ -173,7 +173,8 @@ def _with_stderr(event: TaskFailed, tail: str) -> TaskFailed:
 
 async def _stderr_tail(compute: Compute, job_id: str, task_id: str) -> str:
     try:
-        data = await compute.read_task_file(job_id, task_id, "stderr.txt")
+        # A byte range: a task's stderr may be gigabytes; its end is what a report shows.
+        data = await compute.read_task_file(job_id, task_id, "stderr.txt", tail=64_000)
     except (NotFoundError, TransientBackendError):
         return ""  # the node is gone (a pool deleted): the failure code still says what happened
     lines = data[-64_000:].decode(errors="replace").strip().splitlines()

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..events import Event, RunFinished, RunStarted, TaskFailed, TaskOutputsMissing, TaskSucceeded
+from ..text import one_line
 
 
 class ProgressDisplay:
@@ -26,7 +27,7 @@ class ProgressDisplay:
             if not self._bars:
                 self._progress.start()
             self._bars[event.run_id] = self._progress.add_task(
-                event.job_id, total=event.input_count, failed=0
+                one_line(event.job_id, 80), total=event.input_count, failed=0
             )
         elif (
             isinstance(event, TaskSucceeded | TaskFailed)

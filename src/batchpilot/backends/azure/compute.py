@@ -282,9 +282,19 @@ class AzureCompute:
             pages = self._client.list_tasks(job_id, filter=where, select=list(models.TASK_VIEW_FIELDS))
             return [models.task_view(task) async for task in pages]
 
-    async def read_task_file(self, job_id: str, task_id: str, name: str) -> bytes:
+    async def read_task_file(
+        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
+    ) -> bytes:
         with translated(f"read {name} of task {task_id} in job {job_id}", self._secrets):
-            chunks = await self._client.download_task_file(job_id, task_id, name)
+            byte_range = None
+            if tail is not None:
+                # Batch takes only `bytes=first-last` (no suffix range): the size first, then the end.
+                properties = await self._client.get_task_file_properties(job_id, task_id, name)
+                size = int(properties.content_length or 0)
+                if size == 0 or tail <= 0:
+                    return b""
+                byte_range = f"bytes={max(0, size - tail)}-{size - 1}"
+            chunks = await self._client.download_task_file(job_id, task_id, name, ocp_range=byte_range)
             return b"".join([chunk async for chunk in chunks])
 
     async def delete_job(self, job_id: str) -> None:
