@@ -586,7 +586,8 @@ INPUT_KEY_MAX_LENGTH = BATCH_ID_MAX_LENGTH - _ID_HASH_LENGTH - 1
 
 
 # A name that is the same word for every shell and no program's option: see StagedInput.node_path.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}")
+# At most 128 characters, so that the names a command makes from it (`{input_name}.gz`) fit a file name too.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
 _SAFE_PATH_CHARS = 1024
 

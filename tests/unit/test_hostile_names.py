@@ -95,6 +95,15 @@ def test_a_safe_name_is_used_as_it_is(name: str) -> None:
     assert task.output_files[0].file_pattern == f"{name}.gz"
 
 
+def test_a_name_too_long_to_build_names_from_gets_a_short_one() -> None:
+    """A safe name of up to 128 characters is used as it is; a longer one (up to the 255 a file system
+    takes) would leave no room for the names a command makes from it (`{input_name}.gz`)."""
+    assert _staged("a" * 124 + ".log").safe_path == "a" * 124 + ".log"
+    long = _staged("a" * 250 + ".log")
+    assert long.safe_path == f"{long.task_id}.log"
+    assert len(long.safe_path) < 80
+
+
 def test_a_blob_input_in_folders_keeps_its_path_when_every_part_is_safe() -> None:
     assert StagedInput.for_blob("videos/2024/a.mp4", None, 1).safe_path == "videos/2024/a.mp4"
     for hostile in ("videos/$(id)/a.mp4", "videos/2024/-a.mp4", "../a.mp4", "videos/a b.mp4"):

@@ -186,6 +186,7 @@ _REMEDIES = {
     errno.ENOTDIR: "a file stands where a folder of its path should be: move it",
     errno.EEXIST: "a file stands where a folder of its path should be: move it",
     errno.EISDIR: "a folder stands where the file should be: move it",
+    errno.ENAMETOOLONG: "the name is longer than this file system allows: shorten the output pattern",
 }
 
 
