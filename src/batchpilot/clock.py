@@ -32,8 +32,3 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """`anyio.sleep(seconds)`: yields to other tasks, cancellable."""
         await anyio.sleep(seconds)
-
-
-def utc_now() -> datetime:
-    """`datetime.now(UTC)`, as a plain function for code that only reads the time."""
-    return datetime.now(UTC)
