@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Run
+from tests.e2e.support import Run
 
 PY = shlex.quote(sys.executable)
 COPY = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2])"

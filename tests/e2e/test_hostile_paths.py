@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Run, cli_command, cli_env
+from tests.e2e.support import Run, cli_command, cli_env
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -6,18 +6,21 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from tests.e2e.conftest import cli_command, cli_env
+from tests.e2e.support import cli_command, cli_env, wait_for
 
 
 def _wait_for(condition, what: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 90
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
+    """`wait_for(condition)`, failing at once should the service end first."""
+
+    def ready() -> bool:
+        if condition():
+            return True
         assert process.poll() is None, f"the service ended before {what}"
-        time.sleep(0.05)
+        return False
+
+    wait_for(ready, what)
 
 
 def _unreadable(path: Path) -> None:
