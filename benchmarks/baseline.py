@@ -99,7 +99,9 @@ def run(config: SideConfig) -> SideResult:
                 id=f"Task{index}",
                 command_line=f'/bin/bash -c "ffmpeg -i {input_path} {output_path} "',
                 resource_files=[input_file],
-                output_files=[
+                output_files=[]
+                if not config.outputs
+                else [
                     bm.OutputFile(
                         file_pattern=output_path,
                         destination=bm.OutputFileDestination(
@@ -113,12 +115,18 @@ def run(config: SideConfig) -> SideResult:
             )
         )
     submit_started = time.time()
+    cpu_started = time.process_time()
     for first in range(0, len(tasks), _COLLECTION_LIMIT):
         batch.create_task_collection(
             job_id, bm.BatchTaskGroup(task_values=tasks[first : first + _COLLECTION_LIMIT])
         )
     result.submitted = time.time()
+    result.submit_cpu_s = time.process_time() - cpu_started
     result.note = f"pool and job: {submit_started - result.uploaded:.2f}s"
+    if config.submit_only:
+        result.finished = result.submitted
+        batch.close()
+        return result
 
     # wait_for_tasks_to_complete: every task, every field, once a second.
     while True:

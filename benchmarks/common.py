@@ -23,6 +23,8 @@ class SideConfig:
     upload: bool  # False: inputs count as already in storage (the 10,000-task scenario)
     nodes: int
     slots: int
+    outputs: bool = True  # False: tasks name no output file (the scale rows: Azurite is one thread)
+    submit_only: bool = False  # True: stop once every task is submitted (the latency sweep)
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -47,6 +49,8 @@ class SideResult:
     monitor_loops: int = 0
     tasks_listed: int = 0  # task records the monitor received, summed over its listings
     max_rss_mb: float = 0.0
+    submit_cpu_s: float = 0.0  # this process's CPU (user + system) during the submit stage
+    cpu_s: float = 0.0  # this process's CPU over the whole run
     ok: bool = True
     note: str = ""
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
+
 from batchpilot import Orchestrator
 from batchpilot.backends.azure import AzureBackend
 from batchpilot.config import AzureSettings
@@ -25,15 +27,26 @@ from .common import TASK_COMMAND, SideConfig, SideResult
 
 
 class _Recorder:
-    def __init__(self, result: SideResult) -> None:
+    """Stage boundaries and this process's CPU at each; `all_submitted` is set once `expected` tasks are."""
+
+    def __init__(self, result: SideResult, expected: int) -> None:
         self._result = result
+        self._expected = expected
+        self._submitted = 0
+        self._uploaded_cpu = time.process_time()
+        self.all_submitted = anyio.Event()
 
     async def __call__(self, event: Event) -> None:
         now = time.time()
         if isinstance(event, InputUploaded):
             self._result.uploaded = now
+            self._uploaded_cpu = time.process_time()
         elif isinstance(event, TasksSubmitted):
             self._result.submitted = now
+            self._result.submit_cpu_s = time.process_time() - self._uploaded_cpu
+            self._submitted += event.added + event.existing + len(event.rejected)
+            if self._submitted >= self._expected:
+                self.all_submitted.set()
         elif isinstance(event, TaskSucceeded):
             self._result.seen.setdefault(event.task_id, now)
 
@@ -91,15 +104,27 @@ async def run(config: SideConfig) -> SideResult:
     workload = Workload(
         name=config.name,
         inputs=tuple(Path(name) for name in config.inputs),
-        template=TaskTemplate(command=TASK_COMMAND, outputs=("{stem}.mp3",)),
+        template=TaskTemplate(command=TASK_COMMAND, outputs=("{stem}.mp3",) if config.outputs else ()),
         pool=PoolSpec(f"{config.name}-pool", dedicated_nodes=config.nodes, task_slots_per_node=config.slots),
         cleanup=CleanupPolicy(delete_input_container=False),
         timeout=timedelta(hours=1),
     )
     azure = AzureBackend(settings)
     backend: Any = azure if config.upload else _PreStagedBackend(azure)
-    async with Orchestrator(backend, subscribers=[_Recorder(result)]) as orchestrator:
+    recorder = _Recorder(result, len(config.inputs))
+    async with Orchestrator(backend, subscribers=[recorder]) as orchestrator:
         result.started = time.time()
+        if config.submit_only:
+            async with anyio.create_task_group() as group:
+
+                async def stop_when_submitted() -> None:
+                    await recorder.all_submitted.wait()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stop_when_submitted)
+                await orchestrator.run(workload)
+            result.finished = result.submitted
+            return result
         summary = await orchestrator.run(workload)
         result.finished = max(result.seen.values(), default=time.time())
         stats = orchestrator.poll_stats[summary.run_id]

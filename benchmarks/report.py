@@ -43,6 +43,91 @@ def _heading(scenario: dict[str, Any]) -> str:
     return f"{scenario['title']} ({scenario['nodes']} nodes x {scenario['slots']} slots, {timing})"
 
 
+def _paired(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scenarios run on both sides to the end (not the scale rows, not the submission sweep)."""
+    return [
+        scenario
+        for scenario in results["scenarios"]
+        if set(scenario["sides"]) == {"baseline", "batchpilot"} and scenario.get("group", "") == ""
+    ]
+
+
+def _scale_rows(results: dict[str, Any]) -> tuple[list[str], list[Row]] | None:
+    """batchpilot alone at 10,000 and 100,000 tasks (same time scale, 25 tasks per slot), side by side."""
+    runs = [s for s in results["scenarios"] if s.get("group") == "scale"]
+    if not runs:
+        return None
+    heads = [f"{s['inputs']:,} tasks" for s in runs]
+    sides = [s["sides"]["batchpilot"] for s in runs]
+    per = [s["inputs"] / 1000 for s in runs]
+
+    def row(label: str, values: list[float | None]) -> Row:
+        first, last = values[0], values[-1]
+        ratio = "-" if len(values) < 2 or not first or last is None else f"{last / first:.2f}x"
+        return (label, first, last if len(values) > 1 else None, ratio)
+
+    rows = [
+        row("wall time total (s)", [p["stages_s"]["total"] for p in sides]),
+        row("  per 1,000 tasks (s)", [p["stages_s"]["total"] / n for p, n in zip(sides, per, strict=True)]),
+        row("wall time upload (hash, s)", [p["stages_s"]["upload"] for p in sides]),
+        row("wall time submit (s)", [p["stages_s"]["submit"] for p in sides]),
+        row("wall time monitor (s)", [p["stages_s"]["monitor"] for p in sides]),
+        row("CPU of the orchestrator (s)", [p.get("cpu_s") for p in sides]),
+        row("  per 1,000 tasks (s)", [p.get("cpu_s", 0) / n for p, n in zip(sides, per, strict=True)]),
+        row("peak memory, ru_maxrss (MB)", [p["max_rss_mb"] for p in sides]),
+        row("  per 1,000 tasks (MB)", [p["max_rss_mb"] / n for p, n in zip(sides, per, strict=True)]),
+        row("monitor requests", [p["monitor_requests"] for p in sides]),
+        row("monitor bytes received (MB)", [p["monitor_bytes"] / 1e6 for p in sides]),
+        row("  per task (bytes)", [p["monitor_bytes"] / n / 1000 for p, n in zip(sides, per, strict=True)]),
+        row("  in completed-task records per task",
+            [_records_per_task(p, n * 1000) for p, n in zip(sides, per, strict=True)]),
+        row("monitor task records received per task",
+            [p["tasks_listed"] / (n * 1000) for p, n in zip(sides, per, strict=True)]),
+        row("detection latency median (s)", [p["latency_median_s"] for p in sides]),
+        row("detection latency p95 (s)", [p["latency_p95_s"] for p in sides]),
+    ]  # fmt: skip
+    return heads, rows
+
+
+def _records_per_task(side: dict[str, Any], tasks: float) -> float | None:
+    record = side.get("completed_record_bytes") or 0
+    return side["monitor_bytes"] / tasks / record if record else None
+
+
+def _sweep_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for scenario in (s for s in results["scenarios"] if s.get("group") == "sweep"):
+        base, pilot = scenario["sides"]["baseline"], scenario["sides"]["batchpilot"]
+        b, p = base["stages_s"]["submit"], pilot["stages_s"]["submit"]
+        rows.append(
+            (f"{scenario['latency_ms']:.0f} ms: submit {scenario['inputs']:,} tasks (s)", b, p, _ratio(b, p))
+        )
+        per = scenario["inputs"] / 1000
+        b, p = base["submit_cpu_s"] / per, pilot["submit_cpu_s"] / per
+        rows.append(("  client CPU per 1,000 tasks (s)", b, p, _ratio(b, p)))
+    return rows
+
+
+def _tiny_rows(tiny: dict[str, Any]) -> list[Row]:
+    b, p = tiny["xargs_median_s"], tiny["batchpilot_median_s"]
+    label = f"{tiny['count']:,} x gzip -k, {tiny['cores']} cores, median of {tiny['repeats']} (s)"
+    return [
+        (label, b, p, f"{p / b:.2f}x of xargs"),
+        ("  CPU, processes included (s)", tiny["xargs_cpu_s"], tiny["batchpilot_cpu_s"],
+         f"{tiny['orchestrator_cpu_ms_per_task']:.2f} ms/task ours"),
+    ]  # fmt: skip
+
+
+def _startup_rows(start: dict[str, Any], tiny: dict[str, Any] | None) -> list[Row]:
+    rows: list[Row] = [
+        ("`import batchpilot.cli` (-X importtime, s)", None, start["import_cli_median_s"], "-"),
+        ("`batchpilot --version`, wall (s)", None, start["version_median_s"], "-"),
+    ]
+    if tiny is not None:
+        rows.append(("local `run`: process start to run_started (s)", None, tiny["run_start_s"], "-"))
+    return rows
+
+
 def _rows(scenario: dict[str, Any]) -> list[Row]:
     base, pilot = scenario["sides"]["baseline"], scenario["sides"]["batchpilot"]
     rows: list[Row] = []
@@ -90,7 +175,7 @@ def _local_rows(local: dict[str, Any]) -> list[Row]:
 
 def table(results: dict[str, Any]) -> str:
     lines = []
-    for scenario in results["scenarios"]:
+    for scenario in _paired(results):
         lines.append(f"\n== {_heading(scenario)}")
         lines.append(f"{'':44} {'baseline':>12} {'batchpilot':>12} {'base/pilot':>11}")
         for label, b, p, ratio in _rows(scenario):
@@ -100,6 +185,24 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{'':44} {'xargs':>12} {'batchpilot':>12} {'':>11}")
         for label, b, p, ratio in _local_rows(results["local"]):
             lines.append(f"{label:44} {_fmt(b):>12} {_fmt(p):>12} {ratio:>11}")
+    extra: list[tuple[str, tuple[str, str], list[Row]]] = []
+    if scale := _scale_rows(results):
+        heads, rows = scale
+        extra.append(("scale: batchpilot alone", (heads[0], heads[-1]), rows))
+    if sweep := _sweep_rows(results):
+        extra.append(("submission vs per-request latency", ("baseline", "batchpilot"), sweep))
+    if "local_tiny" in results:
+        extra.append(("local backend: tiny tasks vs xargs -P", ("xargs", "batchpilot"),
+                      _tiny_rows(results["local_tiny"])))  # fmt: skip
+    if "startup" in results:
+        extra.append(
+            ("start-up", ("", "batchpilot"), _startup_rows(results["startup"], results.get("local_tiny")))
+        )
+    for title, (left, right), rows in extra:
+        lines.append(f"\n== {title}")
+        lines.append(f"{'':48} {left:>12} {right:>12}")
+        for label, b, p, ratio in rows:
+            lines.append(f"{label:48} {_fmt(b):>12} {_fmt(p):>12} {ratio:>11}")
     lines.append("")
     lines.extend(f"target: {line}" for line in targets(results))
     return "\n".join(lines)
@@ -119,7 +222,7 @@ def targets(results: dict[str, Any]) -> list[str]:
     def verdict(ok: bool) -> str:
         return "MET" if ok else "MISSED"
 
-    names = [s["name"] for s in results["scenarios"]]
+    names = [s["name"] for s in _paired(results)]
     files = "files-1000" if "files-1000" in names else "files-100"
     tasks = "tasks-10000" if "tasks-10000" in names else next((n for n in names if n.startswith("tasks")), "")
     base, pilot = _side(results, files, "baseline"), _side(results, files, "batchpilot")
@@ -146,10 +249,49 @@ def targets(results: dict[str, Any]) -> list[str]:
         local = results["local"]
         ratio = local["batchpilot_median_s"] / local["xargs_median_s"]
         out.append(f"local backend within 1.10x of xargs -P: {ratio:.2f}x {verdict(ratio <= 1.10)}")
-    pilot = _side(results, tasks, "batchpilot")
+    pilot = _side(results, tasks, "batchpilot") if tasks else None
     if pilot:
         out.append(f"orchestrator memory ({tasks}) < 150 MB: {pilot['max_rss_mb']} MB "
                    f"{verdict(pilot['max_rss_mb'] < 150)}")  # fmt: skip
+    if "local_tiny" in results:
+        tiny = results["local_tiny"]
+        ratio = tiny["batchpilot_median_s"] / tiny["xargs_median_s"]
+        cpu = tiny["orchestrator_cpu_ms_per_task"]
+        out.append(f"local tiny tasks ({tiny['count']:,}) within 3x of xargs -P: {ratio:.2f}x "
+                   f"{verdict(ratio <= 3)}; orchestrator CPU <= 2 ms per task: {cpu:.2f} ms "
+                   f"{verdict(cpu <= 2)}")  # fmt: skip
+    if "startup" in results:
+        start = results["startup"]
+        out.append(f"`batchpilot --version` < 0.3 s: {start['version_median_s']} s "
+                   f"{verdict(start['version_median_s'] < 0.3)}; import loads "
+                   f"[{start['lazy_modules_loaded']}] of azure, aiohttp, rich")  # fmt: skip
+        if "local_tiny" in results:
+            begun = results["local_tiny"]["run_start_s"]
+            out.append(
+                f"local run's start (process start to run_started) < 0.3 s: {begun} s {verdict(begun < 0.3)}"
+            )
+    scale = {s["inputs"]: s["sides"]["batchpilot"] for s in results["scenarios"] if s.get("group") == "scale"}
+    if 100_000 in scale:
+        big = scale[100_000]
+        out.append(f"orchestrator memory (tasks-100000) < 250 MB: {big['max_rss_mb']} MB "
+                   f"{verdict(big['max_rss_mb'] < 250)}")  # fmt: skip
+        records = _records_per_task(big, 100_000)
+        if records is not None:
+            out.append(f"monitor bytes (tasks-100000) <= 1.5 completed-task records per task: {records:.2f} "
+                       f"{verdict(records <= 1.5)}")  # fmt: skip
+        if 10_000 in scale:
+            small = scale[10_000]
+            ok = (big["latency_median_s"] or 0) <= (small["latency_median_s"] or 0)
+            out.append(f"median detection latency at 100,000 no worse than at 10,000: "
+                       f"{big['latency_median_s']} s vs {small['latency_median_s']} s "
+                       f"{verdict(ok)}")  # fmt: skip
+    sweep = [s for s in results["scenarios"] if s.get("group") == "sweep"]
+    far = [s for s in sweep if s["latency_ms"] >= 300]
+    for scenario in far:
+        base, pilot = scenario["sides"]["baseline"], scenario["sides"]["batchpilot"]
+        speed = base["stages_s"]["submit"] / pilot["stages_s"]["submit"]
+        out.append(f"submission at {scenario['latency_ms']:.0f} ms per request >= 5x faster than sequential "
+                   f"collections: {speed:.1f}x {verdict(speed >= 5)}")  # fmt: skip
     return out
 
 
@@ -177,7 +319,7 @@ def markdown(results: dict[str, Any]) -> str:
         "![chart](benchmarks.png)",
         "",
     ]
-    for scenario in results["scenarios"]:
+    for scenario in _paired(results):
         lines.append(f"## {_heading(scenario)}")
         lines.append("")
         lines.extend(_markdown_table(_rows(scenario), ("baseline", "batchpilot", "baseline/batchpilot")))
@@ -194,6 +336,54 @@ def markdown(results: dict[str, Any]) -> str:
             f"Runs (s): batchpilot {local['batchpilot_s']}, xargs {local['xargs_s']}. The first row "
             "is the whole CLI process (interpreter start and imports included), the second the run as the "
             "CLI reports it (staging, tasks, downloads). The samples are in place before each timed run."
+        )
+        lines.append("")
+    if scale := _scale_rows(results):
+        heads, rows = scale
+        runs = [sc for sc in results["scenarios"] if sc.get("group") == "scale"]
+        first = runs[0]
+        lines.append(
+            f"## Scale: batchpilot alone, {' and '.join(heads)} (25 tasks per slot, durations scaled by "
+            f"1/{first['time_scale']:.0f}, no output files)"
+        )
+        lines.append("")
+        lines.extend(_markdown_table(rows, (heads[0], heads[-1], "ratio")))
+        lines.append("")
+        lines.append(
+            "Run at " + ", ".join(f"{sc['name']} {sc.get('started_at', '?')} UTC" for sc in runs) + ". "
+            "Completed-task record: "
+            + ", ".join(f"{sc['sides']['batchpilot'].get('completed_record_bytes')} bytes" for sc in runs)
+            + " (one completed task as the monitor selects it, in the emulator's answer)."
+        )
+        lines.append("")
+    if sweep := _sweep_rows(results):
+        lines.append("## Submission as a remote region sees it: 10,000 tasks, latency per request swept")
+        lines.append("")
+        lines.extend(_markdown_table(sweep, ("baseline", "batchpilot", "baseline/batchpilot")))
+        lines.append("")
+    if "local_tiny" in results:
+        tiny = results["local_tiny"]
+        lines.append(
+            "## Local backend, tiny tasks: `batchpilot run --command 'gzip -k {input}'` vs `xargs -P`"
+        )
+        lines.append("")
+        lines.extend(_markdown_table(_tiny_rows(tiny), ("xargs", "batchpilot", "ratio")))
+        lines.append("")
+        lines.append(
+            f"Runs: {tiny['runs']}. CPU is the children's as the kernel counts it (user + system, the "
+            "gzips included on both sides): the difference over the task count is the orchestrator's."
+        )
+        lines.append("")
+    if "startup" in results:
+        start = results["startup"]
+        lines.append("## Start-up")
+        lines.append("")
+        lines.extend(_markdown_table(_startup_rows(start, results.get("local_tiny")), ("", "batchpilot", "")))
+        lines.append("")
+        lines.append(
+            f"Runs (s): import {start['import_cli_s']}, --version {start['version_s']}. Loaded by the "
+            f"import, of azure/aiohttp/rich/prometheus_client: [{start['lazy_modules_loaded']}]. Heaviest "
+            f"modules (own import time, ms): {start['heaviest_modules_ms']}."
         )
         lines.append("")
     lines.append("## Targets")
@@ -213,7 +403,9 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    scenarios = results["scenarios"]
+    scenarios = _paired(results)
+    if not scenarios:
+        return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     stages = ("upload", "submit", "monitor")
     width = 0.38

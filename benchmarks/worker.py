@@ -46,7 +46,9 @@ def _main(side: str, config_path: str, result_path: str) -> int:
         result = anyio.run(pilot.run, config)
     result.storage_requests = instrument.COUNTER.storage
     result.batch_requests = instrument.COUNTER.batch
-    result.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.max_rss_mb = usage.ru_maxrss / 1024
+    result.cpu_s = usage.ru_utime + usage.ru_stime
     result.dump(Path(result_path))
     return 0
 
