@@ -196,7 +196,7 @@ class RollingReport:
 async def report_command(args: argparse.Namespace, *, open_backend: Callable[[], Backend], say: Say) -> None:
     """`batchpilot report --job JOB [--out FILE.html]`."""
     path: Path = args.out or Path(f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.job)[:64]}-report.html")
-    check_report_path(path)
+    check_report_path(path, flag="--out")
     async with open_backend() as backend:
         try:
             data = await of_job(

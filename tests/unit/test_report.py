@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -254,6 +255,32 @@ def test_the_report_path_is_checked_before_anything(tmp_path: Path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError):
         check_report_path(tmp_path / "file" / "r.html")
+
+
+def test_the_report_path_never_replaces_what_is_not_a_report(tmp_path: Path):
+    # Found by hand: `--report /etc/passwd` replaced the file, and `--report /dev/full` turned the device
+    # into a regular file (the report is renamed over its path). Only an earlier report is replaced.
+    precious = tmp_path / "data.csv"
+    precious.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match=r"exists and is not a batchpilot report; .* choose another name"):
+        check_report_path(precious)
+    assert precious.read_text() == "a,b\n1,2\n"
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        check_report_path(Path("/dev/null"))
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        check_report_path(tmp_path / "pipe")
+    (tmp_path / "link.html").symlink_to(precious)
+    with pytest.raises(ConfigError, match="not a batchpilot report"):
+        check_report_path(tmp_path / "link.html")
+    earlier = tmp_path / "r.html"
+    data = build_report(INFO, attempts=[], generated_at=at(1))
+    write_report(earlier, render_html(data, script=""))
+    assert check_report_path(earlier) == earlier  # a report is rewritten, as every run with --report does
+    (tmp_path / "empty.html").write_text("")
+    assert check_report_path(tmp_path / "empty.html") == tmp_path / "empty.html"  # nothing to lose
+    with pytest.raises(ConfigError, match=r"^--out .* is not a batchpilot report"):
+        check_report_path(precious, flag="--out")  # `report --job` names its own option
 
 
 def test_a_report_is_replaced_whole_or_not_at_all(tmp_path: Path):

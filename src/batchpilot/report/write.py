@@ -18,22 +18,49 @@ class ReportWriteError(BatchpilotError):
     """The report could not be written (disk full, folder gone, no permission); the run is not affected."""
 
 
-def check_report_path(path: Path) -> Path:
+# What every page `render.py` writes holds near its start (in <title>); an existing file without it is not
+# replaced, so that a mistyped --report cannot overwrite someone's data.
+REPORT_MARK = b"<title>batchpilot report"
+_HEAD_BYTES = 4096
+
+
+def check_report_path(path: Path, *, flag: str = "--report") -> Path:
     """Raise ConfigError (one line, with the fix) unless a report can be written at `path`; creates nothing
-    that stays (a temporary file is made and removed in the folder)."""
+    that stays (a temporary file is made and removed in the folder). An existing file is replaced only
+    when it is empty or an earlier batchpilot report: the report is renamed over its path, which would
+    destroy any other file and turn a device or a pipe into a regular file. `flag` names the option in
+    the messages (`report --job` takes `--out`)."""
     if path.is_dir():
-        raise ConfigError(f"--report {path} is a folder; give a file name such as {path / 'report.html'}")
+        raise ConfigError(f"{flag} {path} is a folder; give a file name such as {path / 'report.html'}")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{flag} {path} is not a regular file; give a file name such as report.html")
+    if path.is_file() and not _is_report(path, flag):
+        raise ConfigError(
+            f"{flag} {path} exists and is not a batchpilot report; it would be replaced: remove it or"
+            " choose another name"
+        )
     folder = path.parent
     if not folder.is_dir():
-        raise ConfigError(f"--report {path}: the folder {folder} does not exist; create it or choose another")
+        raise ConfigError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchpilot-report-", suffix=".tmp"):
             pass
     except OSError as exc:
         raise ConfigError(
-            f"cannot write the report {path} ({exc.strerror}); choose a writable --report path"
+            f"cannot write the report {path} ({exc.strerror}); choose a writable {flag} path"
         ) from None
     return path
+
+
+def _is_report(path: Path, flag: str) -> bool:
+    try:
+        with path.open("rb") as file:
+            head = file.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the existing report {path} ({exc.strerror}); choose a writable {flag} path"
+        ) from None
+    return not head or REPORT_MARK in head
 
 
 def write_report(path: Path, text: str) -> int:
