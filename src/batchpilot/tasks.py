@@ -160,7 +160,13 @@ def changed_definitions(staged: Iterable[StagedInput], existing_ids: Iterable[st
 def required_downloads(template: TaskTemplate, staged: StagedInput) -> tuple[str, ...]:
     """The required output patterns of `staged`'s task as they sit under `<task id>/` in the output
     container: below the input's folder (`output_path`)."""
-    required = template.required_outputs(staged.template_values())
+    named = template.required_outputs(staged.template_values())
+    on_node = template.required_outputs(staged.node_values())
+    # As build_task uploads them: a single-file output under the input's own name; the files a wildcard
+    # matched under the names the command gave them, made from the safe names it was given.
+    required = tuple(
+        node if glob.has_magic(node) else name for name, node in zip(named, on_node, strict=True)
+    )
     return tuple(f"{staged.folder}/{pattern}" for pattern in required) if staged.folder else required
 
 

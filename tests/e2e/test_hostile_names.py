@@ -126,3 +126,22 @@ def test_through_the_emulator_and_azurite_no_name_from_outside_reaches_the_comma
         with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
             for container in service.list_containers(name_starts_with="batchpilot-hostile-names"):
                 service.delete_container(container.name)
+
+
+def test_a_wildcard_output_made_from_a_placeholder_is_found_for_a_name_that_is_not_plain(
+    batchpilot: Run, tmp_path: Path
+) -> None:
+    """The files a wildcard matches keep the names the command gave them (from the safe name), and the run
+    looks for them there: the task is not failed for outputs it did write."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a b.txt", "c;d.txt", "plain.txt"):
+        (folder / name).write_text(name)
+    result = batchpilot(
+        "run", str(folder), "--command", "/bin/sh -c 'cp {input} {stem}_1.out'", "--outputs", "{stem}_*.out",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    fetched = sorted((tmp_path / "out").glob("*_1.out"))
+    assert sorted(path.read_text() for path in fetched) == ["a b.txt", "c;d.txt", "plain.txt"]
+    assert tmp_path / "out" / "plain_1.out" in fetched

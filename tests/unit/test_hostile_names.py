@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from batchpilot.spec import StagedInput, TaskTemplate
-from batchpilot.tasks import build_task
+from batchpilot.tasks import build_task, required_downloads
 
 HOSTILE_NAMES = [
     "a'$(id>PWNED)'b.log",
@@ -121,3 +121,15 @@ def test_the_command_splits_into_the_templates_words_whatever_the_name() -> None
         assert len(words) == 3
         assert words[0] == "tool"
         assert not words[1].startswith("-")
+
+
+@pytest.mark.parametrize("name", ["a b.txt", "a'$(id)'b.txt", "-x.txt", "plain.txt"])
+def test_the_outputs_a_task_must_leave_are_looked_for_where_they_are_uploaded(name: str) -> None:
+    """A wildcard output made from a placeholder matches the files the command named from the safe name;
+    a single-file output is looked for under the input's own name (where build_task uploads it)."""
+    staged = _staged(name)
+    template = TaskTemplate("/bin/sh -c 'cp {input} {stem}_1.out'", ("{stem}_*.out", "{input_name}.gz"))
+    task = build_task(template, staged, input_url="I", output_url="O")
+    wildcard, single, _logs = task.output_files
+    required = required_downloads(template, staged)
+    assert required == (wildcard.file_pattern, single.path.removeprefix(f"{staged.task_id}/"))
