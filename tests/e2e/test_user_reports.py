@@ -17,9 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Workload
+from batchpilot.backends.azure import AzureBackend
+from batchpilot.config import AzureSettings, BatchSettings, StorageSettings
+from batchpilot.emulator import RunningEmulator
+from batchpilot.spec import JobLifetime
 from tests.conftest import EmulatorFactory
 from tests.e2e.support import azure_env, cli_command, cli_env, events
-from tests.emulator.support import Azurite
+from tests.emulator.support import AZURITE_ACCOUNT, AZURITE_KEY, Azurite
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -296,3 +301,34 @@ def test_a_pool_of_spot_nodes_only(cli: Cli, tmp_path: Path) -> None:
     none = cli("run", "in", "--command", REVERSE, "--outputs", "{input_name}.out", "--nodes", "0")
     assert none.returncode == 2, _summary(none)
     assert "the pool needs at least one node" in none.stderr
+
+
+async def test_a_job_that_has_not_ended_reactivates_its_failed_tasks_on_the_emulator(
+    emulator: RunningEmulator, azurite: Azurite, tmp_path: Path
+) -> None:
+    """The emulator's Reactivate Task through the Azure adapter: a service's job never ends, so its failed
+    task runs again under the same id, in the same job."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("hello\n")
+    command, flag = _flaky(tmp_path)
+    workload = Workload(
+        name=f"reactivate-{tmp_path.name[-12:]}",
+        inputs=(tmp_path / "in" / "a.txt",),
+        template=TaskTemplate(command, ("{input_name}.out",)),
+        pool=PoolSpec("reactivate-pool"),
+        download_to=tmp_path / "out",
+        job_lifetime=JobLifetime.SERVICE,
+        cleanup=CleanupPolicy(delete_input_container=False),
+    )
+    settings = AzureSettings(
+        batch=BatchSettings(endpoint=emulator.endpoint, account=emulator.account, access_key=emulator.key),
+        storage=StorageSettings(AZURITE_ACCOUNT, azurite.blob_endpoint, AZURITE_KEY),
+    )
+    async with Orchestrator(AzureBackend(settings, retry_total=0)) as orchestrator:
+        first = await orchestrator.run(workload)
+        flag.touch()
+        again = await orchestrator.run(workload)
+    assert (first.ok, len(first.failed)) == (False, 1)
+    assert (again.ok, again.tasks_retried, again.tasks_added, again.job_id) == (True, 1, 0, workload.job_id)
+    assert again.tasks_existing == 0  # the failed task was retried in place, not found done nor added
+    assert (tmp_path / "out" / "a.txt.out").read_text() == "olleh\n"
