@@ -96,6 +96,22 @@ class AzureCompute:
             # What it now asks for, for the comparison below.
             pool.target_dedicated_nodes = spec.dedicated_nodes
             pool.target_low_priority_nodes = spec.spot_nodes
+        elif _short_with_errors(pool):
+            # State read from the service is judged for freshness: a pool below its target with resize
+            # errors kept them from its last resize, maybe days ago (a core quota since freed); Batch clears
+            # them only with the next resize (nextflow#7312). So it is resized again, to its own targets:
+            # only an error from that new resize counts (wait_for_nodes reads it).
+            _log.info(
+                "pool_resized_again",
+                pool_id=spec.pool_id,
+                reason="; ".join(f"{error.code}: {error.message}" for error in pool.resize_errors or []),
+            )
+            await self.resize_pool(
+                spec.pool_id,
+                pool.target_dedicated_nodes or 0,
+                pool.target_low_priority_nodes or 0,
+                again=True,
+            )
         return Ensured(spec.pool_id, created=False, warnings=models.pool_differences(spec, pool))
 
     async def wait_for_nodes(
@@ -138,7 +154,13 @@ class AzureCompute:
                 ],
             )
         target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
-        if pool.resize_errors:
+        # Resize errors are those of the last resize, and only once it is over (Batch sets them only while
+        # the pool is steady): during a new resize, an older resize's errors say nothing.
+        resizing = models.value_of(pool.allocation_state) in (
+            bm.AllocationState.RESIZING,
+            bm.AllocationState.STOPPING,
+        )
+        if pool.resize_errors and not resizing:
             # Batch keeps the nodes it could get: the tasks run on those, fewer at a time.
             target = (pool.current_dedicated_nodes or 0) + (pool.current_low_priority_nodes or 0)
             self._short_of_nodes(pool_id, pool.resize_errors, target)
@@ -328,13 +350,15 @@ class AzureCompute:
         spot: int,
         *,
         backoff: BackoffPolicy = POOL_WAIT,
+        again: bool = False,
     ) -> None:
         """Ask Batch for `dedicated` + `spot` nodes; nodes it removes finish their running tasks first.
 
         Batch resizes only a steady pool (409 PoolBeingResized otherwise), so a resize under way, the pool's
         first allocation included, is stopped and this waits (at the intervals of `backoff`, in seconds,
         through the backend's clock) until the pool is steady again. Nothing is sent when the targets are
-        already these.
+        already these, unless `again`: a pool short of its targets is then asked for them anew (which
+        clears its last resize's errors).
         """
         interval: float | None = None
         while True:
@@ -345,7 +369,7 @@ class AzureCompute:
                     f"pool {pool_id} is being deleted; it cannot be resized", pool_id=pool_id
                 )
             targets = (pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0)
-            if targets == (dedicated, spot):
+            if targets == (dedicated, spot) and not again:
                 return
             allocation = models.value_of(pool.allocation_state)
             if allocation == bm.AllocationState.STEADY:
@@ -372,6 +396,13 @@ class AzureCompute:
                     await self._client.begin_stop_pool_resize(pool_id)
             interval = backoff.next_base(interval, changed=False)
             await self._clock.sleep(interval)
+
+
+def _short_with_errors(pool: bm.BatchPool) -> bool:
+    """A pool with fewer nodes than its targets and the errors of its last resize."""
+    target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
+    current = (pool.current_dedicated_nodes or 0) + (pool.current_low_priority_nodes or 0)
+    return bool(pool.resize_errors) and current < target
 
 
 def _node_failure(pool_id: str, node: bm.BatchNode) -> str:
