@@ -202,3 +202,19 @@ def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> Non
                 f"output patterns {patterns} {whose} both name {dest!r}: one would overwrite the other; "
                 "make each pattern name its input, like '{stem}.gz' or '{input_name}.gz'"
             )
+    # A file and a folder of one name cannot both be on a disk (the local backend's containers are folders).
+    _check_no_file_is_a_folder(blobs, "in the input container")
+    _check_no_file_is_a_folder({name: item for name, (item, _) in outputs.items()}, "in the download folder")
+
+
+def _check_no_file_is_a_folder(names: dict[str, StagedInput], where: str) -> None:
+    """ConfigError when one of `names` (case-folded) is a folder of another: `d1` and `d1/app.log`."""
+    for name, item in names.items():
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            other = names.get("/".join(parts[:depth]))
+            if other is not None:
+                raise ConfigError(
+                    f"inputs {other.label} and {item.label} would land on the same name {where}: "
+                    f"{'/'.join(parts[:depth])!r} is a file of one and a folder of the other; rename one"
+                )

@@ -129,6 +129,8 @@ def staged(*names: str) -> list[StagedInput]:
         (("d1/A.log", "d1/a.log"), ("{stem}",), ("/in/d1/A.log", "/in/d1/a.log")),
         (("a.log",), ("{stem}.gz", "a.gz"), ("/in/a.log", "'{stem}.gz' and 'a.gz'")),  # two patterns
         (("a.tar.gz", "a.tar.bz2"), ("{stem}.txt",), ("/in/a.tar.gz", "/in/a.tar.bz2")),  # stems meet
+        (("d1.log", "d1/x.log"), ("{stem}",), ("/in/d1.log", "/in/d1/x.log")),  # a file and a folder: d1
+        (("d1", "d1/x.log"), ("{input_name}.gz",), ("/in/d1", "/in/d1/x.log", "input container")),
     ],
 )
 def test_names_that_would_meet_are_one_line_naming_both(
