@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Upload the inputs, create or reuse the pool and job, add one task per input, watch them, and "
             "fetch each task's outputs as soon as it is done. Running the same command again resumes: "
-            "unchanged inputs are not uploaded again, existing tasks are not added again, outputs already in "
-            "--out are kept. Without --workload or --command, INPUT_DIR (or --sample N) runs the shipped "
-            "ffmpeg example: MP4 to MP3, the Azure Batch tutorial's job."
+            "unchanged inputs are not uploaded again, existing tasks are not added again, failed tasks are "
+            "retried (--no-retry-failed: not), outputs already in --out are kept. A task's id covers its "
+            "input and everything that decides its result (command, outputs, image, environment): change one "
+            "and the task is new. Without --workload or --command, INPUT_DIR (or --sample N) runs the "
+            "shipped ffmpeg example: MP4 to MP3, the Azure Batch tutorial's job."
         ),
     )
     _add_workload_arguments(run)
