@@ -9,6 +9,7 @@ the code under test offers one; these are for subprocesses, files and servers on
 from __future__ import annotations
 
 import inspect
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -22,13 +23,21 @@ INTERVAL_S = 0.05
 
 
 def wait_for(
-    condition: Callable[[], T], what: str, *, within: float = DEADLINE_S, interval: float = INTERVAL_S
+    condition: Callable[[], T],
+    what: str,
+    *,
+    within: float = DEADLINE_S,
+    interval: float = INTERVAL_S,
+    alive: subprocess.Popen[str] | subprocess.Popen[bytes] | None = None,
 ) -> T:
     """Call `condition` every `interval` seconds until it returns something truthy, and return that.
 
-    AssertionError "timed out after N s waiting for <what>" when `within` seconds pass first."""
+    AssertionError "timed out after N s waiting for <what>" when `within` seconds pass first, and, with
+    `alive`, "ended (exit code) before <what>" at once when that process ends first."""
     deadline = time.monotonic() + within
     while not (value := condition()):
+        if alive is not None:
+            assert alive.poll() is None, f"ended ({alive.returncode}) before {what}"
         assert time.monotonic() < deadline, f"timed out after {within:g} s waiting for {what}"
         time.sleep(interval)
     return value

@@ -77,12 +77,7 @@ def kill_when_logged(args: list[str], env: dict[str, str], log: Path, marker: st
         subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE) as run,
     ):
         try:
-
-            def logged() -> bool:
-                assert run.poll() is None, "the run ended before it could be killed"
-                return marker in log.read_text()
-
-            wait_for(logged, f"the run to log {marker}")
+            wait_for(lambda: marker in log.read_text(), f"the run to log {marker}", alive=run)
             run.send_signal(signal.SIGKILL)
             run.wait(timeout=30)
         finally:

@@ -44,18 +44,6 @@ def _setup(tmp_path: Path, inputs: int = 2) -> tuple[Path, Path, Path, list[str]
     return ran, gate, folder, args
 
 
-def _wait_for(condition, what: str, process: subprocess.Popen[str] | None = None) -> None:
-    """`wait_for(condition)`, failing at once should `process` end first."""
-
-    def ready() -> bool:
-        if condition():
-            return True
-        assert process is None or process.poll() is None, f"ended before {what}: {process.returncode}"
-        return False
-
-    wait_for(ready, what)
-
-
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -110,7 +98,7 @@ def test_two_runs_of_one_job_on_one_state_folder_run_each_task_once(tmp_path: Pa
     first_log = tmp_path / "first.log"
     first = _start(args, env, first_log)
     try:
-        _wait_for(lambda: len(_lines(ran)) == 2, "both tasks running", first)
+        wait_for(lambda: len(_lines(ran)) == 2, "both tasks running", alive=first)
         second = subprocess.run(cli_command(*args), env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
         line = _one_error_line(second)
@@ -135,7 +123,7 @@ def test_cleanup_of_a_job_that_a_run_holds_deletes_nothing(tmp_path: Path, home:
     log = tmp_path / "run.log"
     first = _start(args, env, log)
     try:
-        _wait_for(lambda: len(_lines(ran)) == 1, "the task running", first)
+        wait_for(lambda: len(_lines(ran)) == 1, "the task running", alive=first)
         started = next(json.loads(line) for line in _lines(log) if '"run_started"' in line)
         job_id = started["job_id"]
         cleanup = subprocess.run(
@@ -160,7 +148,7 @@ def test_two_services_on_one_watched_folder_the_second_says_who_holds_it(tmp_pat
     command = ["serve", "--watch", str(watch), "--out", str(tmp_path / "out"), "--command", "true"]
     first = _start(command, env, log)
     try:
-        _wait_for(lambda: "service_watching" in log.read_text(), "the first service watching", first)
+        wait_for(lambda: "service_watching" in log.read_text(), "the first service watching", alive=first)
         second = subprocess.run(
             cli_command("serve", "--watch", str(watch), "--out", str(tmp_path / "out2"), "--command", "true"),
             env=env, capture_output=True, text=True, timeout=120,
@@ -184,7 +172,7 @@ def test_a_task_dies_with_its_orchestrator_killed_outright(tmp_path: Path, home:
     env = cli_env(home)
     first = _start(args, env, tmp_path / "first.log")
     try:
-        _wait_for(lambda: len(_lines(ran)) == 1, "the task running", first)
+        wait_for(lambda: len(_lines(ran)) == 1, "the task running", alive=first)
         _, leader, child = _lines(ran)[0].split()
         assert _alive(int(leader))
         assert _alive(int(child))
@@ -194,7 +182,7 @@ def test_a_task_dies_with_its_orchestrator_killed_outright(tmp_path: Path, home:
         if first.poll() is None:
             first.kill()
     # Without waiting for any re-run: the task and its own child are gone with their orchestrator.
-    _wait_for(lambda: not _alive(int(leader)) and not _alive(int(child)), "the task's processes ended")
+    wait_for(lambda: not _alive(int(leader)) and not _alive(int(child)), "the task's processes ended")
     assert _task_pids(home) == []
     # The lock died with the process: the same command takes the job, and runs the task again, once.
     gate.write_text("")
@@ -224,7 +212,7 @@ def test_a_rerun_ends_a_task_left_running_before_it_runs_it_again(tmp_path: Path
     env = cli_env(home)
     first = _start(args, env, tmp_path / "first.log")
     try:
-        _wait_for(lambda: len(_lines(ran)) == 1, "the task running", first)
+        wait_for(lambda: len(_lines(ran)) == 1, "the task running", alive=first)
         _, leader, child = _lines(ran)[0].split()
         watchdogs = [
             pid for pid in _children(first.pid) if b"killpg" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -240,7 +228,7 @@ def test_a_rerun_ends_a_task_left_running_before_it_runs_it_again(tmp_path: Path
     again_log = tmp_path / "again.log"
     again = _start(args, env, again_log)
     try:
-        _wait_for(lambda: len(_lines(ran)) == 2, "the task running again", again)
+        wait_for(lambda: len(_lines(ran)) == 2, "the task running again", alive=again)
         assert not _alive(int(leader))
         assert not _alive(int(child))
         gate.write_text("")
@@ -263,9 +251,9 @@ def test_a_service_whose_job_another_process_runs_stops_with_one_line(tmp_path: 
     common = ["--command", "true {input}", "--name", "shared", "--nodes", "1"]
     first = _start(["serve", "--watch", str(first_watch), "--out", str(tmp_path / "o1"), *common], env, log)
     try:
-        _wait_for(lambda: "service_watching" in log.read_text(), "the first service watching", first)
+        wait_for(lambda: "service_watching" in log.read_text(), "the first service watching", alive=first)
         (first_watch / "a.txt").write_text("a")
-        _wait_for(lambda: "task_succeeded" in log.read_text(), "the first service's task", first)
+        wait_for(lambda: "task_succeeded" in log.read_text(), "the first service's task", alive=first)
         (second_watch / "b.txt").write_text("b")
         second = subprocess.run(
             cli_command("serve", "--watch", str(second_watch), "--out", str(tmp_path / "o2"), *common),

@@ -11,18 +11,6 @@ from pathlib import Path
 from tests.e2e.support import cli_command, cli_env, wait_for
 
 
-def _wait_for(condition, what: str, process: subprocess.Popen[str]) -> None:
-    """`wait_for(condition)`, failing at once should the service end first."""
-
-    def ready() -> bool:
-        if condition():
-            return True
-        assert process.poll() is None, f"the service ended before {what}"
-        return False
-
-    wait_for(ready, what)
-
-
 def _unreadable(path: Path) -> None:
     """A file the service cannot read: no read permission, or (for root, whom permissions do not stop) a
     link to a file whose every read fails (EIO)."""
@@ -51,15 +39,15 @@ def test_an_unreadable_input_among_good_ones_is_skipped_and_the_service_goes_on(
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
     try:
-        _wait_for(lambda: "service_watching" in log.read_text(), "watching", service)
+        wait_for(lambda: "service_watching" in log.read_text(), "watching", alive=service)
         for index in range(5):
             (watch / f"good{index}.txt").write_text(f"{index}\n")
         _unreadable(watch / "bad.txt")
         copies = lambda: sorted(path.name for path in out.glob("*.copy")) if out.exists() else []  # noqa: E731
-        _wait_for(lambda: len(copies()) == 5, "the five good inputs fetched", service)
+        wait_for(lambda: len(copies()) == 5, "the five good inputs fetched", alive=service)
         # The service goes on: a later input runs too.
         (watch / "later.txt").write_text("later\n")
-        _wait_for(lambda: "later.copy" in copies(), "a later input fetched", service)
+        wait_for(lambda: "later.copy" in copies(), "a later input fetched", alive=service)
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=120)
     finally:
