@@ -37,6 +37,7 @@ from .errors import (
     StateInUseError,
     ToolNotFoundError,
     TransientBackendError,
+    UnreadableInputError,
     UnsupportedImageError,
 )
 from .events import (
@@ -209,6 +210,7 @@ __all__ = (
     "TasksSubmitted",
     "ToolNotFoundError",
     "TransientBackendError",
+    "UnreadableInputError",
     "UnsupportedImageError",
     "UploadCondition",
     "UploadOutcome",
