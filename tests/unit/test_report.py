@@ -27,7 +27,7 @@ from batchpilot.report.model import (
     node_label,
     node_time,
 )
-from batchpilot.report.render import render_html
+from batchpilot.report.render import FAILURES_OPEN, chart_data, render_html
 from batchpilot.report.sources import RollingRuns, of_job, of_run
 from batchpilot.report.write import ReportWriteError, check_report_path, write_report
 from batchpilot.spec import CleanupPolicy
@@ -175,6 +175,30 @@ def test_hostile_text_is_escaped_and_cannot_close_the_data_island():
     assert island is not None
     assert json.loads(island.group(1))["datasets"]["attempts"][0]["t"] == f"t-{evil}"
     assert page.count("<script") == 3  # the data island, the charting library, the page's own
+
+
+def test_what_a_reader_sees_without_clicking_or_scrolling_sideways():
+    # Found looking at a real run's report in Chromium: the failures' stderr was folded away, the summary's
+    # long lines ran off its box, and the timeline said "task slot on the local backend" on Azure.
+    failed = [failure_of(FailedTask(f"t{i}", 1, "FailureExitCode: x", f"err {i}")) for i in range(12)]
+    data = build_report(INFO, attempts=[], failures=failed, summary_lines=["x" * 300], generated_at=at(1))
+    page = render_html(data, script="")
+    assert page.count("<details open>") == FAILURES_OPEN == 10
+    assert page.count("<details>") == 2  # the rest stay folded: a page of 100 failures stays readable
+    assert "white-space:pre-wrap" in page
+    assert chart_data(data, str)["specs"]["timeline"]["vconcat"][-1]["title"] == "task attempts by node"
+    local = build_report(RunInfo(source="run", backend="local", job_id="j"), attempts=[], generated_at=at(1))
+    assert "task slot" in chart_data(local, str)["specs"]["timeline"]["vconcat"][-1]["title"]
+
+
+def test_the_durations_chart_draws_whole_counts_within_its_axis():
+    spec = chart_data(build_report(INFO, attempts=[], generated_at=at(1)), str)["specs"]["durations"]
+    # Bars binned in a transform and drawn from their bin's start (x) to its end (x2): the axis spans every
+    # bar (binned in the encoding, the last bar overran the axis into the legend).
+    assert {"bin": {"maxbins": 40}, "field": "d", "as": ["d0", "d1"]} in spec["transform"]
+    assert (spec["encoding"]["x"]["field"], spec["encoding"]["x2"]["field"]) == ("d0", "d1")
+    # A count axis labels whole numbers only (d3 picks a step of 0.5 for a count of 1 or 2).
+    assert spec["encoding"]["y"]["axis"]["labelExpr"] == "datum.value % 1 ? '' : datum.label"
 
 
 def test_the_page_needs_nothing_from_the_network():

@@ -31,6 +31,7 @@ COLOURS = {
     Outcome.RUNNING: "#78909c",
 }
 STAGE_COLOUR = "#1565c0"
+FAILURES_OPEN = 10  # failures whose stderr tail the page shows unfolded
 _CSP = (
     "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
     "img-src data: blob:; font-src 'none'; connect-src 'none'"
@@ -87,7 +88,7 @@ def chart_data(data: ReportData, redact: Callable[[str], str]) -> dict[str, Any]
     return {
         "datasets": {"attempts": attempts, "stages": stages, "nodetime": node_time},
         "specs": {
-            "timeline": _timeline_spec(step, bool(stages)),
+            "timeline": _timeline_spec(step, bool(stages), local=data.info.backend == "local"),
             "durations": _durations_spec(),
             "nodetime": _node_time_spec(),
         },
@@ -103,10 +104,13 @@ _OUTCOME_COLOUR = {
 }
 
 
-def _timeline_spec(step: int, with_stages: bool) -> dict[str, Any]:
+_BY_NODE = "task attempts by node"
+
+
+def _timeline_spec(step: int, with_stages: bool, *, local: bool = False) -> dict[str, Any]:
     attempts: dict[str, Any] = {
         "name": "attempts",
-        "title": "task attempts by node (task slot on the local backend)",
+        "title": "task attempts by task slot (the local backend's nodes)" if local else _BY_NODE,
         "data": {"name": "attempts"},
         "width": 1000,
         "height": {"step": step},
@@ -115,7 +119,9 @@ def _timeline_spec(step: int, with_stages: bool) -> dict[str, Any]:
             "y": {"field": "n", "type": "nominal", "title": "node", "sort": "ascending"},
             "x": _X,
             "x2": {"field": "e"},
-            "color": _OUTCOME_COLOUR,
+            # The page's legend above the chart gives the colours, with their counts; Vega's own would sit
+            # beside the stages, which are not coloured by outcome.
+            "color": {**_OUTCOME_COLOUR, "legend": None},
             "tooltip": [
                 {"field": "t", "title": "task"},
                 {"field": "o", "title": "outcome"},
@@ -163,13 +169,25 @@ def _durations_spec() -> dict[str, Any]:
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "title": "task attempt durations",
         "data": {"name": "attempts"},
-        "transform": [{"filter": "datum.o !== 'running'"}],
+        "transform": [
+            {"filter": "datum.o !== 'running'"},
+            {"bin": {"maxbins": 40}, "field": "d", "as": ["d0", "d1"]},
+        ],
         "width": 600,
         "height": 220,
         "mark": {"type": "bar", "tooltip": True},
         "encoding": {
-            "x": {"field": "d", "type": "quantitative", "bin": {"maxbins": 40}, "title": "duration (s)"},
-            "y": {"aggregate": "count", "type": "quantitative", "title": "attempts"},
+            # Binned by the transform, each bar from its bin's start to its end: the axis spans them all
+            # (binned in the encoding, the last bar overran the axis into the legend).
+            "x": {"field": "d0", "type": "quantitative", "bin": {"binned": True}, "title": "duration (s)"},
+            "x2": {"field": "d1"},
+            "y": {
+                "aggregate": "count",
+                "type": "quantitative",
+                "title": "attempts",
+                # Counts: no "0.5 attempts" (tickMinStep alone still lets d3 pick a step of 0.5).
+                "axis": {"tickMinStep": 1, "format": ",d", "labelExpr": "datum.value % 1 ? '' : datum.label"},
+            },
             "color": _OUTCOME_COLOUR,
         },
     }
@@ -249,7 +267,8 @@ max-width:1200px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde3ea}
 table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 10px;border-bottom:1px solid #eef1f4;
 text-align:left;vertical-align:top}th{font-weight:600;background:#f5f7fa}td.num{text-align:right}
-pre{background:#f5f7fa;padding:8px;overflow:auto;max-height:320px;margin:4px 0;font-size:12px}
+pre{background:#f5f7fa;padding:8px;overflow:auto;max-height:320px;margin:4px 0;font-size:12px;
+white-space:pre-wrap;overflow-wrap:anywhere}
 .muted{color:#66737f}.legend span{display:inline-block;margin-right:14px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:-1px}
 """
@@ -375,13 +394,16 @@ def _failures(data: ReportData, esc: Callable[[object], str]) -> str:
     if not data.failures:
         return '<p class="muted">no task failed</p>'
     items = []
-    for failure in data.failures:
+    for number, failure in enumerate(data.failures):
+        # The first few stderr tails are shown open: a report is often read as a picture or a printout.
+        shown = " open" if number < FAILURES_OPEN else ""
+        lines = failure.stderr_tail.count("\n") + 1
         code = "" if failure.exit_code is None else failure.exit_code
         items.append(
             f"<tr><td>{esc(failure.task_id)}</td><td class='num'>{esc(code)}</td>"
             f"<td>{esc(failure.failure_code or '')}</td><td>{esc(failure.message)}"
             + (
-                f"<details><summary>stderr, last {failure.stderr_tail.count(chr(10)) + 1} lines</summary>"
+                f"<details{shown}><summary>stderr, last {lines} lines</summary>"
                 f"<pre>{esc(failure.stderr_tail)}</pre></details>"
                 if failure.stderr_tail
                 else ""
