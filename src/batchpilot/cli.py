@@ -27,6 +27,7 @@ from .backends.local.executor import container_runtime
 from .bus import Subscriber
 from .cli_errors import backend_error_line
 from .cli_report import RollingReport, RunReport, add_report_command, add_report_option, report_command
+from .cli_status import add_status_commands, logs_command, status_command
 from .cli_workload import add_workload_arguments, resolve_pool, resolve_service_workload, resolve_workload
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
@@ -60,6 +61,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # A summary lists this many failed tasks, each with at most this many lines of its stderr's end.
 SUMMARY_FAILED_SHOWN = 20
 SUMMARY_TAIL_LINES = 10
+# The commands that print what they read from the service (their stdout is theirs alone).
+_READERS = ("status", "logs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(serve)
     _add_log_options(serve)
     add_report_command(commands, backend_options=_add_backend_options, log_options=_add_log_options)
+    add_status_commands(
+        commands,
+        workload_options=_add_workload_arguments,
+        backend_options=_add_backend_options,
+        log_options=_add_log_options,
+    )
 
     emulator = commands.add_parser(
         "emulator",
@@ -322,7 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             configure_logging(
-                fmt=args.log_format, level=_log_level(args), log_file=_checked_log_file(args.log_file)
+                fmt=args.log_format,
+                level=_log_level(args),
+                log_file=_checked_log_file(args.log_file),
+                # What status and logs print is their stdout (a JSON document for scripts): logs go aside.
+                stream=sys.stderr if args.command in _READERS else None,
             )
             if args.command == "run":
                 report = RunReport.from_args(args)  # an unwritable --report: exit 2 before anything
@@ -345,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cleanup": _cleanup,
                 "check": _check,
                 "report": _report,
+                "status": _status,
+                "logs": _logs,
                 "emulator": emulator_cli.run_from_args,
             }
             anyio.run(commands[args.command], args)
@@ -453,7 +468,10 @@ def _shows_progress(args: argparse.Namespace) -> bool:
 
 
 def _log_level(args: argparse.Namespace) -> str:
-    # On a terminal the progress bar tells the story; a line per task state would bury it.
+    # On a terminal the progress bar tells the story; a line per task state would bury it. Status and logs
+    # print what they read: only errors besides.
+    if args.command in _READERS:
+        return str(args.log_level or "error")
     return str(args.log_level or ("warning" if _shows_progress(args) else "info"))
 
 
@@ -491,6 +509,26 @@ async def _run(args: argparse.Namespace, report: RunReport | None = None) -> _Ou
 
 async def _report(args: argparse.Namespace) -> None:
     await report_command(args, open_backend=lambda: _backend(args), say=_say)
+
+
+async def _status(args: argparse.Namespace) -> None:
+    await status_command(args, open_backend=lambda: _backend(args), resolve_job=_job_of)
+
+
+async def _logs(args: argparse.Namespace) -> None:
+    await logs_command(args, open_backend=lambda: _backend(args))
+
+
+async def _job_of(args: argparse.Namespace) -> str:
+    """The job `run` with these arguments would use."""
+    try:
+        return (await resolve_workload(args, _state_root(args))).job_id
+    except ConfigError as exc:
+        if str(exc).startswith("nothing to run"):
+            raise ConfigError(
+                "give --job JOB, or the arguments `run` was given (INPUTS, --workload FILE, --command)"
+            ) from None
+        raise
 
 
 async def _serve(args: argparse.Namespace) -> str:

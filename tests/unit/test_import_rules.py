@@ -55,6 +55,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cli_workload",
         "cli_errors",
         "cli_report",
+        "cli_status",
         "plan",
         "workload_file",
         "workloads",

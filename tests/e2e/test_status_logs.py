@@ -1,0 +1,141 @@
+"""What users reach for after a failure (issue 15 item 8): `batchpilot status` and `batchpilot logs`, as new
+processes after the run's own has ended, reading from the service alone. On both backends: local, and the
+Batch emulator with Azurite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from batchpilot.emulator import RunningEmulator
+from tests.conftest import EmulatorFactory
+from tests.e2e.support import azure_env, cli_command, cli_env, events
+from tests.emulator.support import Azurite, batch_client
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+# Fails for inputs whose name starts with "bad": 30 lines on stdout, an escape sequence and 3 lines on stderr.
+COMMAND = (
+    'sh -c \'seq 1 30; case "$0" in *bad*) printf "one\\ntwo \\033[2J\\nlast line\\n" >&2; exit 3;; esac;'
+    ' cp "$0" "$0.out"\' {input}'
+)
+
+
+class Backend:
+    def __init__(self, name: str, env: dict[str, str], emulator: RunningEmulator | None, home: Path) -> None:
+        self.name, self.env, self.emulator, self.home = name, env, emulator, home
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cli_command(*args), env=self.env, capture_output=True, text=True, timeout=180,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def forget_node_files(self, job_id: str, task_id: str) -> None:
+        """The task's node files are gone (its node was removed): only the _logs/ copy is left."""
+        if self.emulator is None:
+            (self.home / "local" / "batch" / "jobs" / job_id / "tasks" / task_id / "stderr.txt").unlink()
+            return
+        emulator = self.emulator
+
+        async def delete() -> None:
+            async with batch_client(emulator) as client:
+                await client.delete_task(job_id, task_id)
+
+        anyio.run(delete)
+
+
+@pytest.fixture(params=["local", "azure"])
+def backend(request: pytest.FixtureRequest, home: Path) -> Iterator[Backend]:
+    if request.param == "local":
+        yield Backend("local", cli_env(home), None, home)
+        return
+    start_emulator: EmulatorFactory = request.getfixturevalue("start_emulator")
+    azurite: Azurite = request.getfixturevalue("azurite")
+    with start_emulator() as emulator:
+        yield Backend("azure", azure_env(home, emulator, azurite), emulator, home)
+
+
+def _failed_run(backend: Backend, tmp_path: Path) -> tuple[list[str], str, str]:
+    """A run of two inputs, one failing; returns the `run` arguments, the job id and the failed task's id."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "good.txt").write_text("good\n")
+    (inputs / "bad.txt").write_text("bad\n")
+    args = [str(inputs), "--command", COMMAND, "--outputs", "{input_name}.out", "--backend", backend.name]
+    result = backend.cli("run", *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr
+    [failed] = [line for line in events(result) if line["event"] == "task_failed"]
+    return args, failed["job_id"], failed["task_id"]
+
+
+def test_status_reads_the_job_after_the_run_has_ended(backend: Backend, tmp_path: Path) -> None:
+    run_args, job_id, task_id = _failed_run(backend, tmp_path)
+
+    # Without --job: the job `run` with the same arguments uses.
+    derived = backend.cli("status", *run_args)
+    named = backend.cli("status", "--job", job_id, "--backend", backend.name)
+    assert derived.returncode == named.returncode == 0, derived.stderr + named.stderr
+    assert derived.stdout == named.stdout
+    lines = named.stdout.splitlines()
+    assert lines[0] == f"job {job_id} ({backend.name}): 2 tasks: 0 active, 0 running, 1 succeeded, 1 failed"
+    assert lines[1].startswith(f"  failed:  {task_id} (exit code 3): FailureExitCode: ")
+    assert lines[2:5] == ["           | one", "           | two \\x1b[2J", "           | last line"]
+    assert "\x1b" not in named.stdout
+
+    document = json.loads(backend.cli("status", "--job", job_id, "--backend", backend.name,
+                                      "--log-format", "json").stdout)  # fmt: skip
+    assert (document["tasks"], document["succeeded"], document["failed"]) == (2, 1, 1)
+    [failed] = document["failed_tasks"]
+    assert failed == {
+        "task_id": task_id, "exit_code": 3, "failure_code": "FailureExitCode",
+        "failure_message": failed["failure_message"], "stderr_tail": "one\ntwo \\x1b[2J\nlast line",
+    }  # fmt: skip
+    assert document["failed_not_shown"] == 0
+
+
+def test_logs_reads_a_byte_range_from_the_node_then_from_the_logs_copy(
+    backend: Backend, tmp_path: Path
+) -> None:
+    _, job_id, task_id = _failed_run(backend, tmp_path)
+    where = ("--backend", backend.name)
+
+    stderr = backend.cli("logs", job_id, task_id, *where)
+    assert stderr.returncode == 0, stderr.stderr
+    assert stderr.stdout == "one\ntwo \\x1b[2J\nlast line\n"
+
+    stdout = backend.cli("logs", job_id, task_id, "--stdout", "--tail", "6", *where)
+    header = f"[... the last 6 bytes of stdout.txt of task {task_id}, from the node]"
+    assert stdout.stdout.splitlines() == [header, "29", "30"]
+
+    backend.forget_node_files(job_id, task_id)
+    copy = backend.cli("logs", job_id, task_id, "--tail", "10", "--log-format", "json", *where)
+    assert copy.returncode == 0, copy.stderr
+
+    assert json.loads(copy.stdout) == {
+        "job_id": job_id, "task_id": task_id, "file": "stderr.txt", "source": "output container",
+        "truncated": True, "text": "last line\n",
+    }  # fmt: skip
+
+
+def test_an_unknown_job_or_task_is_one_line(backend: Backend, tmp_path: Path) -> None:
+    _, job_id, _ = _failed_run(backend, tmp_path)
+    where = ("--backend", backend.name)
+    cases = [
+        (("status", "--job", "no-such-job"), "job no-such-job: no such job"),
+        (("logs", "no-such-job", "t1"), "job no-such-job: no such job"),
+        (("logs", job_id, "no-such-task"), f"job {job_id} has no task no-such-task"),
+        (("logs", "../etc", "t1"), "job id '../etc' is not a valid Batch id"),
+        (("logs", job_id, "t1", "--tail", "0"), "must be 1 to 1,000,000 bytes"),
+        (("status",), "give --job JOB, or the arguments `run` was given"),
+    ]
+    for args, message in cases:
+        result = backend.cli(*args, *where)
+        assert result.returncode == 2, (args, result.stderr)
+        [line] = result.stderr.splitlines()
+        assert message in line
+        assert "Traceback" not in result.stderr
