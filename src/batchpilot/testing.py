@@ -557,9 +557,7 @@ class InMemoryCompute:
         self._run_queued(job)
         return views
 
-    async def read_task_file(
-        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
-    ) -> bytes:
+    async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:
         """`stdout.txt` or `stderr.txt` of the task's last attempt (its last `tail` bytes, when given).
         NotFoundError otherwise."""
         self.calls.append(("read_task_file", (task_id, name)))
@@ -723,8 +721,10 @@ class InMemoryCompute:
 
 
 def _matches(name: str, pattern: str) -> bool:
-    """Glob matching on POSIX paths as Batch's output file patterns use it: `*` and `?` stay within one
-    path segment, `**` spans any number of them."""
+    """Glob matching on POSIX paths as Batch's output file patterns use it (Batch REST:
+    OutputFile.filePattern): `*` and `?` stay within one path segment, `**` spans any number of them, and a
+    name starting with "." is matched only by a pattern segment starting with "." (`*.gif` does not match
+    `.a.gif`, `.*.gif` does)."""
     return _match_parts(name.split("/"), pattern.split("/"))
 
 
@@ -733,8 +733,19 @@ def _match_parts(names: list[str], patterns: list[str]) -> bool:
         return not names
     head, rest = patterns[0], patterns[1:]
     if head == "**":
-        return any(_match_parts(names[skip:], rest) for skip in range(len(names) + 1))
-    return bool(names) and fnmatch.fnmatchcase(names[0], head) and _match_parts(names[1:], rest)
+        for skip in range(len(names) + 1):
+            if _match_parts(names[skip:], rest):
+                return True
+            if skip < len(names) and names[skip].startswith("."):
+                return False  # `**` does not descend into a hidden folder
+        return False
+    return bool(names) and _segment_matches(names[0], head) and _match_parts(names[1:], rest)
+
+
+def _segment_matches(name: str, pattern: str) -> bool:
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
 
 
 def _blob_name(output: OutputFile, matched: str) -> str:

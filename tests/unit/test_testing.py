@@ -109,6 +109,26 @@ async def test_a_task_runs_on_its_inputs_and_its_outputs_land_as_batch_names_the
         await compute.read_task_file("job", "t1", "other.txt")
 
 
+async def test_output_patterns_skip_hidden_files_unless_they_name_them_as_batch_does():
+    # Batch REST, OutputFile.filePattern: a name starting with "." is ignored by default but matched when the
+    # pattern says so ("*.gif will not match .a.gif, but .*.gif will"); `**` matches any directory.
+    files = {"a.txt": b"a", ".h.txt": b"h", "sub/b.txt": b"b", "sub/.h2.txt": b"h2", ".cache/c.txt": b"c"}
+    compute = await opened_compute(lambda task: Succeed(files=files))
+    storage = compute.storage
+    await storage.ensure_container("out")
+    out = await storage.container_url("out", Permission.WRITE, HOUR)
+    outputs = (
+        OutputFile("*.txt", out, "star"),
+        OutputFile("**/*.txt", out, "deep"),
+        OutputFile(".*.txt", out, "dot"),
+        OutputFile(".cache/*.txt", out, "named"),
+    )
+    await compute.add_tasks("job", [TaskSpec("t1", "make", output_files=outputs)])
+    assert sorted(storage.containers["out"]) == [
+        "deep/a.txt", "deep/b.txt", "dot/.h.txt", "named/c.txt", "star/a.txt",
+    ]  # fmt: skip
+
+
 async def test_a_failed_task_is_retried_as_its_constraints_allow_and_uploads_its_logs():
     attempts: list[int] = []
 
