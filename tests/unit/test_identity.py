@@ -238,6 +238,8 @@ async def test_a_rerun_retries_the_failed_tasks(tmp_path: Path, lifetime: JobLif
     assert (again.ok, again.succeeded, again.tasks_retried) == (True, 2, 1)
     assert (again.tasks_added, again.tasks_existing) == (0, 1)
     assert (tmp_path / "out" / "bad.up").read_bytes() == b"BAD"
+    # What the run keeps is the job it went on in.
+    assert [kept.resource_id for kept in again.kept if kept.resource == "job"] == [again.job_id]
     reactivated = backend.compute.calls_named("reactivate_task")
     if lifetime is JobLifetime.SERVICE:
         # A job that never ends: Batch's Reactivate Task, the same id in the same job.

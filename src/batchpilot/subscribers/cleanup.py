@@ -8,6 +8,7 @@ money for as long as it has nodes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from ..backends.base import Backend
 from ..errors import BackendError
@@ -41,6 +42,8 @@ class Cleanup:
         if isinstance(event, RunStarted):
             self._runs[event.run_id] = event
         elif isinstance(event, RunFinished) and (started := self._runs.pop(event.run_id, None)) is not None:
+            # The job the run went on in: a later generation when the workload's job had ended.
+            started = replace(started, job_id=event.summary.job_id)
             if event.summary.ok:
                 await self._clean(started)
             else:
