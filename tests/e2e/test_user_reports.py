@@ -332,3 +332,19 @@ async def test_a_job_that_has_not_ended_reactivates_its_failed_tasks_on_the_emul
     assert (again.ok, again.tasks_retried, again.tasks_added, again.job_id) == (True, 1, 0, workload.job_id)
     assert again.tasks_existing == 0  # the failed task was retried in place, not found done nor added
     assert (tmp_path / "out" / "a.txt.out").read_text() == "olleh\n"
+
+
+def test_a_reused_pool_that_differs_is_a_warning_of_the_summary(cli: Cli, tmp_path: Path) -> None:
+    """The warning was only in the log: the summary, the part a user reads, said nothing."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("hello\n")
+    args = ["in", "--command", REVERSE, "--outputs", "{input_name}.out", "--out", "out"]
+    first = cli("run", *args, "--task-slots", "1")
+    assert first.returncode == 0, _summary(first)
+    assert "warning:" not in first.stderr
+    (tmp_path / "in" / "b.txt").write_text("world\n")
+    second = cli("run", *args, "--task-slots", "2")
+    assert second.returncode == 0, _summary(second)
+    [warning] = [line for line in second.stderr.splitlines() if line.startswith("  warning:")]
+    assert "pool batchpilot-" in warning
+    assert _finished(second)["warnings"]
