@@ -13,6 +13,7 @@ import structlog
 from batchpilot.backends.local import LocalBackend
 from batchpilot.cli import SUMMARY_FAILED_SHOWN, summary_lines
 from batchpilot.engine import Orchestrator
+from batchpilot.errors import BackendError
 from batchpilot.events import FailedTask, RunSummary
 from batchpilot.logging import bound_values, redact_secrets, register_secrets
 from batchpilot.spec import JobSpec, PoolSpec, TaskSpec, TaskTemplate, Workload
@@ -151,3 +152,21 @@ def test_capture_logs_still_sees_the_events() -> None:
     with structlog.testing.capture_logs() as logs:
         structlog.get_logger().warning("x", value="v")
     assert logs[0]["value"] == "v"
+
+
+async def test_a_tail_that_cannot_be_read_never_fails_the_run(tmp_path: Path) -> None:
+    backend = InMemoryBackend(script=lambda task: Fail(exit_code=2, stderr="x"), clock=FakeClock())
+
+    async def refused(*args: object, **kwargs: object) -> bytes:
+        raise BackendError("403 AuthorizationFailure", code="AuthorizationFailure")
+
+    backend.compute.read_task_file = refused  # type: ignore[method-assign]
+    (tmp_path / "a.txt").write_text("a")
+    workload = Workload(
+        name="tail", inputs=(tmp_path / "a.txt",), template=TaskTemplate("run {input}", ()),
+        pool=PoolSpec("pool", dedicated_nodes=1), download_to=None,
+    )  # fmt: skip
+    async with Orchestrator(backend, clock=FakeClock()) as orchestrator:
+        summary = await orchestrator.run(workload)
+    [failed] = summary.failed
+    assert (failed.exit_code, failed.stderr_tail) == (2, "")

@@ -47,3 +47,15 @@ async def test_an_empty_file_costs_no_read(http: Http, backend: AzureBackend) ->
 
     assert await backend.compute.read_task_file("job-1", "t1", "stderr.txt", tail=4096) == b""
     assert [sent.method for sent in http.sent()] == ["HEAD"]
+
+
+async def test_a_file_cut_short_since_its_size_was_read_is_empty_not_an_error(
+    http: Http, backend: AzureBackend
+) -> None:
+    """A new attempt truncates stderr.txt between the two requests: 416 InvalidRange."""
+    http.add(
+        BATCH + FILE + "?api-version=2025-06-01", "HEAD", headers={**HEAD_HEADERS, "Content-Length": "9000"}
+    )
+    http.batch_error("GET", FILE, 416, "InvalidRange")
+
+    assert await backend.compute.read_task_file("job-1", "t1", "stderr.txt", tail=4096) == b""

@@ -26,7 +26,7 @@ import structlog
 
 from ..backends.base import Compute
 from ..clock import Clock, SystemClock
-from ..errors import LostContactError, NotFoundError, TransientBackendError
+from ..errors import BackendError, LostContactError, TransientBackendError
 from ..events import Event, MonitorDegraded, MonitorRecovered, TaskFailed
 from ..records import TaskCounts
 from ..text import TAIL_BYTES, tail_text
@@ -241,8 +241,10 @@ class Poller:
             data = await self._compute.read_task_file(
                 self._tracker.job_id, task_id, "stderr.txt", tail=TAIL_BYTES + 1
             )
-        except (NotFoundError, TransientBackendError):
-            return ""  # the summary still names the task and its failure code
+        except BackendError:
+            # Gone (the node), unreachable, or a range the file no longer has: the summary still names the
+            # task and its failure code, and a tail that cannot be read never fails the run.
+            return ""
         # More came before, and not a whole line: the first line read is cut.
         partial = len(data) > TAIL_BYTES and data[-TAIL_BYTES - 1 : -TAIL_BYTES] != b"\n"
         return tail_text(data[-TAIL_BYTES:], lines=_STDERR_TAIL_LINES, partial=partial)

@@ -316,7 +316,12 @@ class AzureCompute:
                 if size == 0 or tail <= 0:
                     return b""
                 byte_range = f"bytes={max(0, size - tail)}-{size - 1}"
-            chunks = await self._client.download_task_file(job_id, task_id, name, ocp_range=byte_range)
+            try:
+                chunks = await self._client.download_task_file(job_id, task_id, name, ocp_range=byte_range)
+            except HttpResponseError as exc:
+                if exc.status_code != 416 or byte_range is None:
+                    raise
+                return b""  # 416 InvalidRange: the file was cut short since its size was read (a new attempt)
             return b"".join([chunk async for chunk in chunks])
 
     async def delete_job(self, job_id: str) -> None:
