@@ -21,9 +21,10 @@ from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Work
 from batchpilot.backends.azure import AzureBackend
 from batchpilot.config import AzureSettings, BatchSettings, StorageSettings
 from batchpilot.emulator import RunningEmulator
+from batchpilot.emulator.faults import FaultConfig
 from batchpilot.spec import JobLifetime
 from tests.conftest import EmulatorFactory
-from tests.e2e.support import azure_env, cli_command, cli_env, events
+from tests.e2e.support import azure_env, cli_command, cli_env, emulator_stats, events
 from tests.emulator.support import AZURITE_ACCOUNT, AZURITE_KEY, Azurite
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -348,3 +349,20 @@ def test_a_reused_pool_that_differs_is_a_warning_of_the_summary(cli: Cli, tmp_pa
     [warning] = [line for line in second.stderr.splitlines() if line.startswith("  warning:")]
     assert "pool batchpilot-" in warning
     assert _finished(second)["warnings"]
+
+
+def test_a_collection_resent_after_its_answer_was_lost_counts_its_tasks_as_added(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+) -> None:
+    """The first run said "0 added, 3 already in the job": the lost request had added them."""
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "in" / f"{name}.txt").write_text(f"{name}\n")
+    with start_emulator(faults=FaultConfig(drop_after_apply=1.0, budget=1)) as emulator:
+        result = _runner(azure_env(home, emulator, azurite), "azure", tmp_path)(
+            "run", "in", "--command", REVERSE, "--outputs", "{input_name}.out", "--out", "out"
+        )
+        stats = emulator_stats(emulator)
+    assert result.returncode == 0, _summary(result)
+    assert stats["faults"].get("dropped_after_apply") == 1
+    assert "tasks:   3 added, 0 already in the job and skipped" in result.stderr
