@@ -49,7 +49,7 @@ from .spec import (
 from .staging import stage_inputs
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
-from .text import one_line
+from .text import escape_controls, one_line
 from .workload_file import MAX_DURATION, parse_duration
 from .workloads import ffmpeg
 
@@ -400,7 +400,9 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _say(line: str) -> None:
-    print(redact_text(line), file=sys.stderr)
+    """A line to the terminal: secrets masked, and control characters (from a task, a file name or the
+    service's message) written out, so none can act on the terminal."""
+    print(escape_controls(redact_text(line)), file=sys.stderr)
 
 
 def _checked_log_file(path: Path | None) -> Path | None:

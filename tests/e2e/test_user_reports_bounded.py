@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,14 @@ def test_what_a_task_writes_reaches_no_terminal_unescaped(run_cli: Run, tmp_path
         assert "\\x1b[2J" in text.replace("\\\\", "\\")
     assert "| safe\\x1b[2J\\x1b]52;c;ZXZpbA==\\x07" in result.summary.read_text()
     assert "hidden\\rshown \\u202etxt" in result.summary.read_text()
+
+
+def test_an_error_line_naming_a_hostile_path_is_escaped(
+    batchpilot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Every line the CLI says goes through the same escaping: here a path from the command line."""
+    result = batchpilot("run", str(tmp_path / "in\x1b]0;owned\x07\x1b[2J"), "--command", "true", "--out", "o")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "\x1b" not in line
+    assert "in\\x1b]0;owned\\x07\\x1b[2J" in line
