@@ -10,11 +10,15 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.errors import BackendError, ConfigError, JobEndedError, TransientBackendError
+from batchpilot.events import Event, OutputDownloaded
+from batchpilot.metrics import Metrics
 from batchpilot.records import AddStatus, AddTaskResult
+from batchpilot.service import FolderSource, Service, WatchSettings
 from batchpilot.spec import (
     BATCH_ID_MAX_LENGTH,
     ContainerSettings,
@@ -342,3 +346,57 @@ def test_a_pool_of_spot_nodes_only_is_a_pool() -> None:
     assert PoolSpec("p", dedicated_nodes=0, spot_nodes=2).total_slots == 2
     with pytest.raises(ConfigError, match="at least one node"):
         PoolSpec("p", dedicated_nodes=0, spot_nodes=0)
+
+
+# --- serve: a long-lived job ------------------------------------------------------------------------------
+
+
+async def test_a_service_restarted_with_a_changed_command_runs_new_tasks_in_its_job(tmp_path: Path) -> None:
+    """A service's job never ends; restarted with another command, it takes every file present again, and
+    each is a new task (in the same job), whose outputs replace the old ones in the download folder."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("abc")
+
+    def script(task: ScriptedTask) -> Outcome:
+        [(name, content)] = task.inputs.items()
+        done = content.upper() if task.spec.command_line.startswith("upper") else content[::-1]
+        return Succeed(files={f"{Path(name).stem}.out": done})
+
+    backend = InMemoryBackend(script=script)
+    workload = Workload(
+        name="serve-identity",
+        inputs=(),
+        template=TaskTemplate("upper {input}", outputs=("{stem}.out",)),
+        pool=PoolSpec("serve-pool"),
+        download_to=tmp_path / "out",
+        cleanup=CleanupPolicy(delete_input_container=False),
+        job_lifetime=JobLifetime.SERVICE,
+    )
+    settings = WatchSettings(settle_s=0.0, min_interval_s=0.01, max_interval_s=0.05)
+
+    async def serve(served: Workload) -> None:
+        fetched = anyio.Event()
+
+        async def on_fetched(event: Event) -> None:
+            if isinstance(event, OutputDownloaded) and not event.skipped:
+                fetched.set()
+
+        metrics = Metrics()
+        clock = FakeClock()
+        async with Orchestrator(backend, subscribers=[metrics, on_fetched], clock=clock) as orchestrator:
+            stop = anyio.Event()
+            service = Service(orchestrator, served, FolderSource(folder), metrics, settings, clock=clock)
+            async with anyio.create_task_group() as group:
+                group.start_soon(service.run, stop)
+                with anyio.fail_after(30):
+                    await fetched.wait()
+                stop.set()
+
+    await serve(workload)
+    assert (tmp_path / "out" / "a.out").read_bytes() == b"ABC"
+    changed = replace(workload, template=replace(workload.template, command="reverse {input}"))
+    await serve(changed)
+    assert (tmp_path / "out" / "a.out").read_bytes() == b"cba"
+    [job] = backend.compute.jobs.values()
+    assert len(job.tasks) == 2  # one per definition of a.txt, in the service's one job
