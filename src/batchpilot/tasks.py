@@ -151,9 +151,10 @@ def input_key_of(task_id: str) -> str | None:
 
 def changed_definitions(staged: Iterable[StagedInput], existing_ids: Iterable[str]) -> int:
     """How many of `staged` are new to the job because their definition changed: the job has no task of
-    that id, but one of the same input (the same input key) under another definition."""
+    that id, but one of the same input (the same input key) under another definition, or under none (a task
+    added before ids covered the definition: its id was the input key itself)."""
     present = set(existing_ids)
-    keys = {key for key in map(input_key_of, present) if key is not None}
+    keys = {key for key in map(input_key_of, present) if key is not None} | present
     return sum(item.task_id not in present and item.input_key in keys for item in staged)
 
 

@@ -165,6 +165,8 @@ def test_changed_definitions_are_told_from_new_inputs(tmp_path: Path) -> None:
     existing = [item.task_id for item in identify(old, [a])] + ["not-one-of-ours", "x-zzzzzzzz"]
     assert changed_definitions(identify(new, [a, b]), existing) == 1  # a changed; b is a new input
     assert changed_definitions(identify(old, [a, b]), existing) == 0  # a is in the job already
+    # A task added before ids covered the definition had the input key as its id: its input, changed.
+    assert changed_definitions(identify(new, [a]), [a.input_key]) == 1
     assert input_key_of("no-hash-here") is None
     assert input_key_of("x-ABCDEF12") is None  # ours are lower-case hex
 
