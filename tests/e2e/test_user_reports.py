@@ -366,3 +366,18 @@ def test_a_collection_resent_after_its_answer_was_lost_counts_its_tasks_as_added
     assert result.returncode == 0, _summary(result)
     assert stats["faults"].get("dropped_after_apply") == 1
     assert "tasks:   3 added, 0 already in the job and skipped" in result.stderr
+
+
+def test_wildcard_outputs_of_two_tasks_that_meet_are_not_overwritten(cli: Cli, tmp_path: Path) -> None:
+    """A wildcard's matches are known only once tasks ran: the second of two tasks that both wrote
+    `result.out` does not overwrite the first in --out; the run says so and is not ok."""
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "in" / f"{name}.txt").write_text(f"{name}\n")
+    command = "sh -c 'cp \"$0\" result.out' {input}"
+    result = cli("run", "in", "--command", command, "--outputs", "*.out", "--out", "out")
+    assert result.returncode == 1, _summary(result)
+    assert (tmp_path / "out" / "result.out").read_text() in ("a\n", "b\n")
+    [failed] = [line for line in events(result) if line["event"] == "output_download_failed"]
+    assert "is an output of task" in failed["error"]
+    assert "1 FAILED" in result.stderr

@@ -61,6 +61,9 @@ class OutputDownloader:
         self._runs: dict[str, _Run] = {}  # the runs in flight, until forget()
         # Each run's tasks' required output patterns (rendered), by task id, until forget().
         self._required: dict[str, dict[str, tuple[str, ...]]] = {}
+        # Each run's download paths (case-folded) and the task whose output took each, until forget(): two
+        # tasks' wildcard matches of one name would otherwise overwrite one another (BatchExplorer#2956).
+        self._claimed: dict[str, dict[str, str]] = {}
 
     def expect(self, run_id: str, required: dict[str, tuple[str, ...]]) -> None:
         """The output patterns each of the run's tasks must have produced (`TaskTemplate.required_outputs`,
@@ -71,6 +74,7 @@ class OutputDownloader:
         """Drop what is known of a run that has ended (`Orchestrator.run` calls it when the run returns)."""
         self._runs.pop(run_id, None)
         self._required.pop(run_id, None)
+        self._claimed.pop(run_id, None)
 
     async def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -111,6 +115,15 @@ class OutputDownloader:
                 await self._failed(run_id, run, task_id, blob.name, error)
                 continue
             dest = run.folder / posixpath.normpath(relative)
+            claimed = self._claimed.setdefault(run_id, {})
+            owner = claimed.setdefault(posixpath.normpath(relative).casefold(), task_id)
+            if owner != task_id:
+                error = (
+                    f"{dest} is an output of task {owner} too: not overwritten; make the outputs' names"
+                    " differ by input, like '{stem}_*.png'"
+                )
+                await self._failed(run_id, run, task_id, blob.name, error)
+                continue
             try:
                 skipped = await _already_there(blob, dest)
                 if not skipped:
