@@ -45,7 +45,14 @@ def plan_lines(workload: Workload, staged: Sequence[StagedInput], *, backend: st
         lines.extend(_output_lines(task, workload.output_container))
     if len(staged) > SHOWN_TASKS:
         lines.append(f"    ... and {len(staged) - SHOWN_TASKS} more")
-    patterns = ", ".join(template.in_working_dir(pattern) for pattern in template.outputs) or "none"
+    optional = set(template.optional_outputs)
+    patterns = (
+        ", ".join(
+            template.in_working_dir(pattern) + (" (optional)" if pattern in optional else "")
+            for pattern in template.outputs
+        )
+        or "none"
+    )
     destination = workload.download_to if workload.download_to is not None else "(no --out given)"
     lines.append(f"  outputs: {patterns} -> container {workload.output_container} -> {destination}")
     return lines

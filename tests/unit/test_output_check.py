@@ -12,6 +12,7 @@ import pytest
 from batchpilot.engine import Orchestrator
 from batchpilot.errors import ConfigError
 from batchpilot.events import Event, TaskOutputsMissing
+from batchpilot.plan import plan_lines
 from batchpilot.spec import PoolSpec, TaskTemplate, Workload
 from batchpilot.subscribers.download import outputs_missing_reason, unmatched_outputs
 from batchpilot.testing import FakeClock, InMemoryBackend, ScriptedTask, Succeed
@@ -132,3 +133,12 @@ async def test_an_optional_output_may_be_missing_and_no_outputs_costs_no_listing
         summary = await orchestrator.run(_workload(tmp_path, template))
     assert summary.ok, summary.failed
     assert summary.downloaded == 1
+
+
+def test_plan_says_which_outputs_are_optional(tmp_path: Path) -> None:
+    template = TaskTemplate(
+        "gzip -k {input}", ("{input_name}.gz", "{stem}.log"), optional_outputs=("{stem}.log",)
+    )
+    workload = _workload(tmp_path, template)
+    lines = plan_lines(workload, [], backend="local")
+    assert lines[-1].startswith("  outputs: {input_name}.gz, {stem}.log (optional) -> container ")
