@@ -4,6 +4,7 @@ pool (or a resize up) whose node agent the account does not support any more."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from azure.batch.aio import BatchClient
 from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 
+from batchpilot.emulator import images as images_module
 from batchpilot.emulator.cli import add_arguments, config_from_args
 from batchpilot.emulator.images import DEFAULT_IMAGES, SupportedImage, check_agent_for_growth, load_images
 from batchpilot.errors import ConfigError
@@ -240,3 +242,22 @@ def test_bad_images_file_is_one_line(tmp_path: Path, content: str, problem: str)
     assert "\n" not in str(refused.value)
     with pytest.raises(ConfigError):
         load_images(tmp_path / "missing.json")
+
+
+def test_an_images_file_that_never_ends_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    # Found by hand: `--supported-images /dev/zero` (a size of 0 to stat) was read to a MemoryError.
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_images(Path("/dev/zero"))
+    fifo = tmp_path / "images.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_images(fifo)  # refused before opening it, which would wait for a writer
+
+
+def test_an_images_file_is_read_only_up_to_its_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A file growing while it is read (or lying about its size) is cut at the bound, not read to the end.
+    monkeypatch.setattr(images_module, "MAX_IMAGES_FILE_BYTES", 64)
+    path = tmp_path / "images.json"
+    path.write_text(json.dumps({"value": []}) + " " * 100)
+    with pytest.raises(ConfigError, match="64"):
+        load_images(path)

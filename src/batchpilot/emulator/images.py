@@ -15,6 +15,7 @@ Pure: no I/O but `load_images`, which reads a file given on the command line.
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -161,12 +162,16 @@ def load_images(path: Path) -> tuple[SupportedImage, ...]:
     """A supported-images file: the service's answer (`{"value": [...]}`) or a list of its entries.
     ConfigError (one line naming the file and the problem) when it cannot be used."""
     try:
-        size = path.stat().st_size
-        if size > MAX_IMAGES_FILE_BYTES:
+        # A device or a pipe (/dev/zero) has no size to check and may never end: only a regular file.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(f"{path} is not a regular file; give a JSON file of List Supported Images")
+        with path.open("rb") as file:
+            raw = file.read(MAX_IMAGES_FILE_BYTES + 1)  # bounded, even for a file that grows meanwhile
+        if len(raw) > MAX_IMAGES_FILE_BYTES:
             raise ConfigError(
-                f"{path}: {size} bytes; a supported-images file may hold {MAX_IMAGES_FILE_BYTES}"
+                f"{path}: over {MAX_IMAGES_FILE_BYTES} bytes, more than a supported-images file may hold"
             )
-        body = json.loads(path.read_bytes())
+        body = json.loads(raw)
     except OSError as exc:
         raise ConfigError(f"cannot read the supported-images file {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
