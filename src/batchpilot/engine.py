@@ -382,9 +382,7 @@ class Orchestrator:
         recorder.definitions_changed(changed_definitions(choice.to_add, choice.seen))
         # Every backend's succeeded tasks are held to their outputs by the same check (the downloader's).
         template = workload.template
-        self._downloader.expect(
-            run_id, {item.task_id: required_downloads(template, item) for item in staged}
-        )
+        self._downloader.expect(run_id, {item.task_id: required_downloads(template, item) for item in staged})
 
         async def submitted(results: Sequence[AddTaskResult]) -> None:
             await self._publish_submitted(run_id, workload.job_id, results)
@@ -436,9 +434,11 @@ class Orchestrator:
         """The job this run adds to, and where each task already is.
 
         A one-shot run's job ends with its last task, and Batch takes no task into an ended job, nor
-        reactivates one there (409 JobCompleted). So a run that has tasks to add (new inputs, changed
-        definitions) or failed tasks to retry moves on to the job's next generation (`<job>-g2`, ...): the
-        first generation that has not ended, or whose tasks cover the run. Tasks that succeeded in an earlier
+        reactivates one there (409 JobCompleted; Batch REST, Reactivate Task: "it will fail if the Job has
+        completed (or is terminating or deleting)"; a completed job cannot be enabled again). So a run that
+        has tasks to add (new inputs, changed definitions) or failed tasks to retry moves on to the job's
+        next generation (`<job>-g2`, ...): the first generation that has not ended, or whose tasks cover the
+        run. Tasks that succeeded in an earlier
         generation stay there and are read from there; failed ones are added again to the new generation.
         JobEndedError after MAX_JOB_GENERATIONS."""
         compute = self._backend.compute
