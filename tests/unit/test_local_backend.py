@@ -87,6 +87,25 @@ async def test_stage_in_run_stage_out_by_pattern_and_condition(tmp_path: Path):
         assert dest.read_text() == "HELLO"
 
 
+async def test_a_double_star_pattern_matches_any_directory_as_batch_documents(tmp_path: Path):
+    # Batch: "** matches any directory"; "**/*.txt matches any file that does not start in '.' and ends with
+    # .txt in the task working directory or any subdirectory" (OutputFile.filePattern).
+    async with opened(tmp_path) as backend:
+        storage = backend.storage
+        await storage.ensure_container("out")
+        out_url = await storage.container_url("out", Permission.WRITE, HOUR)
+        script = (
+            "import pathlib; p = pathlib.Path; p('a/b').mkdir(parents=True); p('.h').mkdir(); "
+            "[p(n).write_text(n) for n in ('top.txt', 'a/mid.txt', 'a/b/deep.txt', '.hid.txt', '.h/x.txt')]"
+        )
+        task = TaskSpec("t2", f'{PY} -c "{script}"', output_files=(OutputFile("**/*.txt", out_url, "t2"),))
+        await backend.compute.add_tasks("job", [task])
+        views = await wait_completed(backend, "job", 1)
+        assert views["t2"].result is TaskResult.SUCCESS
+        names = sorted(blob.name for blob in await storage.list_blobs("out"))
+        assert names == ["t2/deep.txt", "t2/mid.txt", "t2/top.txt"]  # hidden files and folders left out
+
+
 async def test_a_failing_task_keeps_its_stderr_and_uploads_logs_on_failure(tmp_path: Path):
     async with opened(tmp_path) as backend:
         await backend.storage.ensure_container("out")

@@ -383,7 +383,8 @@ def _matches(pattern: str, workdir: Path, task_dir: Path) -> list[tuple[str, Pat
     dir: a link the task made to a file elsewhere (another task's, the user's) is never uploaded."""
     root = task_dir.resolve()
     found = []
-    for matched in sorted(glob.glob(pattern, root_dir=workdir)):
+    # `**` matches any directory, none included, as in Batch; hidden names only when the pattern names them.
+    for matched in sorted(glob.glob(pattern, root_dir=workdir, recursive=True)):
         source = (workdir / matched).resolve()
         if source.is_relative_to(root) and source.is_file():
             found.append((matched, source))
