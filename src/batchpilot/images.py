@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from .errors import BackendError, ImageCheckError, UnsupportedImageError
@@ -30,6 +30,7 @@ from .spec import ImageReference, PoolSpec
 
 # A warning this long before an image's end of Batch support.
 WARN_WITHIN = timedelta(days=90)
+_LISTED = "listed by the service, no end of Batch support within 90 days"
 GENERATION_2_CAPABILITY = "Generation2VMImage"
 
 # VM sizes that boot one Hyper-V generation only, by Azure's size names (matched case-insensitively on the
@@ -159,7 +160,15 @@ def judge(
             return ImageVerdict(
                 Verdict.WARNING, verdict.reason, f"pool {existing.pool_id} is reused: {verdict.message}"
             )
-        return verdict
+        if verdict.verdict is Verdict.OK:
+            # Said in full: what passed is the pool that exists, not the spec (which may differ).
+            return ImageVerdict(
+                Verdict.OK,
+                message=f"pool {existing.pool_id} exists and is reused as it is:"
+                f" {_image_name(existing.image)} with {existing.node_agent_sku_id!r} on {existing.vm_size}:"
+                f" {_LISTED}",
+            )
+        return replace(verdict, message=f"pool {existing.pool_id} is reused: {verdict.message}")
     return _judge(images, pool.image, pool.node_agent_sku_id, pool.vm_size, now)
 
 
@@ -314,4 +323,6 @@ def describe(spec: PoolSpec, verdict: ImageVerdict) -> str:
         return f"Image: WARNING: {verdict.message}"
     if verdict.reason is Reason.NO_IMAGES:
         return f"Image: {what}: the backend lists no images; nothing to check"
-    return f"Image: {what} on {spec.vm_size}: listed by the service, no end of Batch support within 90 days"
+    if verdict.message:  # a pool that exists, judged by what it runs
+        return f"Image: {verdict.message}"
+    return f"Image: {what} on {spec.vm_size}: {_LISTED}"

@@ -15,6 +15,7 @@ from batchpilot.images import (
     Reason,
     SupportedImage,
     Verdict,
+    describe,
     judge,
     size_generations,
 )
@@ -233,6 +234,21 @@ def test_a_reused_pool_is_judged_by_what_it_runs_not_by_the_spec() -> None:
     result = judge(IMAGES, pool(), NOW, existing=unlisted)
     assert result.verdict is Verdict.WARNING
     assert result.message.startswith("pool p is reused: ")
+
+
+def test_check_and_plan_say_what_a_reused_pool_runs_not_what_the_spec_asks() -> None:
+    # Found by hand: `check --workload` naming an existing pool (24.04 on Standard_D2s_v5) with a spec of the
+    # Generation 2 image on Standard_A1_v2 printed "... on Standard_A1_v2: listed by the service", a
+    # combination Batch refuses to create; what was judged, and passed, was the pool that exists.
+    existing = ExistingPool("p", NOBLE, "batch.node.ubuntu 24.04", "standard_d2s_v5")
+    spec = pool(NOBLE, size="Standard_A1_v2")
+    line = describe(spec, judge(IMAGES, spec, NOW, existing=existing))
+    assert line == (
+        "Image: pool p exists and is reused as it is: canonical/ubuntu-24_04-lts/server with"
+        " 'batch.node.ubuntu 24.04' on standard_d2s_v5: listed by the service, no end of Batch support"
+        " within 90 days"
+    )
+    assert judge(IMAGES, spec, NOW).refused  # without the pool, the spec is judged: refused, as Batch would
 
 
 def test_a_gallery_pool_without_a_marketplace_name_is_judged_by_the_spec() -> None:
