@@ -186,9 +186,16 @@ def test_what_a_reader_sees_without_clicking_or_scrolling_sideways():
     assert page.count("<details open>") == FAILURES_OPEN == 10
     assert page.count("<details>") == 2  # the rest stay folded: a page of 100 failures stays readable
     assert "white-space:pre-wrap" in page
+    assert "<summary>stderr, last line</summary>" in page  # not "last 1 lines"
     assert chart_data(data, str)["specs"]["timeline"]["vconcat"][-1]["title"] == "task attempts by node"
     local = build_report(RunInfo(source="run", backend="local", job_id="j"), attempts=[], generated_at=at(1))
     assert "task slot" in chart_data(local, str)["specs"]["timeline"]["vconcat"][-1]["title"]
+
+
+def test_a_rolling_report_of_one_batch_says_so_in_the_singular():
+    runs = RollingRuns()
+    runs.new_recorder()
+    assert runs.data(INFO, generated_at=at(1)).notes[0] == "the latest batch"
 
 
 def test_the_durations_chart_draws_whole_counts_within_its_axis():
@@ -264,6 +271,7 @@ def test_a_rolling_report_keeps_the_latest_runs_only():
         ):  # fmt: skip
             recorder.observe(event)
     data = runs.data(INFO, generated_at=at(20))
+    assert "the latest 3 batches" in data.notes
     assert len(data.attempts) == 3
     assert runs.runs_dropped == 7
     assert "7 earlier batches are not drawn" in data.notes

@@ -398,12 +398,13 @@ def _failures(data: ReportData, esc: Callable[[object], str]) -> str:
         # The first few stderr tails are shown open: a report is often read as a picture or a printout.
         shown = " open" if number < FAILURES_OPEN else ""
         lines = failure.stderr_tail.count("\n") + 1
+        tail = "last line" if lines == 1 else f"last {lines} lines"
         code = "" if failure.exit_code is None else failure.exit_code
         items.append(
             f"<tr><td>{esc(failure.task_id)}</td><td class='num'>{esc(code)}</td>"
             f"<td>{esc(failure.failure_code or '')}</td><td>{esc(failure.message)}"
             + (
-                f"<details{shown}><summary>stderr, last {lines} lines</summary>"
+                f"<details{shown}><summary>stderr, {tail}</summary>"
                 f"<pre>{esc(failure.stderr_tail)}</pre></details>"
                 if failure.stderr_tail
                 else ""

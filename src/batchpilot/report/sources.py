@@ -102,7 +102,8 @@ class RollingRuns:
         first = records[0] if records else None
         if first is not None:
             info = _named(info, first.workload, first.job_id, first.pool_id, "")
-        notes = [f"the latest {len(records)} batches"] if records else ["no batch yet"]
+        latest = "the latest batch" if len(records) == 1 else f"the latest {len(records)} batches"
+        notes = [latest] if records else ["no batch yet"]
         if self.runs_dropped:
             notes.append(f"{self.runs_dropped} earlier batches are not drawn")
         dropped = sum(record.attempts_dropped for record in records)
