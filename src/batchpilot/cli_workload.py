@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 
 from .config import DEFAULT_TOML
-from .errors import ConfigError
+from .errors import ConfigError, NothingToRunError
 from .spec import PoolSpec, Workload, batch_id
 from .workload_file import Defaults, load_workload, one_off_workload, read_workload_table
 from .workloads import ffmpeg
@@ -173,7 +173,7 @@ async def resolve_workload(args: argparse.Namespace, state_root: Path) -> Worklo
             raise ConfigError("--outputs goes with --command; a workload file lists its outputs itself")
         path = args.workload or await _workload_in_settings(args.config)
         if path is None and inputs_from is None:
-            raise ConfigError(
+            raise NothingToRunError(
                 "nothing to run: give INPUT_DIR, --sample N, --workload FILE or --command (see --help)"
             )
         workload = await _load(path or ffmpeg.WORKLOAD_FILE, defaults, inputs_from=inputs_from)

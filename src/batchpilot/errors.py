@@ -135,5 +135,9 @@ class UnreadableInputError(ConfigError):
         self.paths = paths
 
 
+class NothingToRunError(ConfigError):
+    """The command line names no inputs, sample, workload file or command. Exit 2."""
+
+
 class StateInUseError(ConfigError):
     """Another process holds a folder this one would write (a job's state, a watched folder). Exit 2."""
