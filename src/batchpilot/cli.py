@@ -24,6 +24,7 @@ from . import __version__
 from .backends.base import Backend
 from .backends.local import LocalBackend, default_root
 from .backends.local.executor import container_runtime
+from .backoff import BackoffPolicy
 from .bus import Subscriber
 from .cli_errors import backend_error_line
 from .cli_report import RollingReport, RunReport, add_report_command, add_report_option, report_command
@@ -31,10 +32,16 @@ from .cli_status import add_status_commands, logs_command, status_command
 from .cli_workload import add_workload_arguments, resolve_pool, resolve_service_workload, resolve_workload
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
-from .errors import BackendError, BatchpilotError, ConfigError, NotFoundError, ToolNotFoundError
+from .errors import (
+    BackendError,
+    BatchpilotError,
+    ConfigError,
+    NotFoundError,
+    NothingToRunError,
+    ToolNotFoundError,
+)
 from .events import RunSummary
 from .logging import configure_logging, default_format, redact_text, register_secrets
-from .monitor.backoff import BackoffPolicy
 from .monitor.poller import PollSettings
 from .plan import plan_lines
 from .request_tally import RequestTally
@@ -525,12 +532,10 @@ async def _job_of(args: argparse.Namespace) -> str:
     """The job `run` with these arguments would use."""
     try:
         return (await resolve_workload(args, _state_root(args))).job_id
-    except ConfigError as exc:
-        if str(exc).startswith("nothing to run"):
-            raise ConfigError(
-                "give --job JOB, or the arguments `run` was given (INPUTS, --workload FILE, --command)"
-            ) from None
-        raise
+    except NothingToRunError:
+        raise ConfigError(
+            "give --job JOB, or the arguments `run` was given (INPUTS, --workload FILE, --command)"
+        ) from None
 
 
 async def _serve(args: argparse.Namespace) -> str:

@@ -20,9 +20,9 @@ import anyio
 import structlog
 
 from .backends.base import Compute
+from .backoff import BackoffPolicy
 from .clock import Clock, SystemClock
 from .errors import RequestTooLargeError, TransientBackendError
-from .monitor.backoff import BackoffPolicy
 from .records import AddStatus, AddTaskResult
 from .spec import TaskSpec
 

@@ -40,7 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "redact",
         "text",
         "concurrency",
-        "monitor",  # the package, monitor.state and the monitor.backoff shim; the poller is below
+        "monitor",  # the package and monitor.state; the poller is below
     ),
     # Small helpers that touch the machine: files, settings from the environment, logging's setup.
     "support": ("files", "config", "logging"),

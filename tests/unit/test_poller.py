@@ -8,9 +8,9 @@ from datetime import timedelta
 import anyio
 import pytest
 
+from batchpilot.backoff import BackoffPolicy
 from batchpilot.errors import LostContactError, TransientBackendError
 from batchpilot.events import Event, MonitorDegraded, MonitorRecovered, TaskSucceeded
-from batchpilot.monitor.backoff import BackoffPolicy
 from batchpilot.monitor.poller import Poller, PollSettings
 from batchpilot.monitor.state import TaskTracker
 from batchpilot.records import TaskCounts, TaskResult, TaskState

@@ -25,12 +25,12 @@ import anyio
 import structlog
 
 from ..backends.base import Compute
+from ..backoff import BackoffPolicy
 from ..clock import Clock, SystemClock
 from ..errors import BackendError, LostContactError, TransientBackendError
 from ..events import Event, MonitorDegraded, MonitorRecovered, TaskFailed
 from ..records import TaskCounts
 from ..text import TAIL_BYTES, tail_text
-from .backoff import BackoffPolicy
 from .state import TaskTracker
 
 _log = structlog.get_logger("batchpilot.monitor")
