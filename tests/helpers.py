@@ -71,9 +71,7 @@ class FakeCompute:
             if changed_since is None or v.state_transition_time >= changed_since
         ]
 
-    async def read_task_file(
-        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
-    ) -> bytes:
+    async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:
         raise NotFoundError("no files here")
 
     async def end_job_when_done(self, job_id: str) -> None:

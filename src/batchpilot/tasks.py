@@ -91,7 +91,6 @@ def build_task(
     )
 
 
-
 # --- a task's identity ------------------------------------------------------------------------------------
 # What decides a task's result decides its id, as Nextflow's task hash and Snakemake's rerun triggers do: the
 # input (name, folder, content), the rendered command, the output patterns, the container image and its

@@ -74,9 +74,7 @@ class Compute(Protocol):
         """Every task of the job, or only those whose state changed at or after `changed_since`."""
         ...
 
-    async def read_task_file(
-        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
-    ) -> bytes:
+    async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:
         """A file from the task's directory, e.g. `stderr.txt`, from the node the task ran on. With `tail`,
         only its last `tail` bytes, read as a byte range (Batch: the file's properties for its size, then
         `ocp-range: bytes=first-last`), so a task's 50 MB stderr costs what its end does; None reads it

@@ -304,9 +304,7 @@ class AzureCompute:
             pages = self._client.list_tasks(job_id, filter=where, select=list(models.TASK_VIEW_FIELDS))
             return [models.task_view(task) async for task in pages]
 
-    async def read_task_file(
-        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
-    ) -> bytes:
+    async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:
         with translated(f"read {name} of task {task_id} in job {job_id}", self._secrets):
             byte_range = None
             if tail is not None:

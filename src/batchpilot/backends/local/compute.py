@@ -393,9 +393,7 @@ class LocalCompute:
             raise NotFoundError(f"job {job_id!r} not found", code="JobNotFound")
         return directory
 
-    async def read_task_file(
-        self, job_id: str, task_id: str, name: str, *, tail: int | None = None
-    ) -> bytes:
+    async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:
         path = await self._job_directory(job_id) / "tasks" / task_id / name
         if leaves_root(f"{task_id}/{name}") or "/" in task_id or not await anyio.Path(path).is_file():
             raise NotFoundError(f"task file {name!r} of {task_id!r} not found", code="FileNotFound")
