@@ -52,9 +52,16 @@ def remedy(exc: BackendError, backend: str) -> str | None:
     elif isinstance(exc, PoolBeingDeletedError):
         fix = "wait until it is gone (a few minutes) and run again, or choose another pool id"
     elif isinstance(exc, JobEndedError):
-        fix = (
-            f"delete it ({cleanup_command(backend, job=exc.job_id)}) and run again, or run under another name"
-        )
+        if len(exc.generations) > 1:
+            fix = (
+                f"delete them ({cleanup_command(backend, job=exc.job_id)}, and the same for each of"
+                f" {exc.generations[1]} ... {exc.generations[-1]}) and run again, or run under another name"
+            )
+        else:
+            fix = (
+                f"delete it ({cleanup_command(backend, job=exc.job_id)}) and run again, or run under another"
+                " name"
+            )
     else:
         return None
     if kept is not None:

@@ -29,6 +29,7 @@ from .bus import EventBus, EventStream, Subscriber
 from .clock import Clock, SystemClock
 from .concurrency import for_each
 from .errors import (
+    AuthenticationError,
     BackendError,
     ConfigError,
     JobEndedError,
@@ -394,6 +395,8 @@ class Orchestrator:
             submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
             self._stage(run_id, Stage.SUBMISSION)
             await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
+            # Not kept while the tasks run: 100,000 task definitions (SAS URLs, command lines) weigh 70 MB.
+            del to_add
             # A job told to end when its tasks are done ends at once when it has none, before a re-run can add
             # what the service could not take now: such a job stays open (its max wall clock still ends it).
             if workload.job_lifetime is JobLifetime.RUN and ended is None and not recorder.unsubmitted:
@@ -461,12 +464,13 @@ class Orchestrator:
             choice.plan(staged, retry_failed=workload.retry_failed)
             if choice.ended is None or not (choice.to_add or choice.to_retry):
                 return choice
+        generations = tuple(job_generation_id(workload.job_id, n) for n in range(1, MAX_JOB_GENERATIONS + 1))
         raise JobEndedError(
             f"job {workload.job_id} has ended, and so have its {MAX_JOB_GENERATIONS - 1} later generations"
-            f" ({job_generation_id(workload.job_id, 2)}, ...); delete them (batchpilot cleanup --job ...) or"
-            " give the run another --name",
+            f" ({generations[1]} ... {generations[-1]})",
             job_id=workload.job_id,
             reason=choice.ended or "completed",
+            generations=generations,
         )
 
     async def _retry_failed(
@@ -480,6 +484,8 @@ class Orchestrator:
         async def retry(item: StagedInput) -> None:
             try:
                 await self._backend.compute.reactivate_task(job_id, item.task_id)
+            except AuthenticationError:
+                raise  # not about this task: the run cannot go on
             except BackendError as exc:
                 recorder.warn(f"failed task {item.task_id} was not retried: {exc}")
                 return

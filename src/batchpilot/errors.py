@@ -114,12 +114,23 @@ class AllocationFailedError(BackendError):
 
 class JobEndedError(BackendError):
     """Job `job_id` has ended (completed or terminated; `reason` is Batch's termination reason) and takes
-    no new tasks, yet the run has tasks to add. Deleting the job, or running under another name, mends it."""
+    no new tasks, yet the run has tasks to add. `generations` are the ids of the job and of each later
+    generation that had ended too (`spec.job_generation_id`), when a run walked them all. Deleting them, or
+    running under another name, mends it."""
 
-    def __init__(self, message: str, *, job_id: str, reason: str, code: str | None = "JobCompleted") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str,
+        reason: str,
+        code: str | None = "JobCompleted",
+        generations: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message, code=code)
         self.job_id = job_id
         self.reason = reason
+        self.generations = generations or (job_id,)
 
 
 class ImageCheckError(BackendError):

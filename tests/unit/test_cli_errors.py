@@ -65,6 +65,16 @@ CLEANUP_POOL = "batchpilot cleanup --backend azure --pool p1"
             "delete it (batchpilot cleanup --backend azure --job j1) and run again,"
             " or run under another name",
         ),
+        (
+            JobEndedError(
+                "job j1 has ended, and so have its 2 later generations (j1-g2 ... j1-g3)",
+                job_id="j1",
+                reason="AllTasksComplete",
+                generations=("j1", "j1-g2", "j1-g3"),
+            ),
+            "delete them (batchpilot cleanup --backend azure --job j1, and the same for each of"
+            " j1-g2 ... j1-g3) and run again, or run under another name",
+        ),
     ],
 )
 def test_each_kind_gets_its_remedy_after_what_happened(error: BackendError, remedy: str):

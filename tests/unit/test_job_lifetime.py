@@ -110,8 +110,15 @@ async def test_a_job_whose_generations_have_all_ended_is_a_clear_error(tmp_path:
     message = str(raised.value)
     assert "\n" not in message
     assert (raised.value.job_id, raised.value.reason) == ("batchpilot-lifetime", "AllTasksComplete")
+    assert "batchpilot cleanup" not in message  # an embedder gets what happened; the remedy is the CLI's
+    assert raised.value.generations == tuple(
+        job_generation_id(job.job_id, n) for n in range(1, MAX_JOB_GENERATIONS + 1)
+    )
     line = backend_error_line(raised.value, "local")
-    assert line.startswith(f"batchpilot: BackendError: {message}; ")
+    assert line.startswith(
+        f"batchpilot: BackendError: {message}; delete them (batchpilot cleanup --backend local"
+    )
+    assert job_generation_id(job.job_id, MAX_JOB_GENERATIONS) in line
 
 
 async def test_a_one_shot_run_whose_tasks_the_service_could_not_take_leaves_its_job_open_for_the_rerun(
