@@ -1,7 +1,8 @@
 """One side of one scenario in a process of its own: `python -m benchmarks.worker SIDE CONFIG RESULT`.
 
 Peak memory is this process's ru_maxrss (resident set, the whole interpreter with its SDKs), read at the end.
-With BENCH_PROFILE=PREFIX set, the run is profiled with cProfile into PREFIX.SIDE.prof.
+With BENCH_PROFILE=PREFIX set, the run is profiled with cProfile into PREFIX.SIDE.prof; with
+BENCH_TRACEMALLOC=PREFIX, the allocation sites at the peak of traced memory go to PREFIX.SIDE.txt.
 """
 
 from __future__ import annotations
@@ -17,8 +18,43 @@ from . import instrument
 from .common import SideConfig, SideResult
 
 
+def _trace_memory(path: str) -> None:
+    """BENCH_TRACEMALLOC=FILE: every 2 s, if more is traced than ever before, keep a snapshot; at exit, write
+    the 30 largest allocation sites of the peak snapshot to FILE (slow: for finding where memory goes)."""
+    import atexit
+    import threading
+    import time
+    import tracemalloc
+
+    tracemalloc.start(8)
+    peak: dict[str, object] = {"size": 0, "snapshot": None}
+
+    def sample() -> None:
+        while True:
+            time.sleep(2)
+            current, _ = tracemalloc.get_traced_memory()
+            if current > int(str(peak["size"])):
+                peak["size"], peak["snapshot"] = current, tracemalloc.take_snapshot()
+
+    def dump() -> None:
+        snapshot = peak["snapshot"]
+        if not isinstance(snapshot, tracemalloc.Snapshot):
+            return
+        with open(path, "w") as out:
+            out.write(f"peak traced: {int(str(peak['size'])) / 1e6:.1f} MB\n")
+            for stat in snapshot.statistics("traceback")[:30]:
+                out.write(f"{stat.size / 1e6:8.2f} MB {stat.count:9,} blocks\n")
+                for line in stat.traceback.format()[-8:]:
+                    out.write(f"    {line}\n")
+
+    threading.Thread(target=sample, daemon=True).start()
+    atexit.register(dump)
+
+
 def main(argv: list[str]) -> int:
     side, config_path, result_path = argv
+    if traced := os.environ.get("BENCH_TRACEMALLOC"):
+        _trace_memory(f"{traced}.{side}.txt")
     if profile := os.environ.get("BENCH_PROFILE"):
         import cProfile
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from typing import TYPE_CHECKING
 
 from ..events import Event, RunFinished, RunStarted, TaskFailed, TaskOutputsMissing, TaskSucceeded
 from ..text import one_line
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
 
 class ProgressDisplay:
     def __init__(self, console: Console | None = None) -> None:
+        # rich (about 60 ms of imports) is loaded only when a bar is shown, not by `import batchpilot.cli`.
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
