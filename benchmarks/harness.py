@@ -78,6 +78,7 @@ class Measured:
     bytes_sent_by_kind: dict[str, int]
     latencies: list[float] = field(default_factory=list)
     completed_record_bytes: int = 0  # one completed task as the monitor selects it, in the emulator's answer
+    emulator_cpu_s: float = 0.0  # this process's CPU while the side ran: the emulator's (a thread of it)
 
     @property
     def stages(self) -> dict[str, float]:
@@ -122,6 +123,7 @@ class Measured:
             "submit_cpu_s": round(self.result.submit_cpu_s, 3),
             "tasks": len(self.result.seen),
             "completed_record_bytes": self.completed_record_bytes,
+            "emulator_cpu_s": round(self.emulator_cpu_s, 2),
         }
 
 
@@ -225,16 +227,19 @@ def run_side(scenario: Scenario, side: str, azurite_port: int, inputs: list[str]
         )
         config_path, result_path = work / f"{name}.json", work / f"{name}.result.json"
         side_config.dump(config_path)
+        own = resource.getrusage(resource.RUSAGE_SELF)
         subprocess.run(
             [sys.executable, "-m", "benchmarks.worker", side, str(config_path), str(result_path)],
             cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=(work / f"{name}.log").open("w"),
         )  # fmt: skip
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        emulator_cpu = after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
         stats = fetch_json(emulator.stats_url)
         result = SideResult.load(result_path)
         job_id = f"{name}-job" if side == "baseline" else _pilot_job_id(name)
         ended, record = completion_times(emulator.endpoint, emulator.account, emulator.key, job_id)
     latencies = [seen - ended[task_id] for task_id, seen in result.seen.items() if task_id in ended]
-    return Measured(result, stats["requests"], stats["bytes_sent_by_kind"], latencies, record)
+    return Measured(result, stats["requests"], stats["bytes_sent_by_kind"], latencies, record, emulator_cpu)
 
 
 def _pilot_job_id(name: str) -> str:

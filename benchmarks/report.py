@@ -74,6 +74,7 @@ def _scale_rows(results: dict[str, Any]) -> tuple[list[str], list[Row]] | None:
         row("wall time monitor (s)", [p["stages_s"]["monitor"] for p in sides]),
         row("CPU of the orchestrator (s)", [p.get("cpu_s") for p in sides]),
         row("  per 1,000 tasks (s)", [p.get("cpu_s", 0) / n for p, n in zip(sides, per, strict=True)]),
+        row("CPU of the emulator (s)", [p.get("emulator_cpu_s") for p in sides]),
         row("peak memory, ru_maxrss (MB)", [p["max_rss_mb"] for p in sides]),
         row("  per 1,000 tasks (MB)", [p["max_rss_mb"] / n for p, n in zip(sides, per, strict=True)]),
         row("monitor requests", [p["monitor_requests"] for p in sides]),
