@@ -30,12 +30,13 @@ from typing import Any
 import anyio
 
 from .backends.base import Backend, Compute
-from .errors import BackendError, ConfigError, NotFoundError
+from .errors import ConfigError, NotFoundError
 from .logging import redact_text
+from .monitor.poller import read_stderr_tail
 from .records import TaskResult, TaskState, TaskView
 from .spec import check_batch_id, container_name
 from .tasks import LOGS_PREFIX
-from .text import TAIL_BYTES, decode, one_line, safe_text, tail_text
+from .text import decode, one_line, safe_text
 
 # `status` lists this many failed tasks with their stderr's end (the rest are counted), each with this many
 # of its last lines.
@@ -155,15 +156,6 @@ async def _listing(compute: Compute, job_id: str, backend: str) -> list[TaskView
         ) from None
 
 
-async def _stderr_tail(compute: Compute, job_id: str, task_id: str) -> str:
-    try:
-        data = await compute.read_task_file(job_id, task_id, "stderr.txt", tail=TAIL_BYTES + 1)
-    except (NotFoundError, BackendError):
-        return ""  # its node is gone: `batchpilot logs` reads the _logs/ copy
-    partial = len(data) > TAIL_BYTES and data[-TAIL_BYTES - 1 : -TAIL_BYTES] != b"\n"
-    return tail_text(data[-TAIL_BYTES:], lines=STATUS_TAIL_LINES, partial=partial)
-
-
 async def status_command(
     args: argparse.Namespace, *, open_backend: OpenBackend, resolve_job: ResolveJob
 ) -> None:
@@ -185,7 +177,7 @@ async def status_command(
                     view.exit_code,
                     failure.code if failure else None,
                     one_line(failure.message, 300) if failure else None,
-                    await _stderr_tail(compute, job_id, view.task_id),
+                    await read_stderr_tail(compute, job_id, view.task_id, lines=STATUS_TAIL_LINES),
                 )
             )
     counts = counts_of(views)

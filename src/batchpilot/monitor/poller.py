@@ -34,7 +34,7 @@ from ..text import TAIL_BYTES, tail_text
 from .state import TaskTracker
 
 _log = structlog.get_logger("batchpilot.monitor")
-_STDERR_TAIL_LINES = 10
+STDERR_TAIL_LINES = 10
 _PAGE = 1000  # tasks per page of a listing (the service's maximum)
 INTERVALS_KEPT = 100  # a run monitored for days polls tens of thousands of times: keep the latest
 
@@ -240,19 +240,24 @@ class Poller:
         return moved or bool(events)
 
     async def _stderr_tail(self, task_id: str) -> str:
-        """The last lines of the task's stderr, from its last `TAIL_BYTES` bytes only (a byte range: a task
-        can write gigabytes, BatchExplorer#457), each line capped and escaped (`text.tail_text`)."""
-        try:
-            data = await self._compute.read_task_file(
-                self._tracker.job_id, task_id, "stderr.txt", tail=TAIL_BYTES + 1
-            )
-        except BackendError:
-            # Gone (the node), unreachable, or a range the file no longer has: the summary still names the
-            # task and its failure code, and a tail that cannot be read never fails the run.
-            return ""
-        # More came before, and not a whole line: the first line read is cut.
-        partial = len(data) > TAIL_BYTES and data[-TAIL_BYTES - 1 : -TAIL_BYTES] != b"\n"
-        return tail_text(data[-TAIL_BYTES:], lines=_STDERR_TAIL_LINES, partial=partial)
+        return await read_stderr_tail(self._compute, self._tracker.job_id, task_id)
+
+
+async def read_stderr_tail(
+    compute: Compute, job_id: str, task_id: str, *, lines: int = STDERR_TAIL_LINES
+) -> str:
+    """The last `lines` lines of a task's stderr, read from its last `TAIL_BYTES` bytes only (a byte range: a
+    task can write gigabytes, BatchExplorer#457), each line capped and escaped (`text.tail_text`); "" when it
+    cannot be read. Used by the run's summary, `batchpilot status` and the run report alike."""
+    try:
+        data = await compute.read_task_file(job_id, task_id, "stderr.txt", tail=TAIL_BYTES + 1)
+    except BackendError:
+        # Gone (the node), unreachable, or a range the file no longer has: the summary still names the task
+        # and its failure code, `batchpilot logs` reads the _logs/ copy, and a tail never fails a run.
+        return ""
+    # More came before, and not a whole line: the first line read is cut.
+    partial = len(data) > TAIL_BYTES and data[-TAIL_BYTES - 1 : -TAIL_BYTES] != b"\n"
+    return tail_text(data[-TAIL_BYTES:], lines=lines, partial=partial)
 
 
 def _minutes(span: timedelta) -> str:

@@ -14,8 +14,8 @@ from dataclasses import replace
 from datetime import datetime
 
 from ..backends.base import Compute
-from ..errors import NotFoundError, TransientBackendError
 from ..events import FailedTask, RunSummary, TaskFailed
+from ..monitor.poller import read_stderr_tail
 from ..monitor.state import TaskTracker
 from ..recorder import RunRecorder
 from ..recorder import Stage as RunStage
@@ -31,8 +31,6 @@ from .model import (
     failure_of,
     stages_of,
 )
-
-STDERR_TAIL_LINES = 10  # as the run's summary shows them (monitor/poller.py)
 
 
 def _node_window(recorders: Sequence[RunRecorder], now: datetime) -> tuple[datetime, datetime] | None:
@@ -139,7 +137,7 @@ async def of_job(compute: Compute, job_id: str, info: RunInfo, *, generated_at: 
     failed: list[FailedTask] = []
     for event in tracker.observe(views, at=generated_at):
         if isinstance(event, TaskFailed) and len(failed) < MAX_FAILURES:
-            event = _with_stderr(event, await _stderr_tail(compute, job_id, event.task_id))
+            event = _with_stderr(event, await read_stderr_tail(compute, job_id, event.task_id))
             reason = f"{event.failure.code}: {event.failure.message}" if event.failure else ""
             failed.append(FailedTask(event.task_id, event.exit_code, reason or "failed", event.stderr_tail))
         recorder.observe(event)
@@ -170,16 +168,6 @@ async def of_job(compute: Compute, job_id: str, info: RunInfo, *, generated_at: 
 
 def _with_stderr(event: TaskFailed, tail: str) -> TaskFailed:
     return replace(event, stderr_tail=tail)
-
-
-async def _stderr_tail(compute: Compute, job_id: str, task_id: str) -> str:
-    try:
-        # A byte range: a task's stderr may be gigabytes; its end is what a report shows.
-        data = await compute.read_task_file(job_id, task_id, "stderr.txt", tail=64_000)
-    except (NotFoundError, TransientBackendError):
-        return ""  # the node is gone (a pool deleted): the failure code still says what happened
-    lines = data[-64_000:].decode(errors="replace").strip().splitlines()
-    return "\n".join(lines[-STDERR_TAIL_LINES:])
 
 
 def _named(info: RunInfo, workload: str, job_id: str, pool_id: str, run_id: str) -> RunInfo:
