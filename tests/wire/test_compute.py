@@ -412,9 +412,11 @@ async def test_existing_active_job_is_reused(http: Http, backend: AzureBackend) 
     assert http.sent("PATCH") == []  # nothing to renew: no wall clock, and it never ends by itself
 
 
-async def test_a_reused_job_is_renewed_for_a_resumed_run(http: Http, backend: AzureBackend) -> None:
+async def test_a_reused_job_is_renewed_for_a_resumed_run(
+    http: Http, backend: AzureBackend, clock: FakeClock
+) -> None:
     http.batch_error("POST", "/jobs", 409, "JobExists")
-    created = datetime.now(UTC) - timedelta(hours=2)
+    created = clock.now() - timedelta(hours=2)  # "now" is the backend's clock's
     http.batch(
         "GET",
         "/jobs/job-1",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 from azure.batch import models as bm
@@ -243,7 +243,7 @@ class AzureCompute:
         if models.value_of(job.all_tasks_complete_mode) == "terminatejob":
             update.all_tasks_complete_mode = bm.BatchAllTasksCompleteMode.NO_ACTION
         if spec.max_wall_clock is not None and job.creation_time is not None:
-            lived = datetime.now(UTC) - job.creation_time
+            lived = self._clock.now() - job.creation_time
             update.constraints = bm.BatchJobConstraints(max_wall_clock_time=lived + spec.max_wall_clock)
         if update.all_tasks_complete_mode is None and update.constraints is None:
             return
