@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ..events import (
 )
 from ..records import FailureInfo
 
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _WARNINGS = (TaskFailed, TaskOutputsMissing, TaskRequeued, OutputDownloadFailed, MonitorDegraded)
 
 
@@ -63,9 +65,14 @@ class LogSubscriber:
 
     def __init__(self, logger: Any = None) -> None:
         self._log = logger or structlog.get_logger("batchpilot")
+        # The level is checked before an event's fields are built (the chain's filter_by_level would drop
+        # the line only after): under --log-level warning the per-task info events cost next to nothing.
+        self._enabled = logging.getLogger("batchpilot").isEnabledFor if logger is None else None
 
     async def __call__(self, event: Event) -> None:
         level = "warning" if isinstance(event, _WARNINGS) else "info"
         if isinstance(event, RunFinished) and not event.summary.ok:
             level = "error"
+        if self._enabled is not None and not self._enabled(_LEVELS[level]):
+            return
         getattr(self._log, level)(event.kind, **event_fields(event))
