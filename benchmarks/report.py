@@ -123,6 +123,7 @@ def _startup_rows(start: dict[str, Any], tiny: dict[str, Any] | None) -> list[Ro
     rows: list[Row] = [
         ("`import batchpilot.cli` (-X importtime, s)", None, start["import_cli_median_s"], "-"),
         ("`batchpilot --version`, wall (s)", None, start["version_median_s"], "-"),
+        ("`batchpilot --version`, CPU (s)", None, start.get("version_cpu_median_s"), "-"),
     ]
     if tiny is not None:
         rows.append(("local `run`: process start to run_started (s)", None, tiny["run_start_s"], "-"))
