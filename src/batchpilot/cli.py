@@ -418,8 +418,16 @@ def _checked_log_file(path: Path | None) -> Path | None:
     return path
 
 
-def _writable_folder(path: Path) -> Path:
+def _writable_folder(path: Path, *, create: bool = True) -> Path:
+    """`path`, checked writable (one line, exit 2, when not). Without `create`, a folder that does not exist
+    yet is left uncreated when the nearest folder above it is writable: the run creates it once it has
+    started, so a run refused before anything is created (a retired image, say) leaves no empty folder."""
     try:
+        if not create and not path.exists():
+            parent = next(folder for folder in path.absolute().parents if folder.exists())
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+            return path
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
@@ -496,7 +504,7 @@ async def _run(args: argparse.Namespace, report: RunReport | None = None) -> _Ou
     destination: Path | None = args.out or workload.download_to
     if destination is None:
         raise ConfigError("give --out DIR: where the outputs are written (or download_to in the workload)")
-    out = _writable_folder(destination)
+    out = _writable_folder(destination, create=False)
     cleanup = workload.cleanup
     workload = replace(
         workload,
@@ -513,6 +521,7 @@ async def _run(args: argparse.Namespace, report: RunReport | None = None) -> _Ou
     subscribers = _subscribers(args)
     async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
         summary = await orchestrator.run(workload, recorder=report.start(workload) if report else None)
+    _writable_folder(out)  # there even when no output was fetched
     return _Outcome(summary, out, args.backend)
 
 

@@ -84,6 +84,7 @@ def test_a_run_with_the_retired_image_creates_nothing(
     assert created(stats) == {}
     assert stats["requests"].get("pool.get", 0) <= 2  # the check looks for an existing pool; nothing else
     assert containers(azurite) == before  # no input or output container either
+    assert not (tmp_path / "o").exists()  # nor an empty --out folder
 
 
 def test_a_run_with_the_default_image_works(
