@@ -287,8 +287,14 @@ def _is_http_url(value: str) -> bool:
         parts.port  # noqa: B018 - raises on a port that is no number or out of range
     except ValueError:  # that, or an unclosed "[" of an IPv6 address
         return False
+    # A colon with no port after it ("http://127.0.0.1:/x") would fall back to port 80 and fail far later.
+    empty_port = parts.netloc.endswith(":") or ":/" in parts.netloc
     return (
-        parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not empty_port
+        and not parts.query
+        and not parts.fragment
     )
 
 

@@ -113,6 +113,16 @@ def test_entra_id_when_no_key() -> None:
             "malformed Storage connection string in AZURE_STORAGE_CONNECTION_STRING",
         ),
         ({**ENV, "AZURE_STORAGE_CONNECTION_STRING": "AccountName=s"}, None, "has no AccountKey"),
+        (
+            {**ENV, "AZURE_STORAGE_CONNECTION_STRING": AZURITE.replace(":10000/", ":/")},
+            None,
+            "malformed BlobEndpoint 'http://127.0.0.1:/devstoreaccount1'",
+        ),
+        (
+            {**ENV, "AZURE_BATCH_ENDPOINT": "http://127.0.0.1:"},
+            None,
+            "malformed Batch endpoint 'http://127.0.0.1:'",
+        ),
         ({}, "[azure.batch]\nendpont = 'x'\n", "unknown setting 'endpont' in \\[azure.batch\\]"),
         ({}, "[azure.batch\n", "cannot read config file"),
         ({}, "[azure.batch]\nendpoint = 3\n", "endpoint in \\[azure.batch\\] .* must be a string"),
