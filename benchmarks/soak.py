@@ -81,7 +81,8 @@ class SoakResult:
     task_listings: int = 0
     task_listing_mb: float = 0.0
     added: int = 0  # tasks serve's add requests created
-    # Tasks serve found existing when it added them: a collection applied, its answer lost, then sent again.
+    # Tasks serve found already in the job (a batch run again); a collection applied, its answer lost, then
+    # sent again counts its tasks as added, since this serve added them.
     found_existing: int = 0
     extra_tasks: int = 0  # tasks in the job that belong to no input
     missing_tasks: int = 0
@@ -129,7 +130,7 @@ class SoakResult:
         rows = [
             ("inputs", f"{self.inputs:,}"),
             ("tasks in the job", f"{self.tasks_in_job:,}"),
-            ("added (found existing on a resend)", f"{self.added:,} ({self.found_existing:,})"),
+            ("added (found already in the job)", f"{self.added:,} ({self.found_existing:,})"),
             ("batches run again (tasks not taken)", f"{self.batches_retried:,}"),
             ("attempts (requeued)", f"{self.attempts:,} ({self.requeues:,})"),
             ("faults injected", faults),
