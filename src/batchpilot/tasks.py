@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
@@ -173,27 +174,36 @@ def required_downloads(template: TaskTemplate, staged: StagedInput) -> tuple[str
 # --- names that must not meet -------------------------------------------------------------------------------
 
 
+def same_name_key(name: str) -> str:
+    """The form of `name` under which two names that one disk or service takes for one name compare equal:
+    case-folded, and in one Unicode normalisation (canonical equivalence: `é` as U+00E9 or as `e` + U+0301).
+    Batch ids ignore case; the disks of Windows and macOS ignore case, and macOS's disks ignore the
+    normalisation too (APFS and HFS+ look names up normalisation-insensitively), so either pair would
+    overwrite one another in `--out` there. Compatibility forms (`ﬁ` and `fi`) stay apart, as there."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
+
+
 def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> None:
     """ConfigError (one line naming both inputs) when two inputs would land on the same blob name, or two
     outputs (of one input or of two) on the same name in the download folder, where one would overwrite the
-    other (BatchExplorer#2956). Names are compared without regard to case: Batch ids are case-insensitive,
-    and so are the disks of Windows and macOS. Wildcard patterns are judged by the files they match, after
-    the task ran, not here."""
+    other (BatchExplorer#2956). Names are compared by `same_name_key`: without regard to case (Batch ids,
+    the disks of Windows and macOS) or Unicode normalisation (the disks of macOS). Wildcard patterns are
+    judged by the files they match, after the task ran, not here."""
     blobs: dict[str, StagedInput] = {}
     outputs: dict[str, tuple[StagedInput, int]] = {}
     for item in staged:
-        other = blobs.setdefault(item.blob_name.casefold(), item)
+        other = blobs.setdefault(same_name_key(item.blob_name), item)
         if other is not item:
             raise ConfigError(
                 f"inputs {other.label} and {item.label} would land on the same name ({other.blob_name!r} and "
-                f"{item.blob_name!r} differ at most in case); rename or remove one"
+                f"{item.blob_name!r} differ at most in case or Unicode normalisation); rename or remove one"
             )
         rendered = template.render_outputs(item.template_values())
         for index, name in enumerate(rendered):
             if glob.has_magic(name):
                 continue
             dest = f"{item.folder}/{name}" if item.folder else name
-            first, first_index = outputs.setdefault(dest.casefold(), (item, index))
+            first, first_index = outputs.setdefault(same_name_key(dest), (item, index))
             if first is item and first_index == index:
                 continue
             patterns = f"{template.outputs[first_index]!r} and {template.outputs[index]!r}"

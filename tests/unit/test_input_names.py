@@ -126,6 +126,9 @@ def staged(*names: str) -> list[StagedInput]:
     [
         (("a.log", "b.log"), ("result.gz",), ("/in/a.log", "/in/b.log")),  # one output name for two inputs
         (("App.log", "app.log"), ("{input_name}.gz",), ("/in/App.log", "/in/app.log")),  # case only
+        # é as one code point and as e + U+0301: one name to macOS's disks
+        (("caf\u00e9.log", "cafe\u0301.log"), ("{input_name}.gz",), ("/in/caf", "normalisation")),
+        (("d\u00e9/a.log", "de\u0301/A.log"), ("{stem}",), ("/in/d",)),  # in a folder's name, with case
         (("d1/A.log", "d1/a.log"), ("{stem}",), ("/in/d1/A.log", "/in/d1/a.log")),
         (("a.log",), ("{stem}.gz", "a.gz"), ("/in/a.log", "'{stem}.gz' and 'a.gz'")),  # two patterns
         (("a.tar.gz", "a.tar.bz2"), ("{stem}.txt",), ("/in/a.tar.gz", "/in/a.tar.bz2")),  # stems meet

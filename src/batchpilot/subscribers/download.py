@@ -42,6 +42,7 @@ from ..events import (
 from ..files import md5_of
 from ..records import BlobInfo
 from ..spec import leaves_root
+from ..tasks import same_name_key
 
 Publish = Callable[..., Awaitable[None]]
 
@@ -116,7 +117,7 @@ class OutputDownloader:
                 continue
             dest = run.folder / posixpath.normpath(relative)
             claimed = self._claimed.setdefault(run_id, {})
-            owner = claimed.setdefault(posixpath.normpath(relative).casefold(), task_id)
+            owner = claimed.setdefault(same_name_key(posixpath.normpath(relative)), task_id)
             if owner != task_id:
                 error = (
                     f"{dest} is an output of task {owner} too: not overwritten; make the outputs' names"
