@@ -28,7 +28,7 @@ from .backoff import BackoffPolicy
 from .bus import Subscriber
 from .cli_errors import backend_error_line
 from .cli_report import RollingReport, RunReport, add_report_command, add_report_option, report_command
-from .cli_status import add_status_commands, logs_command, status_command
+from .cli_status import add_status_commands, backend_arg, logs_command, status_command
 from .cli_workload import add_workload_arguments, resolve_pool, resolve_service_workload, resolve_workload
 from .emulator import cli as emulator_cli
 from .engine import EngineSettings, Orchestrator
@@ -54,6 +54,7 @@ from .spec import (
     check_container_name,
 )
 from .staging import stage_inputs
+from .subscribers.cleanup import cleanup_command
 from .subscribers.log import LogSubscriber
 from .subscribers.progress import ProgressDisplay
 from .text import escape_controls, one_line
@@ -330,7 +331,7 @@ def _add_log_options(parser: argparse.ArgumentParser) -> None:
 class _Outcome:
     summary: RunSummary
     out: Path
-    backend: str
+    backend: str  # what follows --backend in the commands the summary prints (cli_status.backend_arg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -379,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BackendError as exc:
         # The remedy (`batchpilot cleanup ...`) is the command line's: backends only say what happened.
-        _say(backend_error_line(exc, getattr(args, "backend", "local")))
+        _say(backend_error_line(exc, backend_arg(args)))
         return EXIT_FAILED
     except BatchpilotError as exc:
         _say(f"batchpilot: {type(exc).__name__}: {exc}")
@@ -522,7 +523,7 @@ async def _run(args: argparse.Namespace, report: RunReport | None = None) -> _Ou
     async with Orchestrator(_backend(args), subscribers=subscribers, settings=settings) as orchestrator:
         summary = await orchestrator.run(workload, recorder=report.start(workload) if report else None)
     _writable_folder(out)  # there even when no output was fetched
-    return _Outcome(summary, out, args.backend)
+    return _Outcome(summary, out, backend_arg(args))
 
 
 async def _report(args: argparse.Namespace) -> None:
@@ -685,7 +686,8 @@ def _finish_run(outcome: _Outcome) -> int:
     # Pools cost money for as long as they have nodes: what the run leaves behind is said, with its remedy.
     for kept in outcome.summary.kept:
         if kept.resource == "pool":
-            _say(f"  pool:    {kept.resource_id}: {kept.reason}. Delete it now: {kept.delete_command}")
+            delete = cleanup_command(outcome.backend, pool=kept.resource_id)  # with the run's --state-dir
+            _say(f"  pool:    {kept.resource_id}: {kept.reason}. Delete it now: {delete}")
     return EXIT_OK if outcome.summary.ok else EXIT_FAILED
 
 

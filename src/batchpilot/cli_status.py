@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -213,9 +214,21 @@ async def status_command(
         for line in item.stderr_tail.splitlines():
             _print(f"           | {line}")
         if item.stderr_tail:
-            _print(f"           (more: batchpilot logs --backend {args.backend} {job_id} {item.task_id})")
+            more_of = f"batchpilot logs --backend {backend_arg(args)} {job_id} {item.task_id}"
+            _print(f"           (more: {more_of})")
     if more:
         _print(f"  failed:  ... and {more:,} more (--log-format json lists {STATUS_FAILED_SHOWN} too)")
+
+
+def backend_arg(args: argparse.Namespace) -> str:
+    """What follows `--backend` in a command this one prints for the user to run next (`batchpilot logs`,
+    `status`, `cleanup`): the backend's name, and the local backend's `--state-dir DIR` when one was given,
+    without which the printed command looks in the default folder and finds no such job."""
+    backend: str = getattr(args, "backend", "local")
+    state_dir = getattr(args, "state_dir", None)
+    if backend == "local" and state_dir is not None:
+        return f"{backend} --state-dir {shlex.quote(str(state_dir))}"
+    return backend
 
 
 # --- logs ---------------------------------------------------------------------------------------------------
@@ -264,7 +277,8 @@ async def logs_command(args: argparse.Namespace, *, open_backend: OpenBackend) -
             views = await _listing(backend.compute, job_id, args.backend)
             if not any(view.task_id == task_id for view in views):
                 raise ConfigError(
-                    f"job {job_id} has no task {task_id}; `batchpilot status --job {job_id}` lists its failed"
+                    f"job {job_id} has no task {task_id}; `batchpilot status --backend {backend_arg(args)}"
+                    f" --job {job_id}` lists its failed"
                     " tasks"
                 )
             raise ConfigError(

@@ -5,6 +5,8 @@ Batch emulator with Azurite."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,3 +141,38 @@ def test_an_unknown_job_or_task_is_one_line(backend: Backend, tmp_path: Path) ->
         [line] = result.stderr.splitlines()
         assert message in line
         assert "Traceback" not in result.stderr
+
+
+def test_the_commands_printed_after_a_failure_work_as_printed_with_a_state_dir(
+    home: Path, tmp_path: Path
+) -> None:
+    """A local run given --state-dir: the follow-up commands the summary, `status` and `logs` print carry
+    it, so that each, run as printed, finds the job (they named only --backend: 'no such job')."""
+    backend = Backend("local", cli_env(home), None, home)
+    state = tmp_path / "state dir"  # a space: the printed flag is quoted for a shell
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "bad.txt").write_text("bad\n")
+    where = ["--backend", "local", "--state-dir", str(state)]
+    run = backend.cli("run", str(inputs), "--command", COMMAND, "--outputs", "{input_name}.out",
+                      "--out", str(tmp_path / "out"), "--log-format", "json", *where)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    [job_id] = {line["job_id"] for line in events(run) if line["event"] == "task_failed"}
+
+    def printed(text: str, start: str) -> list[str]:
+        [line] = [line for line in text.splitlines() if start in line]
+        return shlex.split(re.split("[`)]", line[line.index(start) :])[0])[1:]  # the first word: batchpilot
+
+    status = backend.cli("status", "--job", job_id, *where)
+    assert status.returncode == 0, status.stderr
+    logs = backend.cli(*printed(status.stdout, "batchpilot logs"))
+    assert (logs.returncode, logs.stdout) == (0, "one\ntwo \\x1b[2J\nlast line\n"), logs.stderr
+    unknown = backend.cli("logs", job_id, "no-such-task", *where)
+    again = backend.cli(*printed(unknown.stderr, "batchpilot status"))
+    assert again.stdout == status.stdout, again.stderr
+    [kept] = [line for line in (run.stderr + run.stdout).splitlines() if "the job is kept" in line]
+    cleanup = backend.cli(*printed(kept, "batchpilot cleanup"))
+    assert cleanup.returncode == 0, cleanup.stderr
+    gone = backend.cli("status", "--job", job_id, *where)
+    assert gone.returncode == 2
+    assert "no such job" in gone.stderr
