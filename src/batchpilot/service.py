@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import Protocol
 
 import anyio
@@ -125,8 +126,10 @@ def scan(folder: Path, pattern: str) -> dict[str, Stat]:
                 if entry.is_file():
                     info = entry.stat()
                     found[entry.name] = (info.st_size, info.st_mtime_ns)
-            except FileNotFoundError:
-                continue  # removed between the listing and the stat
+            except OSError:
+                # Removed between the listing and the stat, or a link that leads nowhere (a loop): not a
+                # file, and never a reason to miss the folder's other inputs.
+                continue
     return found
 
 
@@ -191,10 +194,21 @@ class FolderSource:
         """The inputs among `names` that cannot be read (opened, and their first byte read), with the
         system's reason. Blocking: call it in a worker thread."""
         found = {}
+        root = os.path.realpath(self.folder)
         for name in names:
+            path = self.folder / name
+            # A link is taken only to a file inside the folder: one dropped in to lead elsewhere (a key in
+            # ~/.ssh) would upload what it points at.
+            if path.is_symlink() and os.path.commonpath([root, os.path.realpath(path)]) != root:
+                found[name] = "a link to a file outside the watched folder"
+                continue
             try:
-                descriptor = os.open(self.folder / name, os.O_RDONLY | os.O_CLOEXEC)
+                # Non-blocking: a FIFO put in place of a listed file would wait for a writer forever.
+                descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
                 try:
+                    if not S_ISREG(os.fstat(descriptor).st_mode):
+                        found[name] = "not a regular file"
+                        continue
                     os.read(descriptor, 1)
                 finally:
                     os.close(descriptor)

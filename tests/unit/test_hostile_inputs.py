@@ -3,6 +3,7 @@ before a batch runs (issue 16, item 6)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from batchpilot import CleanupPolicy, Orchestrator
 from batchpilot.errors import ConfigError
 from batchpilot.events import Event, OutputDownloaded
 from batchpilot.metrics import Metrics
-from batchpilot.service import FolderSource, Service, WatchSettings
+from batchpilot.service import FolderSource, Service, WatchSettings, scan
 from batchpilot.spec import JobLifetime, PoolSpec, TaskTemplate, Workload
 from batchpilot.staging import stage_inputs
 from batchpilot.testing import InMemoryBackend, ScriptedTask, Succeed
@@ -97,3 +98,34 @@ async def test_an_input_unreadable_only_when_hashed_is_left_out_and_the_others_r
                 await done.wait()
             stop.set()
     assert sorted(fetched) == [f"good{index}.copy" for index in range(5)]
+
+
+def test_a_link_loop_in_a_watched_folder_hides_no_other_input(tmp_path: Path) -> None:
+    """A link loop made every look fail (ELOOP): the service saw none of the folder's inputs."""
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "a.txt").write_text("a")
+    assert list(scan(tmp_path, "*")) == ["a.txt"]
+
+
+def test_a_link_out_of_the_watched_folder_is_not_read(tmp_path: Path) -> None:
+    """A link dropped into a watched folder would upload whatever it points at (a key in ~/.ssh, say): a
+    link is taken only when it leads to a file inside the folder; others are reported and skipped."""
+    watched, outside = tmp_path / "watched", tmp_path / "outside"
+    watched.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (watched / "a.txt").write_text("a")
+    (watched / "out.txt").symlink_to(outside / "secret.txt")
+    (watched / "up.txt").symlink_to("../outside/secret.txt")
+    (watched / "in.txt").symlink_to("a.txt")
+    unreadable = FolderSource(watched).unreadable(["a.txt", "in.txt", "out.txt", "up.txt"])
+    assert sorted(unreadable) == ["out.txt", "up.txt"]
+    assert "outside the watched folder" in unreadable["out.txt"]
+
+
+def test_a_fifo_swapped_in_for_a_watched_input_does_not_block_its_reader(tmp_path: Path) -> None:
+    """A FIFO never counts as an input; one put in place of a listed file must not hang the check."""
+    os.mkfifo(tmp_path / "a.txt")
+    assert scan(tmp_path, "*") == {}
+    unreadable = FolderSource(tmp_path).unreadable(["a.txt"])
+    assert list(unreadable) == ["a.txt"]
