@@ -439,6 +439,25 @@ def _writable_folder(path: Path, *, create: bool = True) -> Path:
     return path
 
 
+def _check_out_apart(args: argparse.Namespace, out: Path, *, watch: Path | None = None) -> None:
+    """ConfigError (one line, exit 2) when --out is inside the local state folder, where an output could
+    replace a stored input, output or task file, or holds the watched folder, where each output would be
+    taken as a new input, and its output too, without end."""
+    where = os.path.realpath(out)
+    if args.backend == "local":
+        state = os.path.realpath(_state_root(args))
+        if os.path.commonpath([state, where]) == state:
+            raise ConfigError(
+                f"--out {out} is inside the local state folder {state}, where an output could replace a "
+                "stored file; choose a folder outside it"
+            )
+    if watch is not None and os.path.commonpath([where, os.path.realpath(watch)]) == where:
+        raise ConfigError(
+            f"--out {out} holds --watch {watch}: each output would be taken as a new input, without end; "
+            "choose an --out outside the watched folder"
+        )
+
+
 def _state_root(args: argparse.Namespace) -> Path:
     return args.state_dir if args.state_dir is not None else default_root()
 
@@ -506,6 +525,7 @@ async def _run(args: argparse.Namespace, report: RunReport | None = None) -> _Ou
     if destination is None:
         raise ConfigError("give --out DIR: where the outputs are written (or download_to in the workload)")
     out = _writable_folder(destination, create=False)
+    _check_out_apart(args, out)
     cleanup = workload.cleanup
     workload = replace(
         workload,
@@ -555,6 +575,7 @@ async def _serve(args: argparse.Namespace) -> str:
     if args.prefix and args.watch is not None:
         raise ConfigError("--prefix goes with --watch-container")
     report = RollingReport.from_args(args)  # an unwritable --report: exit 2 before anything
+    _check_out_apart(args, args.out, watch=args.watch)
     workload, pattern = await resolve_service_workload(args)
     workload = replace(
         workload,

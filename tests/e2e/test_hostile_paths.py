@@ -134,3 +134,35 @@ def test_a_workload_environment_reaches_the_task_but_not_the_orchestrators(
     assert "MY_SETTING=visible" in text
     assert "SOME_ORCHESTRATOR_VAR" not in text
     assert "canary" not in text
+
+
+@pytest.mark.parametrize("where", ["state", "state/storage", "state/batch/jobs"])
+def test_out_inside_the_local_state_is_one_line(batchpilot: Run, tmp_path: Path, where: str) -> None:
+    """--out inside the local state folder wrote outputs among the stored inputs, outputs and task dirs,
+    where an output could replace a stored blob or a task's file."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    state = tmp_path / "state"
+    result = batchpilot(
+        "run", str(tmp_path / "in"), "--command", "/bin/cp {input} {stem}.o", "--outputs", "{stem}.o",
+        "--state-dir", str(state), "--out", str(tmp_path / where),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "state folder" in _one_line(result)
+    assert not list(state.rglob("a.o"))
+
+
+def test_serve_writing_its_outputs_into_its_watched_folder_is_one_line(batchpilot: Run, tmp_path: Path) -> None:
+    """serve --out DIR --watch DIR took each output as a new input, and its output too: a.txt.o.o.o... grew
+    without end."""
+    watch = tmp_path / "w"
+    watch.mkdir()
+    (watch / "a.txt").write_text("a")
+    for out in (watch, tmp_path):  # the folder itself, or one its wildcard outputs' folders can reach
+        result = batchpilot(
+            "serve", "--watch", str(watch), "--out", str(out), "--command", "/bin/cp {input} {input_name}.o",
+            "--outputs", "{input_name}.o", timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "--watch" in _one_line(result)
+    assert sorted(path.name for path in watch.iterdir()) == ["a.txt"]
