@@ -80,7 +80,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"batchpilot: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _whole_number(minimum: int) -> Callable[[str], int]:
+def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -88,12 +88,17 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {maximum:,}")
         return value
 
     return parse
 
 
 _positive_int = _whole_number(1)
+# Each upload in flight is a worker and a connection: past a few hundred they only wait on each other.
+MAX_CONCURRENCY = 1000
+_concurrency = _whole_number(1, MAX_CONCURRENCY)
 _non_negative_int = _whole_number(0)
 
 
@@ -144,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the outputs are written (default: the workload file's download_to)",
     )  # fmt: skip
     run.add_argument(
-        "--concurrency", type=_positive_int, default=16, metavar="N", help="uploads in flight (default: 16)"
-    )
+        "--concurrency", type=_concurrency, default=16, metavar="N",
+        help=f"uploads in flight (default: 16, at most {MAX_CONCURRENCY})",
+    )  # fmt: skip
     run.add_argument("--keep-inputs", action="store_true", help="keep the input container after success")
     run.add_argument("--delete-job", action="store_true", help="delete the job after success")
     run.add_argument(
@@ -234,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /healthz and /metrics (Prometheus text) on 127.0.0.1:PORT (default: 0, off)",
     )  # fmt: skip
     serve.add_argument(
-        "--concurrency", type=_positive_int, default=16, metavar="N", help="uploads in flight (default: 16)"
-    )
+        "--concurrency", type=_concurrency, default=16, metavar="N",
+        help=f"uploads in flight (default: 16, at most {MAX_CONCURRENCY})",
+    )  # fmt: skip
     serve.add_argument(
         "--idle-shutdown", type=_minutes, metavar="MIN",
         help="resize the pool to zero nodes after MIN minutes without work (no task waiting or running, no "

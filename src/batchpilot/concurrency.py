@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sized
 from typing import TypeVar
 
 import anyio
@@ -17,6 +17,8 @@ async def for_each(items: Iterable[T], call: Callable[[T], Awaitable[None]], *, 
     each while it waits, which is 58 MB of the orchestrator's peak for 10,000 inputs. The first error cancels
     the rest, as in a task group.
     """
+    if isinstance(items, Sized):  # never more workers than items: `concurrency` may be any count
+        concurrency = min(concurrency, len(items))
     pending = iter(items)
 
     async def worker() -> None:

@@ -161,3 +161,43 @@ async def test_a_command_the_os_cannot_start_fails_that_task_with_a_reason(tmp_p
         assert views[task_id].result is TaskResult.FAILURE
         assert views[task_id].failure is not None
         assert views[task_id].failure.code == "CommandLineTooLong"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--concurrency", "1000000000"),  # started a billion upload workers for three inputs: a hang
+        ("--sample", "100000000"),  # began generating a hundred million clips
+    ],
+)
+def test_counts_from_the_command_line_have_a_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, str]
+) -> None:
+    from batchpilot.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    args = ["plan"] if flags[0] == "--sample" else ["run", "--command", "true", "--outputs", "x"]
+    if flags[0] != "--sample":
+        args += ["--out", str(tmp_path / "out"), str(tmp_path / "in")]
+    try:
+        code = main([*args, "--state-dir", str(tmp_path / "state"), *flags])
+    except SystemExit as exited:  # argparse's own refusal
+        code = exited.code
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "at most" in lines[0]
+    assert not (tmp_path / "state" / "samples").exists()
+
+
+async def test_a_fan_out_starts_no_more_workers_than_items() -> None:
+    from batchpilot.concurrency import for_each
+
+    seen: list[int] = []
+
+    async def call(item: int) -> None:
+        seen.append(item)
+
+    await for_each(range(3), call, concurrency=10**9)  # returns at once: three workers, not a billion
+    assert seen == [0, 1, 2]

@@ -56,11 +56,17 @@ def tool_dir(cache: Path) -> Path:
     return folder
 
 
+# Each clip is made with ffmpeg on this machine and kept in the state folder.
+MAX_SAMPLES = 1000
+
+
 async def make_samples(count: int, folder: Path, *, seconds: float = 3.0) -> tuple[Path, ...]:
     """`count` short MP4s (a tone over a black frame), each with its own pitch. Existing ones are kept, so
     the same `--sample N` command resumes."""
     if count < 1:
         raise ConfigError("--sample needs a number of files of at least 1")
+    if count > MAX_SAMPLES:
+        raise ConfigError(f"--sample {count:,}: at most {MAX_SAMPLES:,} clips; put more inputs in a folder")
     ffmpeg = find_ffmpeg()
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     paths = tuple(folder / f"sample-{index:03d}.mp4" for index in range(1, count + 1))
