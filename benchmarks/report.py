@@ -26,9 +26,10 @@ hashing the inputs and overlaps pool and job creation); *submit* to the last add
 last `TasksSubmitted`, which includes building tasks and signing their SAS URLs); *monitor* to the last task
 seen succeeded. Detection latency: from the emulator's `endTime` of each task to the moment the side saw it
 (batchpilot: its `TaskSucceeded` event, in-process; baseline: the loop's listing). Monitor bytes: what the
-emulator sent for `task.list` and `job.taskcounts`. Peak memory: `ru_maxrss` of the side's own worker process
-(interpreter and SDKs included). The tasks-only scenario skips uploads on both sides (inputs count as already
-in storage); batchpilot still hashes every input and signs a SAS per task, the baseline signs one per task."""
+emulator sent for `task.list` and `job.taskcounts`. Peak memory: `VmHWM` (peak resident set) of the side's
+own worker process (interpreter and SDKs included). The tasks-only scenario skips uploads on both sides
+(inputs count as already in storage); batchpilot still hashes every input and signs a SAS per task, the
+baseline signs one per task."""
 
 
 def _ratio(baseline: float | None, pilot: float | None) -> str:
@@ -75,7 +76,7 @@ def _scale_rows(results: dict[str, Any]) -> tuple[list[str], list[Row]] | None:
         row("CPU of the orchestrator (s)", [p.get("cpu_s") for p in sides]),
         row("  per 1,000 tasks (s)", [p.get("cpu_s", 0) / n for p, n in zip(sides, per, strict=True)]),
         row("CPU of the emulator (s)", [p.get("emulator_cpu_s") for p in sides]),
-        row("peak memory, ru_maxrss (MB)", [p["max_rss_mb"] for p in sides]),
+        row("peak memory, VmHWM (MB)", [p["max_rss_mb"] for p in sides]),
         row("  per 1,000 tasks (MB)", [p["max_rss_mb"] / n for p, n in zip(sides, per, strict=True)]),
         row("monitor requests", [p["monitor_requests"] for p in sides]),
         row("monitor bytes received (MB)", [p["monitor_bytes"] / 1e6 for p in sides]),
@@ -153,7 +154,7 @@ def _rows(scenario: dict[str, Any]) -> list[Row]:
         b, p = base[key], pilot[key]
         rows.append((f"detection latency {label} (s)", b, p, _ratio(b, p)))
     b, p = base["max_rss_mb"], pilot["max_rss_mb"]
-    rows.append(("peak memory, ru_maxrss (MB)", b, p, _ratio(b, p)))
+    rows.append(("peak memory, VmHWM (MB)", b, p, _ratio(b, p)))
     return rows
 
 
