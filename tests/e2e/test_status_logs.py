@@ -16,7 +16,7 @@ import pytest
 
 from batchpilot.emulator import RunningEmulator
 from tests.conftest import EmulatorFactory
-from tests.e2e.support import azure_env, cli_command, cli_env, events
+from tests.e2e.support import azure_env, cli_command, cli_env, events, kill_when_logged, wait_for
 from tests.emulator.support import Azurite, batch_client
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -176,3 +176,35 @@ def test_the_commands_printed_after_a_failure_work_as_printed_with_a_state_dir(
     gone = backend.cli("status", "--job", job_id, *where)
     assert gone.returncode == 2
     assert "no such job" in gone.stderr
+
+
+def test_logs_of_a_task_whose_node_is_gone_reads_no_stale_node_file(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+) -> None:
+    """The orchestrator is killed while a task runs, then the pool is deleted: the task is requeued (active,
+    no node). `status` says so, and `logs` reads no file from the node that is gone (the emulator served the
+    removed node's stderr as 'from the node'): one line, exit 2."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "slow.txt").write_text("x\n")
+    with start_emulator() as emulator:
+        backend = Backend("azure", azure_env(home, emulator, azurite), emulator, home)
+        log = tmp_path / "run.log"
+        command = "sh -c 'echo old >&2; sleep 60' {input}"
+        args = cli_command("run", str(inputs), "--command", command, "--backend", "azure",
+                           "--out", str(tmp_path / "out"), "--log-format", "json")  # fmt: skip
+        kill_when_logged(args, backend.env, log, '"state": "running"')
+        [running] = [
+            json.loads(line) for line in log.read_text().splitlines() if '"state": "running"' in line
+        ]
+        job_id, task_id = running["job_id"], running["task_id"]
+        wait_for(lambda: backend.cli("logs", job_id, task_id, "--backend", "azure").stdout == "old\n",
+                 "the task to write its stderr")  # fmt: skip
+        deleted = backend.cli("cleanup", "--backend", "azure", "--pool", "batchpilot-azure-pool")  # the run's
+        assert deleted.returncode == 0, deleted.stderr
+        status = ("status", "--job", job_id, "--backend", "azure")
+        wait_for(lambda: "1 active, 0 running" in backend.cli(*status).stdout, "the task to be requeued")
+        logs = backend.cli("logs", job_id, task_id, "--backend", "azure")
+        assert logs.returncode == 2, logs.stdout
+        [line] = logs.stderr.splitlines()
+        assert f"task {task_id} of job {job_id} has no stderr.txt to show" in line

@@ -591,6 +591,9 @@ class Runtime:
         task.requeue_count += 1
         task.last_requeue_time = self._now()
         task.start_time = None
+        # Its files were on the node it left (preempted, removed with its pool): as in Batch, Get Task File
+        # finds none until an attempt runs on a node again, rather than the last attempt's from a node gone.
+        task.task_dir = None
         job.transition(task, TaskState.ACTIVE, task.last_requeue_time)
         self._enqueue(job, [task])
 
