@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         service=True,
     )
     serve.add_argument(
-        "--metrics-port", type=_whole_number(0), default=0, metavar="PORT",
+        "--metrics-port", type=_whole_number(0, 65535), default=0, metavar="PORT",
         help="serve /healthz and /metrics (Prometheus text) on 127.0.0.1:PORT (default: 0, off)",
     )  # fmt: skip
     serve.add_argument(

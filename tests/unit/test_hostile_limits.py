@@ -201,3 +201,17 @@ async def test_a_fan_out_starts_no_more_workers_than_items() -> None:
 
     await for_each(range(3), call, concurrency=10**9)  # returns at once: three workers, not a billion
     assert seen == [0, 1, 2]
+
+
+def test_a_metrics_port_past_65535_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--metrics-port 99999 was a traceback (OverflowError from bind, in an exception group)."""
+    from batchpilot.cli import main
+
+    (tmp_path / "w").mkdir()
+    argv = ["serve", "--watch", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--command", "true"]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--outputs", "x", "--state-dir", str(tmp_path / "state"), "--metrics-port", "99999"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "65,535" in err
+    assert "Traceback" not in err
