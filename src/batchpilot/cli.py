@@ -421,6 +421,9 @@ def _say(line: str) -> None:
 
 
 def _checked_log_file(path: Path | None) -> Path | None:
+    # A FIFO with no reader would hold the CLI before it starts; a folder or a socket cannot be appended to.
+    if path is not None and (path.is_fifo() or path.is_dir() or path.is_socket()):
+        raise ConfigError(f"the log file {path} is not a regular file; choose another --log-file")
     if path is not None and not os.access(path.parent if not path.exists() else path, os.W_OK):
         raise ConfigError(f"cannot write the log file {path}; choose a writable --log-file")
     return path

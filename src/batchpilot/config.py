@@ -25,8 +25,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .files import read_small_file
 
 DEFAULT_TOML = Path("batchpilot.toml")
+# A settings file is a few lines: read no further (nor from a FIFO or a device: files.read_small_file).
+MAX_CONFIG_FILE_BYTES = 1 << 20
 
 # Azurite's documented development account; `UseDevelopmentStorage=true` means exactly this.
 _DEV_ACCOUNT = "devstoreaccount1"
@@ -157,14 +160,17 @@ def _read_toml(path: Path | None) -> dict[str, str]:
             return {}
         path = DEFAULT_TOML
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        document = tomllib.loads(read_small_file(path, MAX_CONFIG_FILE_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; create it or drop --config") from None
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise ConfigError(f"config file {path}: arrays or tables nested too deeply") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text; settings files are TOML") from None
-    except (OSError, ValueError) as exc:
-        # ValueError: tomllib's TOMLDecodeError, or an integer too long for Python to read.
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror}); give a TOML file") from None
+    except ValueError as exc:
+        # tomllib's TOMLDecodeError, or an integer too long for Python to read.
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     azure = document.get("azure", {})
     values: dict[str, str] = {}

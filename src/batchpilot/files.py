@@ -3,11 +3,13 @@ worker thread (`anyio.to_thread.run_sync`)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from .errors import StateInUseError
@@ -22,6 +24,21 @@ def md5_of(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """The content of the regular file `path`, of at most `limit` bytes. OSError as opening it raises, and
+    with EINVAL when it is no regular file (a FIFO would wait for a writer forever, a device like /dev/zero
+    never ends, and both say their size is 0), with EFBIG when it holds more than `limit` bytes; it is
+    opened without waiting and read no further than that."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        content = handle.read(limit + 1)
+    if len(content) > limit:
+        raise OSError(errno.EFBIG, f"over {limit:,} bytes", str(path))
+    return content
 
 
 # A file name on Linux file systems is at most 255 bytes.

@@ -21,6 +21,7 @@ Reading is blocking (the file, and the glob that finds the inputs): call it from
 from __future__ import annotations
 
 import enum
+import errno
 import glob
 import re
 import tomllib
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 from .attempts import RETRY_COUNT_RULE, is_retry_count
 from .errors import ConfigError
+from .files import read_small_file
 from .spec import (
     PLACEHOLDERS,
     BlobInputs,
@@ -510,12 +512,14 @@ MAX_WORKLOAD_FILE_BYTES = 1 << 20
 
 def _read_text(path: Path) -> str:
     try:
-        if path.stat().st_size > MAX_WORKLOAD_FILE_BYTES:
+        return read_small_file(path, MAX_WORKLOAD_FILE_BYTES).decode("utf-8")
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
             raise ConfigError(
                 f"the workload file {path} is over {MAX_WORKLOAD_FILE_BYTES:,} bytes; give a workload file"
-            )
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
+            ) from None
+        if exc.errno == errno.EINVAL:
+            raise ConfigError(f"the workload file {path} is not a regular file; give a TOML file") from None
         raise ConfigError(f"cannot read the workload file {path} ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text; workload files are TOML") from None

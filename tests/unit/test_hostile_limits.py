@@ -215,3 +215,62 @@ def test_a_metrics_port_past_65535_is_one_line(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert "65,535" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("option", ["--workload", "--config"])
+def test_a_settings_file_that_is_no_regular_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, option: str
+) -> None:
+    """--workload or --config naming a FIFO (read waited for a writer forever) or /dev/zero (read without
+    end: its size says 0) hung the CLI."""
+    import os
+
+    from batchpilot.cli import main
+
+    path = tmp_path / "settings.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    argv = ["plan", str(tmp_path / "in"), "--command", "true", "--outputs", "x", option, str(path)]
+    if option == "--workload":
+        argv = ["plan", option, str(path)]
+    else:
+        argv += [
+            "--backend",
+            "azure",
+            "--batch-endpoint",
+            "https://a.b.batch.azure.com",
+            "--batch-account",
+            "a",
+        ]
+    assert main([*argv, "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err
+    assert "regular file" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_log_file_that_is_a_fifo_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--log-file naming a FIFO with no reader hung the CLI before it ran anything."""
+    import os
+
+    from batchpilot.cli import main
+
+    os.mkfifo(tmp_path / "log")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    argv = [
+        "plan",
+        str(tmp_path / "in"),
+        "--command",
+        "true",
+        "--outputs",
+        "x",
+        "--log-file",
+        str(tmp_path / "log"),
+    ]
+    assert main([*argv, "--state-dir", str(tmp_path / "state")]) == 2
+    assert "regular file" in capsys.readouterr().err
