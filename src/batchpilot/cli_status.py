@@ -31,11 +31,12 @@ from typing import Any
 import anyio
 
 from .backends.base import Backend, Compute
+from .engine import MAX_JOB_GENERATIONS
 from .errors import ConfigError, NotFoundError
 from .logging import redact_text
 from .monitor.poller import read_stderr_tail
 from .records import TaskResult, TaskState, TaskView
-from .spec import check_batch_id, container_name
+from .spec import check_batch_id, container_name, job_generation_id
 from .tasks import LOGS_PREFIX
 from .text import decode, one_line, safe_text
 
@@ -124,13 +125,14 @@ def _print(text: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class FailedView:
-    """One failed task as `status` shows it."""
+    """One failed task as `status` shows it, and the job (generation) it is in."""
 
     task_id: str
     exit_code: int | None
     failure_code: str | None
     failure_message: str | None
     stderr_tail: str
+    job_id: str
 
 
 def counts_of(views: list[TaskView]) -> dict[str, int]:
@@ -157,14 +159,36 @@ async def _listing(compute: Compute, job_id: str, backend: str) -> list[TaskView
         ) from None
 
 
+async def _generations(
+    compute: Compute, job_id: str, backend: str
+) -> tuple[list[str], dict[str, tuple[str, TaskView]]]:
+    """The job and its later generations (`<job>-g2`, ...: where a re-run went on once the job had ended,
+    retrying its failed tasks there), and each task's home: the latest generation that has it, with its
+    view there, as the engine judges them (`Orchestrator._choose_job`). ConfigError when `job_id` itself
+    does not exist."""
+    generations = [job_id]
+    homes = {view.task_id: (job_id, view) for view in await _listing(compute, job_id, backend)}
+    for generation in range(2, MAX_JOB_GENERATIONS + 1):
+        later = job_generation_id(job_id, generation)
+        try:
+            views = await compute.list_tasks(later)
+        except NotFoundError:
+            break
+        generations.append(later)
+        homes.update((view.task_id, (later, view)) for view in views)
+    return generations, homes
+
+
 async def status_command(
     args: argparse.Namespace, *, open_backend: OpenBackend, resolve_job: ResolveJob
 ) -> None:
-    """`batchpilot status [--job JOB]`: prints the job's counts and failed tasks (bounded) to stdout."""
+    """`batchpilot status [--job JOB]`: prints the job's counts and failed tasks (bounded) to stdout. The
+    job's later generations (`JOB-g2`, ...) are read too: each task as the latest of them has it."""
     job_id = check_batch_id("job", args.job) if args.job else await resolve_job(args)
     async with open_backend() as backend:
         compute = backend.compute
-        views = await _listing(compute, job_id, args.backend)
+        generations, homes = await _generations(compute, job_id, args.backend)
+        views = [view for _, view in homes.values()]
         failed_views = sorted(
             (v for v in views if v.state is TaskState.COMPLETED and v.result is not TaskResult.SUCCESS),
             key=lambda view: view.task_id,
@@ -172,13 +196,15 @@ async def status_command(
         shown: list[FailedView] = []
         for view in failed_views[:STATUS_FAILED_SHOWN]:
             failure = view.failure
+            home = homes[view.task_id][0]
             shown.append(
                 FailedView(
                     view.task_id,
                     view.exit_code,
                     failure.code if failure else None,
                     one_line(failure.message, 300) if failure else None,
-                    await read_stderr_tail(compute, job_id, view.task_id, lines=STATUS_TAIL_LINES),
+                    await read_stderr_tail(compute, home, view.task_id, lines=STATUS_TAIL_LINES),
+                    home,
                 )
             )
     counts = counts_of(views)
@@ -186,12 +212,14 @@ async def status_command(
     if _json(args):
         document = {
             "job_id": job_id,
+            "generations": generations,
             "backend": args.backend,
             "tasks": len(views),
             **counts,
             "failed_tasks": [
                 {
                     "task_id": item.task_id,
+                    "job_id": item.job_id,
                     "exit_code": item.exit_code,
                     "failure_code": item.failure_code,
                     "failure_message": item.failure_message,
@@ -203,8 +231,9 @@ async def status_command(
         }
         _print(json.dumps(document))
         return
+    named = job_id if len(generations) == 1 else f"{job_id} and its later generations to {generations[-1]}"
     _print(
-        f"job {job_id} ({args.backend}): {len(views)} tasks: {counts['active']} active, {counts['running']}"
+        f"job {named} ({args.backend}): {len(views)} tasks: {counts['active']} active, {counts['running']}"
         f" running, {counts['succeeded']} succeeded, {counts['failed']} failed"
     )
     for item in shown:
@@ -214,7 +243,7 @@ async def status_command(
         for line in item.stderr_tail.splitlines():
             _print(f"           | {line}")
         if item.stderr_tail:
-            more_of = f"batchpilot logs --backend {backend_arg(args)} {job_id} {item.task_id}"
+            more_of = f"batchpilot logs --backend {backend_arg(args)} {item.job_id} {item.task_id}"
             _print(f"           (more: {more_of})")
     if more:
         _print(f"  failed:  ... and {more:,} more (--log-format json lists {STATUS_FAILED_SHOWN} too)")

@@ -94,7 +94,7 @@ def test_status_reads_the_job_after_the_run_has_ended(backend: Backend, tmp_path
     assert (document["tasks"], document["succeeded"], document["failed"]) == (2, 1, 1)
     [failed] = document["failed_tasks"]
     assert failed == {
-        "task_id": task_id, "exit_code": 3, "failure_code": "FailureExitCode",
+        "task_id": task_id, "job_id": job_id, "exit_code": 3, "failure_code": "FailureExitCode",
         "failure_message": failed["failure_message"], "stderr_tail": "one\ntwo \\x1b[2J\nlast line",
     }  # fmt: skip
     assert document["failed_not_shown"] == 0
@@ -208,3 +208,36 @@ def test_logs_of_a_task_whose_node_is_gone_reads_no_stale_node_file(
         assert logs.returncode == 2, logs.stdout
         [line] = logs.stderr.splitlines()
         assert f"task {task_id} of job {job_id} has no stderr.txt to show" in line
+
+
+def test_status_reads_the_later_generations_a_re_run_went_on_in(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+) -> None:
+    """A one-shot run's job ends with its last task; the re-run that retries its failed task goes on in
+    `<job>-g2`. `status` (by --job or by the run's arguments) read the first generation only and reported
+    the failure the re-run had fixed; it reads each task where the latest generation has it."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.txt").write_text("a\n")
+    flag = tmp_path / "flag"
+    run_args = [str(inputs), "--command", f"sh -c 'test -e {flag}' {{input}}", "--backend", "azure"]
+    with start_emulator() as emulator:
+        backend = Backend("azure", azure_env(home, emulator, azurite), emulator, home)
+        first = backend.cli("run", *run_args, "--out", str(tmp_path / "out"), "--log-format", "json")
+        assert first.returncode == 1, first.stderr
+        [job_id] = {line["job_id"] for line in events(first) if line["event"] == "task_failed"}
+        flag.touch()
+        again = backend.cli("run", *run_args, "--out", str(tmp_path / "out"))
+        assert again.returncode == 0, again.stderr
+        assert f"(job {job_id}-g2)" in again.stderr
+        named = backend.cli("status", "--job", job_id, "--backend", "azure")
+        derived = backend.cli("status", *run_args)
+        document = json.loads(backend.cli("status", *run_args, "--log-format", "json").stdout)
+    assert named.stdout == derived.stdout, derived.stderr
+    assert named.stdout.splitlines() == [
+        f"job {job_id} and its later generations to {job_id}-g2 (azure): 1 tasks: 0 active, 0 running,"
+        " 1 succeeded, 0 failed"
+    ]
+    assert (document["generations"], document["succeeded"], document["failed"]) == (
+        [job_id, f"{job_id}-g2"], 1, 0,
+    )  # fmt: skip
