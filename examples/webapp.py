@@ -29,11 +29,13 @@ import json
 import os
 import secrets
 import sys
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import anyio
 from aiohttp import web
@@ -189,16 +191,30 @@ def _bad(text: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=text + "\n")
 
 
+def is_text(value: object) -> TypeGuard[str]:
+    """True for a string that is text: JSON lets a body escape lone surrogates (`\\ud800`), which no file
+    name, file or command line can hold."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def plain_name(name: object) -> str | None:
-    """`name` if it is a plain file name (no folder, not hidden, no control characters, at most 255 bytes)."""
+    """`name` if it is a plain file name (no folder, not hidden, no control or format characters such as a
+    bidi override, which shows a name other than the one it is; at most 255 bytes)."""
     if (
         not isinstance(name, str)
+        or not is_text(name)
         or not name
         or name.startswith(".")
         or "/" in name
         or "\\" in name
-        or any(ord(char) < 32 or ord(char) == 127 for char in name)
-        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+        or any(unicodedata.category(char) in ("Cc", "Cf") for char in name)
+        or len(name.encode("utf-8")) > MAX_NAME_BYTES
     ):
         return None
     return name
@@ -209,9 +225,9 @@ def parse_job(body: object) -> tuple[str, tuple[str, ...], dict[str, str]]:
     if not isinstance(body, dict):
         raise _bad('give a JSON object: {"command": ..., "outputs": [...], "files": {...}}')
     command, outputs, files = body.get("command"), body.get("outputs"), body.get("files")
-    if not isinstance(command, str) or not command.strip():
+    if not is_text(command) or not command.strip():
         raise _bad('"command" must be a non-empty string, like "gzip -k {input}"')
-    if not isinstance(outputs, list) or not all(isinstance(pattern, str) and pattern for pattern in outputs):
+    if not isinstance(outputs, list) or not all(is_text(pattern) and pattern for pattern in outputs):
         raise _bad('"outputs" must be a list of file patterns, like ["{input_name}.gz"] (or [])')
     if len(outputs) > MAX_OUTPUTS:
         raise _bad(f'"outputs" holds {len(outputs)} patterns; at most {MAX_OUTPUTS}')
@@ -222,8 +238,8 @@ def parse_job(body: object) -> tuple[str, tuple[str, ...], dict[str, str]]:
     for name, text in files.items():
         if plain_name(name) is None:
             raise _bad(f"file name {name!r}: give a plain name, like a.txt (no folder, no dot first)")
-        if not isinstance(text, str):
-            raise _bad(f"file {name!r}: its content must be a string")
+        if not is_text(text):
+            raise _bad(f"file {name!r}: its content must be a string of text")
     return command, tuple(outputs), dict(files)
 
 

@@ -133,6 +133,13 @@ BAD_BODIES = [
     {"command": "true", "outputs": [], "files": {"a": 5}},
     {"command": "true", "outputs": ["../../../../../../ESCAPE-MARK.txt"], "files": {"a": "x"}},
     {"command": "true", "outputs": ["/tmp/ESCAPE-MARK.txt"], "files": {"a": "x"}},
+    # Lone surrogates are valid JSON escapes but no text: each was a 500 (UnicodeEncodeError) after the job's
+    # folder was made. A bidi override shows a name other than the one it is.
+    {"command": "true", "outputs": [], "files": {"\ud800.txt": "x"}},
+    {"command": "true", "outputs": [], "files": {"a.txt": "x\udfff"}},
+    {"command": "true \ud800", "outputs": [], "files": {"a.txt": "x"}},
+    {"command": "true", "outputs": ["\ud800"], "files": {"a.txt": "x"}},
+    {"command": "true", "outputs": [], "files": {"a\u202eexe.txt": "x"}},
 ]
 
 
