@@ -61,6 +61,16 @@ async def _hash_files(
     raised after all were tried, never from inside the fan-out (where it would arrive as a group)."""
     staged: dict[Path, StagedInput] = {}
     unreadable: dict[Path, str] = {}
+    misnamed = [path for path in paths if not _is_text(f"{folders.get(path, '')}/{path.name}")]
+    if misnamed:
+        # A name of bytes that are no UTF-8 cannot be a blob name (a blob name is text): one line naming it,
+        # with its bytes written out, before any input is read.
+        others = f" (and {len(misnamed) - 1} more)" if len(misnamed) > 1 else ""
+        raise UnreadableInputError(
+            f"input {_shown(misnamed[0])} has a name that is not UTF-8 text, which a blob name must "
+            f"be{others}; rename it or remove it",
+            paths=tuple(str(path) for path in misnamed),
+        )
 
     def read(path: Path) -> StagedInput:
         return StagedInput.for_path(path, md5_of(path), path.stat().st_size, folder=folders.get(path, ""))
@@ -80,6 +90,20 @@ async def _hash_files(
             paths=tuple(str(path) for path in unreadable),
         )
     return [staged[path] for path in paths]
+
+
+def _is_text(name: str) -> bool:
+    """False for a name holding bytes that are no UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(path: Path) -> str:
+    """`path` as text, its bytes that are no UTF-8 written out (`\\xff`)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 async def _list_blobs(source: BlobInputs, storage: Storage) -> list[StagedInput]:

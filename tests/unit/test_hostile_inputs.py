@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from batchpilot import CleanupPolicy, Orchestrator
-from batchpilot.errors import ConfigError
+from batchpilot.errors import ConfigError, UnreadableInputError
 from batchpilot.events import Event, OutputDownloaded
 from batchpilot.metrics import Metrics
 from batchpilot.service import FolderSource, Service, WatchSettings, scan
@@ -129,3 +129,28 @@ def test_a_fifo_swapped_in_for_a_watched_input_does_not_block_its_reader(tmp_pat
     assert scan(tmp_path, "*") == {}
     unreadable = FolderSource(tmp_path).unreadable(["a.txt"])
     assert list(unreadable) == ["a.txt"]
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+async def test_an_input_whose_name_is_not_utf8_is_one_error_naming_it(tmp_path: Path) -> None:
+    """A file named with bytes that are no UTF-8 (b'\\xff\\xfe bad.txt') crashed the run with a traceback
+    (UnicodeEncodeError making its blob URL): a blob name is text. It is named in one line, as an input that
+    cannot be read is, so that `serve` leaves it out and runs the others."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("x")
+    bad = Path(os.fsdecode(bytes(folder) + b"/\xff\xfe bad.txt"))
+    _write(bad, "y")
+    workload = Workload("w", (folder / "ok.txt", bad), TaskTemplate("true {input}", ()), PoolSpec("p"))
+    with pytest.raises(UnreadableInputError) as caught:
+        await stage_inputs(workload, None, concurrency=2)
+    message = str(caught.value)
+    assert "not UTF-8" in message
+    assert "\\xff\\xfe bad.txt" in message
+    message.encode("utf-8")  # the line itself is text
+    assert caught.value.paths == (str(bad),)
