@@ -274,3 +274,35 @@ def test_a_log_file_that_is_a_fifo_is_one_line(tmp_path: Path, capsys: pytest.Ca
     ]
     assert main([*argv, "--state-dir", str(tmp_path / "state")]) == 2
     assert "regular file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["port in use", "port past 65535", "key file a fifo"])
+def test_the_emulator_refuses_what_it_cannot_serve_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """A port in use was a traceback (OSError from bind), 99999 an OverflowError, and a --key-file naming a
+    FIFO hung the emulator before it listened (its size says 0)."""
+    import os
+    import socket
+
+    from batchpilot.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = ["emulator", "--workdir", str(tmp_path / "emu")]
+        if case == "port in use":
+            argv += ["--port", str(taken.getsockname()[1])]
+        elif case == "port past 65535":
+            argv += ["--port", "99999"]
+        else:
+            os.mkfifo(tmp_path / "key")
+            argv += ["--port", "0", "--key-file", str(tmp_path / "key")]
+        try:
+            code = main(argv)
+        except SystemExit as exited:  # argparse's own refusal
+            code = exited.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err

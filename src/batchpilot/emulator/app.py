@@ -24,6 +24,7 @@ import anyio
 import structlog
 from aiohttp import web
 
+from ..errors import ConfigError
 from ..records import TaskState
 from .auth import MAX_REQUEST_SKEW, fresh, verify
 from .config import EmulatorConfig
@@ -895,7 +896,13 @@ async def running(config: EmulatorConfig) -> AsyncIterator[RunningEmulator]:
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # in use, or an address not of this machine: the user's to change
+            raise ConfigError(
+                f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
+                "choose another --port or --host"
+            ) from None
         port = _bound_port(runner)
         endpoint = f"http://{config.host}:{port}"
         log.info("emulator.listening", endpoint=endpoint, account=config.account)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import errno
 import math
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from ..errors import ConfigError
+from ..files import read_small_file
 from .config import DEFAULT_ACCOUNT, DEFAULT_KEY, EmulatorConfig
 from .faults import FaultConfig, OutageMode, RequestKind
 from .images import DEFAULT_IMAGES, load_images
@@ -26,7 +28,7 @@ _MAX_KEY_FILE_BYTES = 4096
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one")
+    parser.add_argument("--port", type=_port, default=0, help="port to listen on; 0 picks a free one")
     parser.add_argument(
         "--account", default=DEFAULT_ACCOUNT, help="Batch account name (default: %(default)s)"
     )
@@ -180,6 +182,17 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0..65535 (argparse's one-line refusal otherwise)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: 0 to 65535")
+    return port
+
+
 async def run_from_args(args: argparse.Namespace) -> None:
     """Serve until cancelled (Ctrl-C). A bad combination of flags raises ConfigError before listening."""
     from .app import serve  # aiohttp's server and the storage SDK: loaded only to serve
@@ -196,12 +209,15 @@ def _key(given: str | None, key_file: Path | None) -> str:
         raise ConfigError("give the emulator's key once: --key-file or --key, not both")
     if key_file is not None:
         try:
-            if key_file.stat().st_size > _MAX_KEY_FILE_BYTES:
+            # Regular files only, read no further than the limit: a FIFO or a device says its size is 0.
+            key = read_small_file(key_file, _MAX_KEY_FILE_BYTES).decode("utf-8").strip()
+        except OSError as exc:
+            if exc.errno == errno.EFBIG:
                 raise ConfigError(
                     f"{key_file} is too large to be a key file (at most {_MAX_KEY_FILE_BYTES} bytes)"
-                )
-            key = key_file.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
+                ) from None
+            raise ConfigError(f"cannot read the key file {key_file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise ConfigError(f"cannot read the key file {key_file}: {reason}") from None
         source = str(key_file)
