@@ -644,9 +644,12 @@ class StagedInput:
 
     @property
     def node_path(self) -> str:
-        """Where the input lands in the task's working dir (its resource file's path, `{input}`): a local
-        input under its own name (each task has a working dir of its own), a blob under its blob name."""
-        return self.name if self.path is not None else self.blob_name
+        """Where the input lands in the task's working dir (its resource file's path, `{input}`): under its
+        own file name, a local input's or a blob's alike (each task has a working dir of its own), so that a
+        command that writes beside its input (`gzip -k {input}`) writes where the output patterns, relative
+        to the working dir, look. A blob staged under its whole name (`2024/a/x.txt`) left `x.txt.gz` in
+        `2024/a/`, and `{input_name}.gz` matched nothing. Its folder still decides where outputs land."""
+        return self.name
 
     @property
     def label(self) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from azure.storage.blob import BlobServiceClient
 
 from batchpilot import CleanupPolicy, Orchestrator, PoolSpec, TaskTemplate, Workload
 from batchpilot.backends.azure import AzureBackend
@@ -213,6 +214,47 @@ def test_retry_failed_is_a_workload_key(cli: Cli, tmp_path: Path) -> None:
     again = cli("run", "--workload", "w.toml", "--out", "out")
     assert again.returncode == 1, _summary(again)
     assert _finished(again)["tasks_retried"] == 0
+
+
+@pytest.mark.parametrize("backend", ["local", "azure"])
+def test_blob_inputs_in_nested_folders_are_staged_where_the_outputs_are_looked_for(
+    backend: str, request: pytest.FixtureRequest, home: Path, tmp_path: Path
+) -> None:
+    """README's gzip workload with its inputs already in a container (`prefix = "2024/"`): every task
+    failed "no file matched output pattern 'a/x.txt.gz'": the blob was staged under its whole name, and
+    `gzip -k {input}` wrote beside it, not where `{input_name}.gz` is looked for."""
+    blobs = {"2024/x.txt": "top", "2024/a/x.txt": "one", "2024/b/c/x.txt": "two", "2023/x.txt": "old"}
+    if backend == "local":
+        env = cli_env(home)
+        for name, text in blobs.items():
+            path = home / "local" / "storage" / "raw-logs" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        cli = _runner(env, "local", tmp_path)
+        result = _blob_gzip_run(cli, tmp_path)
+    else:
+        azurite: Azurite = request.getfixturevalue("azurite")
+        start_emulator: EmulatorFactory = request.getfixturevalue("start_emulator")
+        with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+            container = service.get_container_client("raw-logs")
+            if not container.exists():
+                container.create_container()
+            for name, text in blobs.items():
+                container.upload_blob(name, text, overwrite=True)
+        with start_emulator() as emulator:
+            result = _blob_gzip_run(_runner(azure_env(home, emulator, azurite), "azure", tmp_path), tmp_path)
+    assert result.returncode == 0, _summary(result)
+    out = tmp_path / "out"
+    found = {str(p.relative_to(out)): gzip.decompress(p.read_bytes()).decode() for p in out.rglob("*.gz")}
+    assert found == {"x.txt.gz": "top", "a/x.txt.gz": "one", "b/c/x.txt.gz": "two"}
+
+
+def _blob_gzip_run(cli: Cli, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "w.toml").write_text(
+        '[workload]\nname = "blobs"\ninputs = { container = "raw-logs", prefix = "2024/" }\n'
+        'command = "gzip -k {input}"\noutputs = ["{input_name}.gz"]\n'
+    )
+    return cli("run", "--workload", "w.toml", "--out", "out")
 
 
 # --- 3. names that must not meet ------------------------------------------------------------------------

@@ -104,8 +104,9 @@ def test_a_name_too_long_to_build_names_from_gets_a_short_one() -> None:
     assert len(long.safe_path) < 80
 
 
-def test_a_blob_input_in_folders_keeps_its_path_when_every_part_is_safe() -> None:
-    assert StagedInput.for_blob("videos/2024/a.mp4", None, 1).safe_path == "videos/2024/a.mp4"
+def test_a_blob_input_in_folders_is_staged_under_its_file_name_as_a_local_input() -> None:
+    # In the task's own working dir, where the output patterns look (`gzip -k {input}` writes beside it).
+    assert StagedInput.for_blob("videos/2024/a.mp4", None, 1).safe_path == "a.mp4"
     for hostile in ("videos/$(id)/a.mp4", "videos/2024/-a.mp4", "../a.mp4", "videos/a b.mp4"):
         staged = StagedInput.for_blob(hostile, None, 1)
         assert SAFE.fullmatch(staged.safe_path), staged.safe_path

@@ -71,7 +71,7 @@ def test_blob_inputs_are_named_by_their_blob_and_fingerprinted_by_md5_or_size():
     assert (blob.name, blob.blob_name, blob.path) == ("clip one.mp4", "videos/2024/clip one.mp4", None)
     assert blob.task_id.startswith("clip-one-")
     assert blob.template_values() == {
-        "input": "videos/2024/clip one.mp4", "input_name": "clip one.mp4", "stem": "clip one",
+        "input": "clip one.mp4", "input_name": "clip one.mp4", "stem": "clip one",
         "task_id": blob.task_id,
     }  # fmt: skip
     same_name_elsewhere = StagedInput.for_blob("videos/2025/clip one.mp4", "ab" * 16, 100)
