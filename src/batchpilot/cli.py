@@ -568,14 +568,20 @@ async def _logs(args: argparse.Namespace) -> None:
     await logs_command(args, open_backend=lambda: _backend(args))
 
 
-async def _job_of(args: argparse.Namespace) -> str:
-    """The job `run` with these arguments would use."""
+async def _job_of(args: argparse.Namespace, backend: Backend) -> tuple[str, frozenset[str] | None]:
+    """The job `run` with these arguments would use, and the ids of its tasks for the inputs as they are
+    now (None when the inputs cannot be staged, moved or unreadable since: then every task of the job)."""
     try:
-        return (await resolve_workload(args, _state_root(args))).job_id
+        workload = await resolve_workload(args, _state_root(args))
     except NothingToRunError:
         raise ConfigError(
             "give --job JOB, or the arguments `run` was given (INPUTS, --workload FILE, --command)"
         ) from None
+    try:
+        staged = await stage_inputs(workload, backend.storage)
+    except (ConfigError, BackendError):
+        return workload.job_id, None
+    return workload.job_id, frozenset(item.task_id for item in staged)
 
 
 async def _serve(args: argparse.Namespace) -> str:

@@ -50,7 +50,8 @@ LOGS_TAIL_MAX = 1_000_000
 _STREAMS = {"stdout": "stdout.txt", "stderr": "stderr.txt"}
 
 OpenBackend = Callable[[], Backend]
-ResolveJob = Callable[[argparse.Namespace], Awaitable[str]]
+# The job `run` with these arguments uses, and the ids of the tasks it has there now (None: not known).
+ResolveJob = Callable[[argparse.Namespace, Backend], Awaitable[tuple[str, frozenset[str] | None]]]
 Options = Callable[[argparse.ArgumentParser], None]
 
 
@@ -183,12 +184,19 @@ async def status_command(
     args: argparse.Namespace, *, open_backend: OpenBackend, resolve_job: ResolveJob
 ) -> None:
     """`batchpilot status [--job JOB]`: prints the job's counts and failed tasks (bounded) to stdout. The
-    job's later generations (`JOB-g2`, ...) are read too: each task as the latest of them has it."""
-    job_id = check_batch_id("job", args.job) if args.job else await resolve_job(args)
+    job's later generations (`JOB-g2`, ...) are read too: each task as the latest of them has it. Given the
+    run's arguments instead of --job, only the tasks of that run's inputs and definitions are counted: a
+    task of an earlier command (a failure the changed command fixed) is one of the job's `other` tasks."""
     async with open_backend() as backend:
+        current: frozenset[str] | None = None
+        if args.job:
+            job_id = check_batch_id("job", args.job)
+        else:
+            job_id, current = await resolve_job(args, backend)
         compute = backend.compute
         generations, homes = await _generations(compute, job_id, args.backend)
-        views = [view for _, view in homes.values()]
+        views = [view for _, view in homes.values() if current is None or view.task_id in current]
+        other = len(homes) - len(views)
         failed_views = sorted(
             (v for v in views if v.state is TaskState.COMPLETED and v.result is not TaskResult.SUCCESS),
             key=lambda view: view.task_id,
@@ -228,6 +236,7 @@ async def status_command(
                 for item in shown
             ],
             "failed_not_shown": more,
+            "other_tasks": other,
         }
         _print(json.dumps(document))
         return
@@ -236,6 +245,11 @@ async def status_command(
         f"job {named} ({args.backend}): {len(views)} tasks: {counts['active']} active, {counts['running']}"
         f" running, {counts['succeeded']} succeeded, {counts['failed']} failed"
     )
+    if other:
+        _print(
+            f"  other:   {other:,} tasks of the job are of other inputs or earlier commands: not counted"
+            f" (`batchpilot status --backend {backend_arg(args)} --job {job_id}` counts every task)"
+        )
     for item in shown:
         code = f"exit code {item.exit_code}" if item.exit_code is not None else "no exit code"
         why = f"{item.failure_code}: {item.failure_message}" if item.failure_code else "failed"

@@ -241,3 +241,28 @@ def test_status_reads_the_later_generations_a_re_run_went_on_in(
     assert (document["generations"], document["succeeded"], document["failed"]) == (
         [job_id, f"{job_id}-g2"], 1, 0,
     )  # fmt: skip
+
+
+def test_status_by_the_run_s_arguments_counts_that_run_s_tasks_only(backend: Backend, tmp_path: Path) -> None:
+    """A failing command, then a fixed one ("done: 1 of 1"): `status` with the fixed run's arguments still
+    said "1 failed", counting the earlier command's task; it counts the run's own tasks, the rest apart."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.txt").write_text("a\n")
+    where, out = ["--backend", backend.name], ["--out", str(tmp_path / "out")]
+    failing = backend.cli("run", str(inputs), "--command", "sh -c 'exit 1' {input}", "--name", "fix",
+                          *where, *out)  # fmt: skip
+    assert failing.returncode == 1, failing.stderr
+    fixed_args = [str(inputs), "--command", "sh -c 'exit 0' {input}", "--name", "fix", *where]
+    fixed = backend.cli("run", *fixed_args, *out)
+    assert fixed.returncode == 0, fixed.stderr
+    derived = backend.cli("status", *fixed_args)
+    assert derived.returncode == 0, derived.stderr
+    lines = derived.stdout.splitlines()
+    assert lines[0].startswith("job batchpilot-fix")  # on the emulator, with -g2: the first job had ended
+    assert lines[0].endswith(f"({backend.name}): 1 tasks: 0 active, 0 running, 1 succeeded, 0 failed")
+    assert lines[1].startswith("  other:   1 tasks of the job are of other inputs or earlier commands")
+    document = json.loads(backend.cli("status", *fixed_args, "--log-format", "json").stdout)
+    assert (document["tasks"], document["failed"], document["other_tasks"]) == (1, 0, 1)
+    named = backend.cli("status", "--job", "batchpilot-fix", *where)
+    assert "2 tasks: 0 active, 0 running, 1 succeeded, 1 failed" in named.stdout.splitlines()[0]
