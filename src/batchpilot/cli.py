@@ -728,6 +728,11 @@ def _finish_run(outcome: _Outcome) -> int:
     return EXIT_OK if outcome.summary.ok else EXIT_FAILED
 
 
+def _count(n: int, noun: str) -> str:
+    """`1 failed task`, `2 failed tasks`."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def _added(summary: RunSummary) -> str:
     """`N added`, with how many of them are new because their definition changed."""
     if not summary.tasks_changed:
@@ -750,7 +755,7 @@ def summary_lines(summary: RunSummary, out: Path, backend: str) -> list[str]:
         f" in {summary.elapsed_s:.1f} s (job {summary.job_id})",
         f"  inputs:  {summary.uploaded} uploaded, {summary.upload_skipped} unchanged and skipped",
         f"  tasks:   {_added(summary)}, {summary.tasks_existing} already in the job and skipped"
-        + (f", {summary.tasks_retried} failed tasks retried" if summary.tasks_retried else ""),
+        + (f", {_count(summary.tasks_retried, 'failed task')} retried" if summary.tasks_retried else ""),
         f"  outputs: {summary.downloaded} downloaded to {out}, {summary.download_skipped} already there"
         + (f", {summary.download_failed} FAILED" if summary.download_failed else ""),
     ]

@@ -195,7 +195,7 @@ def test_only_the_failed_tasks_are_retried(cli: Cli, tmp_path: Path) -> None:
     flag.touch()
     again = cli("run", *args)
     assert again.returncode == 0, _summary(again)
-    assert "0 added, 1 already in the job and skipped, 1 failed tasks retried" in again.stderr
+    assert "0 added, 1 already in the job and skipped, 1 failed task retried" in again.stderr
     assert (tmp_path / "out" / "bad.txt.out").read_text() == "zyx\n"
 
 
