@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import Run
+from tests.conftest import EmulatorFactory
+from tests.e2e.support import Run, azure_env, cli_command
+from tests.emulator.support import Azurite
 
 PY = shlex.quote(sys.executable)
 COPY = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2])"
@@ -75,3 +78,28 @@ def test_counts_beyond_the_limits_are_one_line(
     )
     assert result.returncode == 2, result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+def test_an_output_named_as_long_as_the_file_system_allows_is_fetched_from_storage(
+    tmp_path: Path, home: Path, start_emulator: EmulatorFactory, azurite: Azurite
+) -> None:
+    """The Azure backend downloaded into `.<name>.<8 hex>.part`: for an output whose own name is 242 bytes
+    or more that name is too long for the file system, so the output was never fetched, run after run
+    (the local backend's temporary names were already cut to fit)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = "L" * 248 + ".txt"  # its output, {input_name}.o, is 254 characters
+    (folder / name).write_text("long\n")
+    out = tmp_path / "out"
+    with start_emulator(allocation_delay_s=0) as emulator:
+        result = subprocess.run(
+            cli_command(
+                "run", str(folder), "--backend", "azure", "--command", "cp {input} {input_name}.o",
+                "--outputs", "{input_name}.o", "--out", str(out), "--name", "long-output", "--nodes", "1",
+            ),
+            env=azure_env(home, emulator, azurite), capture_output=True, text=True, timeout=180,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (out / f"{name}.o").read_text() == "long\n"
+    assert [path.name for path in out.iterdir()] == [f"{name}.o"]

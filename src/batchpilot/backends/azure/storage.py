@@ -8,7 +8,6 @@ File I/O runs in worker threads (anyio), so a large upload or download never blo
 from __future__ import annotations
 
 import os
-import secrets as random_token
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +30,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from ...clock import Clock, SystemClock
 from ...config import StorageSettings
 from ...errors import ConfigError
+from ...files import temporary_sibling
 from ...records import BlobInfo, Permission, UploadOutcome
 from .errors import translated
 
@@ -137,8 +137,9 @@ class AzureStorage:
 
     async def download(self, container: str, blob_name: str, dest: Path) -> None:
         await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
-        # Same folder as dest, so the final rename is atomic and a partial file never has dest's name.
-        temp = dest.with_name(f".{dest.name}.{random_token.token_hex(4)}.part")
+        # Same folder as dest, so the final rename is atomic and a partial file never has dest's name; a
+        # name the file system takes however long dest's is (files.temporary_sibling).
+        temp = temporary_sibling(dest)
         try:
             with translated(f"download {container}/{blob_name}", self._secrets):
                 stream = await self._service.get_blob_client(container, blob_name).download_blob(
