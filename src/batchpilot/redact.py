@@ -20,6 +20,8 @@ _MIN_SECRET_LENGTH = 8
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # A SAS signature as a query value: `?sv=...&sig=abc%2F...&se=...`.
     (re.compile(r"(?i)\b(sig=)[^&\s'\"<>]+"), rf"\g<1>{MASK}"),
+    # The same URL-encoded, as a SAS URL carried inside another URL: `...%3Fsv%3D...%26sig%3Dabc%252F...%26`.
+    (re.compile(r"(?i)((?:%26|%3F|\b)sig%3D)(?:(?!%26)[^&\s'\"<>])+"), rf"\g<1>{MASK}"),
     # Connection string fields: `AccountKey=...;` and `SharedAccessSignature=...;`.
     (re.compile(r"(?i)\b(AccountKey=)[^;\s'\"]+"), rf"\g<1>{MASK}"),
     (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s'\"]+"), rf"\g<1>{MASK}"),
@@ -30,10 +32,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 # Every pattern above needs one of these in an ASCII text (compared in lower case, so a superset of what the
-# case-sensitive patterns match): a log line without any is not searched five times over. Other texts are
+# case-sensitive patterns match): a log line without any is not searched six times over. Other texts are
 # always searched: ignoring case, the patterns also match the long s (U+017F) for `s`
 # and the dotless i (U+0131) for `i`.
-_MARKERS = ("sig=", "accountkey=", "sharedaccesssignature=", "sharedkey", "bearer ")
+_MARKERS = ("sig=", "sig%3d", "accountkey=", "sharedaccesssignature=", "sharedkey", "bearer ")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

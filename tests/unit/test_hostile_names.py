@@ -134,3 +134,20 @@ def test_the_outputs_a_task_must_leave_are_looked_for_where_they_are_uploaded(na
     wildcard, single, _logs = task.output_files
     required = required_downloads(template, staged)
     assert required == (wildcard.file_pattern, single.path.removeprefix(f"{staged.task_id}/"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A SAS URL carried URL-encoded inside another URL (a copy source, a redirect, an error naming it).
+        "url=https%3A%2F%2Fa.blob.core.windows.net%2Fc%2Fb%3Fsv%3D1%26sig%3DLEAK%252Bx%26se%3D2",
+        "next=https%3a%2f%2fa%2fb%3fsv%3d1%26SIG%3dLEAK%252B",
+    ],
+)
+def test_a_sas_signature_url_encoded_inside_another_url_is_masked(text: str) -> None:
+    from batchpilot.redact import MASK, redact
+
+    masked = redact(text)
+    assert "LEAK" not in masked
+    assert MASK in masked
+    assert masked.endswith(("%26se%3D2", "%3d" + MASK))
