@@ -178,10 +178,15 @@ def fetch_json(url: str) -> dict[str, Any]:
 
 def completion_times(endpoint: str, account: str, key: str, job_id: str) -> tuple[dict[str, float], int]:
     """Each completed task's endTime, and the size of one completed task's record as the monitor selects it
-    (the answer to a one-task listing, less its empty envelope)."""
+    (the task's JSON in the answer to a one-task listing, without the page's envelope and next link)."""
     from batchpilot.backends.azure.models import TASK_VIEW_FIELDS
 
     sizes: list[int] = []
+
+    def record_size(body: bytes) -> int:
+        value = json.loads(body).get("value") or [None]
+        return len(json.dumps(value[0], separators=(",", ":"))) if value[0] is not None else 0
+
     with BatchClient(endpoint, AzureNamedKeyCredential(account, key)) as client:
         ended = {
             task.id: task.execution_info.end_time.timestamp()
@@ -190,11 +195,10 @@ def completion_times(endpoint: str, account: str, key: str, job_id: str) -> tupl
         }
         one = client.list_tasks(
             job_id, select=list(TASK_VIEW_FIELDS), filter="state eq 'completed'", max_results=1,
-            raw_response_hook=lambda response: sizes.append(len(response.http_response.body())),
+            raw_response_hook=lambda response: sizes.append(record_size(response.http_response.body())),
         )  # fmt: skip
         next(iter(one.by_page()), None)
-    envelope = len('{"value":[]}')
-    return ended, (sizes[0] - envelope if sizes else 0)
+    return ended, (sizes[0] if sizes else 0)
 
 
 def run_side(scenario: Scenario, side: str, azurite_port: int, inputs: list[str], work: Path) -> Measured:
