@@ -301,6 +301,19 @@ def _read_end(path: Path, tail: int) -> bytes:
         return handle.read(tail)
 
 
+async def _latest_home(compute: Compute, job_id: str, task_id: str) -> str:
+    """The generation of `job_id` (`job_id` itself, `<job>-g2`, ...) that last has `task_id`: a re-run
+    retries a failed task of an ended job in the next generation, where its latest attempt's files are.
+    One request (Get Task Counts of `<job>-g2`) when the job has no later generation."""
+    try:
+        await compute.task_counts(job_generation_id(job_id, 2))
+    except NotFoundError:
+        return job_id
+    _, homes = await _generations(compute, job_id, "")
+    home = homes.get(task_id)
+    return home[0] if home is not None else job_id
+
+
 async def logs_command(args: argparse.Namespace, *, open_backend: OpenBackend) -> None:
     """`batchpilot logs JOB TASK [--stderr|--stdout] [--tail BYTES]`: prints the end of the file."""
     job_id = check_batch_id("job", args.job)
@@ -309,8 +322,9 @@ async def logs_command(args: argparse.Namespace, *, open_backend: OpenBackend) -
     tail: int = args.tail
     source = "node"
     async with open_backend() as backend:
+        home = await _latest_home(backend.compute, job_id, task_id)
         try:
-            data: bytes | None = await backend.compute.read_task_file(job_id, task_id, name, tail=tail + 1)
+            data: bytes | None = await backend.compute.read_task_file(home, task_id, name, tail=tail + 1)
         except NotFoundError:
             data = None
         if data is None:
@@ -334,7 +348,7 @@ async def logs_command(args: argparse.Namespace, *, open_backend: OpenBackend) -
         _print(
             json.dumps(
                 {
-                    "job_id": job_id,
+                    "job_id": home,  # the generation read: JOB, or JOB-g2... where a re-run retried it
                     "task_id": task_id,
                     "file": name,
                     "source": source,

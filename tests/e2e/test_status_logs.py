@@ -266,3 +266,30 @@ def test_status_by_the_run_s_arguments_counts_that_run_s_tasks_only(backend: Bac
     assert (document["tasks"], document["failed"], document["other_tasks"]) == (1, 0, 1)
     named = backend.cli("status", "--job", "batchpilot-fix", *where)
     assert "2 tasks: 0 active, 0 running, 1 succeeded, 1 failed" in named.stdout.splitlines()[0]
+
+
+def test_logs_reads_the_attempt_of_the_latest_generation(
+    start_emulator: EmulatorFactory, azurite: Azurite, home: Path, tmp_path: Path
+) -> None:
+    """A failed task retried by a re-run in `<job>-g2` (the job had ended) fails again, differently: `logs
+    JOB TASK` showed the first attempt's stderr, from the first generation; it shows the latest."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.txt").write_text("a\n")
+    flag = tmp_path / "flag"
+    command = f"sh -c 'if [ -e {flag} ]; then echo second >&2; else echo first >&2; fi; exit 1' {{input}}"
+    run_args = [str(inputs), "--command", command, "--backend", "azure", "--out", str(tmp_path / "out")]
+    with start_emulator() as emulator:
+        backend = Backend("azure", azure_env(home, emulator, azurite), emulator, home)
+        first = backend.cli("run", *run_args, "--log-format", "json")
+        assert first.returncode == 1, first.stderr
+        [failed] = [line for line in events(first) if line["event"] == "task_failed"]
+        job_id, task_id = failed["job_id"], failed["task_id"]
+        flag.touch()
+        again = backend.cli("run", *run_args)
+        assert again.returncode == 1, again.stderr
+        assert f"(job {job_id}-g2)" in again.stderr
+        logs = backend.cli("logs", job_id, task_id, "--backend", "azure", "--log-format", "json")
+    assert logs.returncode == 0, logs.stderr
+    document = json.loads(logs.stdout)
+    assert (document["text"], document["job_id"]) == ("second\n", f"{job_id}-g2")
