@@ -469,7 +469,15 @@ def _check_out_apart(args: argparse.Namespace, out: Path, *, watch: Path | None 
 
 
 def _state_root(args: argparse.Namespace) -> Path:
-    return args.state_dir if args.state_dir is not None else default_root()
+    """The local backend's state folder; ConfigError (one line) when it, or the nearest path above it that
+    exists, is no folder (a file, /dev/null): it could never be created."""
+    root: Path = args.state_dir if args.state_dir is not None else default_root()
+    existing = next((path for path in (root, *root.absolute().parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(
+            f"--state-dir {root}: {existing} is not a folder; give a folder (created if absent)"
+        )
+    return root
 
 
 def _azure_settings(args: argparse.Namespace) -> AzureSettings:

@@ -242,3 +242,31 @@ async def test_the_downloader_refuses_a_blob_name_that_leaves_the_download_folde
     assert sorted(event.blob_name for event in failures) == sorted(HOSTILE_BLOB_NAMES)
     assert all("leaves the download folder" in event.error for event in failures)
     assert [type(event) for event in published].count(OutputDownloaded) == 2
+
+
+@pytest.mark.parametrize("where", ["file", "file/below", "/dev/null"])
+def test_a_state_dir_that_cannot_be_a_folder_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """--state-dir naming a file (or a folder below one, or /dev/null) was a NotADirectoryError traceback."""
+    from batchpilot.cli import main
+
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    state = where if where.startswith("/") else str(tmp_path / where)
+    argv = [
+        "run",
+        str(tmp_path / "in"),
+        "--command",
+        "true",
+        "--outputs",
+        "{stem}.x",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*argv, "--state-dir", state]) == 2
+    err = capsys.readouterr().err
+    assert "--state-dir" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "file").read_text() == "mine"
