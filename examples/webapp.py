@@ -15,7 +15,8 @@ request: a form post, a `text/plain` fetch). Put it behind authentication of you
 
 Run it with `python examples/webapp.py [PORT [HOST]]` (default 8080 on 127.0.0.1; state and files under
 ./webapp-data; the token is printed on stderr, or read from BATCHPILOT_WEBAPP_TOKEN). A body is JSON
-(`Content-Type: application/json`, at most 1 MiB); a malformed one gets a 400 naming the problem. One
+(`Content-Type: application/json`, at most 1 MiB); a malformed one gets a 400 naming the problem. At most
+8 jobs run at once (a POST past that is a 429 with Retry-After); the latest 1000 are remembered. One
 orchestrator serves every job, several at once; each job runs in the application's task group, in a cancel
 scope of its own, and everything closes with the `async with` blocks in `main()`.
 """
@@ -139,6 +140,13 @@ class Jobs:
         finally:
             del self._by_batch_job[job.workload.job_id]
             job.finish()
+            # The oldest finished jobs are forgotten past MAX_KEPT_JOBS (their files stay under root).
+            finished = [old for old in self.by_id.values() if old.over]
+            for old in finished[: max(0, len(self.by_id) - MAX_KEPT_JOBS)]:
+                del self.by_id[old.id]
+
+    def running(self) -> int:
+        return sum(not job.over for job in self.by_id.values())
 
 
 JOBS = web.AppKey("jobs", Jobs)
@@ -147,6 +155,10 @@ MAX_BODY_BYTES = 1 << 20
 MAX_FILES = 1000
 MAX_OUTPUTS = 100
 MAX_NAME_BYTES = 255  # a file name on Linux file systems
+# Limits on what all requests together may start and leave: jobs running at once (a POST past it is a 429
+# with Retry-After), and jobs remembered (the oldest finished ones are forgotten past it).
+MAX_RUNNING_JOBS = 8
+MAX_KEPT_JOBS = 1000
 
 
 def make_app(jobs: Jobs, token: str) -> web.Application:
@@ -249,6 +261,11 @@ async def post_job(request: web.Request) -> web.Response:
     except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
         raise _bad("the body is not JSON") from None
     command, outputs, files = parse_job(body)
+    if request.app[JOBS].running() >= MAX_RUNNING_JOBS:
+        raise web.HTTPTooManyRequests(
+            text=f"{MAX_RUNNING_JOBS} jobs are running; try again when one has finished\n",
+            headers={"Retry-After": "5"},
+        )
     try:
         job = await request.app[JOBS].submit(command, outputs, files)
     except BatchpilotError as exc:  # a bad template or output pattern, say

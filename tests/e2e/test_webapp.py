@@ -174,3 +174,35 @@ def test_it_says_first_that_it_runs_commands_and_listens_on_loopback_by_default(
     assert "runs commands" in first_paragraph
     assert examples.webapp._address(["webapp.py"]) == (8080, "127.0.0.1")
     assert examples.webapp._address(["webapp.py", "9000"]) == (9000, "127.0.0.1")
+
+
+async def test_jobs_at_once_and_jobs_remembered_have_a_limit(tmp_path: Path, monkeypatch) -> None:
+    """Every POST started a job and every job stayed in memory: a token holder could grow the app without
+    end. Past MAX_RUNNING_JOBS a POST is 429 (Retry-After) and runs nothing; past MAX_KEPT_JOBS the oldest
+    finished job is forgotten (404)."""
+    monkeypatch.setattr(examples.webapp, "MAX_RUNNING_JOBS", 1)
+    monkeypatch.setattr(examples.webapp, "MAX_KEPT_JOBS", 2)
+    gate = tmp_path / "gate"
+    script = f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.02)"
+    waits = {"command": f"{PY} -c {shlex.quote(script)} {{input}}", "outputs": [], "files": {"s.txt": ""}}
+    quick = {"command": "true", "outputs": [], "files": {"q.txt": ""}}
+    async with (
+        open_jobs(tmp_path) as jobs,
+        TestClient(TestServer(make_app(jobs, TOKEN)), headers=AUTH) as client,
+    ):
+        slow = await (await client.post("/jobs", json=waits)).json()
+        refused = await client.post("/jobs", json=quick)
+        assert refused.status == 429
+        assert refused.headers["Retry-After"]
+        assert len(jobs.by_id) == 1
+        gate.write_text("")
+        with anyio.fail_after(60):
+            await (await client.get(f"/jobs/{slow['id']}/events")).text()
+            ids = [slow["id"]]
+            for _ in range(2):
+                posted = await client.post("/jobs", json=quick)
+                assert posted.status == 202
+                ids.append((await posted.json())["id"])
+                await (await client.get(f"/jobs/{ids[-1]}/events")).text()
+        assert (await client.get(f"/jobs/{ids[0]}")).status == 404  # the oldest finished, forgotten
+        assert [(await client.get(f"/jobs/{job}")).status for job in ids[1:]] == [200, 200]
