@@ -106,3 +106,29 @@ def test_a_quota_still_reached_is_reported_from_the_new_resize(
     assert "pool_resized_again" in again.stdout
     assert stats["requests"]["pool.resize"] == 1  # asked again once, by the second run
     assert stats["faults"] == {"core_quota_reached": 2}  # the first allocation's error, then the new one's
+
+
+def test_a_reused_pool_s_other_image_is_named_as_plan_names_images() -> None:
+    """The summary's warning showed the images as Python tuples: "('canonical', 'ubuntu-24_04-lts', ...)"."""
+    from azure.batch import models as bm
+
+    from batchpilot.backends.azure.models import pool_differences
+    from batchpilot.spec import ImageReference, PoolSpec
+
+    pool = bm.BatchPool(
+        id="p", vm_size="standard_d2s_v5", target_dedicated_nodes=1, target_low_priority_nodes=0,
+        task_slots_per_node=1,
+        virtual_machine_configuration=bm.VirtualMachineConfiguration(
+            image_reference=bm.BatchVmImageReference(
+                publisher="canonical", offer="ubuntu-24_04-lts", sku="server", version="latest"
+            ),
+            node_agent_sku_id="batch.node.ubuntu 24.04",
+        ),
+    )  # fmt: skip
+    jammy = ImageReference("canonical", "0001-com-ubuntu-server-jammy", "22_04-lts")
+    spec = PoolSpec("p", image=jammy, node_agent_sku_id="batch.node.ubuntu 24.04", dedicated_nodes=1)
+    [line] = pool_differences(spec, pool)
+    assert line == (
+        "pool p exists with image 'canonical/ubuntu-24_04-lts/server/latest', the spec asks for"
+        " 'canonical/0001-com-ubuntu-server-jammy/22_04-lts/latest'; reusing it as it is"
+    )

@@ -71,8 +71,9 @@ def pool_create_options(spec: PoolSpec) -> bm.BatchPoolCreateOptions:
 def pool_differences(spec: PoolSpec, pool: bm.BatchPool) -> tuple[str, ...]:
     """One line per field where an existing pool differs from `spec`; the pool is reused as it is."""
     image = pool.virtual_machine_configuration.image_reference if pool.virtual_machine_configuration else None
-    existing_image = (image.publisher, image.offer, image.sku, image.version) if image else None
-    wanted_image = (spec.image.publisher, spec.image.offer, spec.image.sku, spec.image.version)
+    # As `plan` and the image check write an image: publisher/offer/sku/version, not a Python tuple.
+    existing_image = f"{image.publisher}/{image.offer}/{image.sku}/{image.version}" if image else None
+    wanted_image = str(spec.image)
     compared: list[tuple[str, object, object]] = [
         ("vm size", (pool.vm_size or "").lower(), spec.vm_size.lower()),
         ("image", existing_image, wanted_image),
