@@ -278,3 +278,19 @@ async def test_old_api_version_gets_flat_task_counts(client: BatchClient) -> Non
     new = await client.send_request(HttpRequest("GET", "/jobs/j/taskcounts?api-version=2025-06-01"))
     assert set(new.json()) >= {"taskCounts", "taskSlotCounts"}
     assert new.json()["taskCounts"] == flat
+
+
+async def test_a_link_loop_a_task_left_is_no_file(client: BatchClient) -> None:
+    """A link loop in a task's directory was a 500 (Path.resolve raises RuntimeError on a loop) for Get
+    Task File and Delete Task File; the service has no such file to give (issue 16 held-back case)."""
+    await pool_and_job(client)
+    await client.create_task("j", shell_task("t", "ln -s loop loop; echo hi > ok.txt"))
+    await task_in(client, "j", "t", "completed")
+    every = {f.name async for f in client.list_task_files("j", "t", recursive=True)}
+    assert "wd/ok.txt" in every
+    with pytest.raises(ResourceNotFoundError):
+        await client.get_task_file_properties("j", "t", "wd/loop")
+    with pytest.raises(ResourceNotFoundError):
+        await client.download_task_file("j", "t", "wd/loop")
+    await client.delete_task_file("j", "t", "wd/loop")  # the link itself goes
+    assert "wd/loop" not in {f.name async for f in client.list_task_files("j", "t", recursive=True)}

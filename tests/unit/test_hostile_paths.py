@@ -270,3 +270,18 @@ def test_a_state_dir_that_cannot_be_a_folder_is_one_line(
     assert "--state-dir" in err
     assert len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_link_loop_a_task_leaves_matches_no_output(tmp_path: Path) -> None:
+    """A task that left a link loop named like its output (`ln -s a.o a.o`) crashed the whole run with a
+    traceback (Path.resolve raises RuntimeError on a loop): that task fails for want of its output."""
+    from batchpilot.backends.local.executor import _matches
+
+    workdir = tmp_path / "task" / "wd"
+    workdir.mkdir(parents=True)
+    (workdir / "a.o").symlink_to("a.o")
+    (workdir / "b.o").symlink_to("c.o")
+    (workdir / "c.o").symlink_to("b.o")
+    (workdir / "ok.o").write_text("ok")
+    assert [name for name, _ in _matches("*.o", workdir, tmp_path / "task")] == ["ok.o"]
+    assert _matches("a.o", workdir, tmp_path / "task") == []

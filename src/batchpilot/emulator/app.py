@@ -8,6 +8,8 @@ duration of an `async with`; `serve(config)` does so until cancelled.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import shutil
 import time
@@ -724,7 +726,8 @@ class Emulator:
         missing = ServiceError(404, "FileNotFound", f"The specified file {name} does not exist.")
         if task.task_dir is None:
             raise missing
-        path = (task.task_dir / name).resolve()
+        # realpath, not resolve: a link loop the task left is a missing file, not a RuntimeError (a 500).
+        path = Path(await anyio.to_thread.run_sync(os.path.realpath, task.task_dir / name))
         if not path.is_relative_to(task.task_dir.resolve()):
             raise missing
         wanted = parse_ocp_range(request.headers.get("ocp-range"))
@@ -737,6 +740,10 @@ class Emulator:
                 content = await anyio.to_thread.run_sync(read_range, path, stat.st_size, wanted)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise missing from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link loop the task left
+                raise missing from None
+            raise
         modified = datetime.fromtimestamp(stat.st_mtime, UTC)
         headers = {
             "Content-Type": "application/octet-stream",
@@ -758,7 +765,7 @@ class Emulator:
         if task.task_dir is None:
             raise missing
         root = task.task_dir.resolve()
-        path = (task.task_dir / name).resolve()
+        path = Path(await anyio.to_thread.run_sync(os.path.realpath, task.task_dir / name))
         if path == root or not path.is_relative_to(root):
             raise missing
         recursive = request.query.get("recursive", "false").lower() == "true"

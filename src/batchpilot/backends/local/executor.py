@@ -401,7 +401,8 @@ def _matches(pattern: str, workdir: Path, task_dir: Path) -> list[tuple[str, Pat
     found = []
     # `**` matches any directory, none included, as in Batch; hidden names only when the pattern names them.
     for matched in sorted(glob.glob(pattern, root_dir=workdir, recursive=True)):
-        source = (workdir / matched).resolve()
+        # realpath, not resolve: a link loop the task left is then no file, instead of a RuntimeError.
+        source = Path(os.path.realpath(workdir / matched))
         if source.is_relative_to(root) and source.is_file():
             found.append((matched, source))
     return found
