@@ -139,7 +139,8 @@ class ImageCheckError(BackendError):
 
 
 class UnreadableInputError(ConfigError):
-    """Inputs that cannot be read (`paths`, as given); the message names the first and counts the rest."""
+    """Inputs that cannot be read, or not uploaded under their name (`paths`, as given); the message names
+    the first and counts the rest."""
 
     def __init__(self, message: str, *, paths: tuple[str, ...]) -> None:
         super().__init__(message)

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from .errors import ConfigError
+from .errors import ConfigError, UnreadableInputError
 from .spec import (
     OutputFile,
     ResourceFile,
@@ -192,6 +192,8 @@ def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> Non
     blobs: dict[str, StagedInput] = {}
     outputs: dict[str, tuple[StagedInput, int]] = {}
     for item in staged:
+        if item.path is not None:
+            _check_no_trailing_dot(item)
         other = blobs.setdefault(same_name_key(item.blob_name), item)
         if other is not item:
             raise ConfigError(
@@ -215,6 +217,20 @@ def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> Non
     # A file and a folder of one name cannot both be on a disk (the local backend's containers are folders).
     _check_no_file_is_a_folder(blobs, "in the input container")
     _check_no_file_is_a_folder({name: item for name, (item, _) in outputs.items()}, "in the download folder")
+
+
+def _check_no_trailing_dot(item: StagedInput) -> None:
+    """ConfigError for a local input whose blob name has a part ending with a dot (`a.txt.`, `v1./x.log`):
+    Azure Storage says no path segment of a blob name should end with a dot, and its URLs lose it (the
+    blob would be `a.txt`, or its SAS fail to match: GitLab#332027); Windows drops it from file names too."""
+    for part in item.blob_name.split("/"):
+        if part.endswith("."):
+            # As an input that cannot be read: `serve` leaves it out and runs the rest of its batch.
+            raise UnreadableInputError(
+                f"input {item.label}: {part!r} ends with a dot, which Azure Storage and Windows drop from"
+                f" names (it would be {part.rstrip('.')!r}); rename it",
+                paths=(str(item.path),),
+            )
 
 
 def _check_no_file_is_a_folder(names: dict[str, StagedInput], where: str) -> None:

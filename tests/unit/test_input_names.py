@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from batchpilot import Orchestrator, PoolSpec, TaskTemplate, Workload
-from batchpilot.errors import ConfigError
+from batchpilot.errors import ConfigError, UnreadableInputError
 from batchpilot.spec import BlobInputs, StagedInput
 from batchpilot.staging import input_folders, stage_inputs
 from batchpilot.tasks import build_task, check_distinct, output_path
@@ -203,3 +203,18 @@ async def test_a_run_keeps_both_outputs(tmp_path: Path) -> None:
     assert summary.ok
     assert (tmp_path / "out" / "d1" / "app.log.gz").read_text() == "d1/app.log"
     assert (tmp_path / "out" / "d2" / "app.log.gz").read_text() == "d2/app.log"
+
+
+@pytest.mark.parametrize("name", ["a.txt.", "v1./x.log", "x..."])
+def test_a_local_input_whose_name_ends_with_a_dot_is_one_line(name: str) -> None:
+    """Azurite took `a.txt.`; Azure Storage drops a segment's trailing dot (its docs: no path segment should
+    end with a dot), so the upload and the task's SAS would not meet."""
+    with pytest.raises(ConfigError) as refused:
+        check_distinct(TaskTemplate("gzip -k {input}", ("{input_name}.gz",)), staged(name))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"/in/{name}" in message
+    assert "ends with a dot" in message
+    assert isinstance(refused.value, UnreadableInputError)  # serve leaves it out, runs the rest of its batch
+    # A blob already in the user's container is theirs: it is read as listed.
+    check_distinct(TaskTemplate("x {input}", ()), [StagedInput.for_blob("2024/a.txt.", None, 1)])
