@@ -285,3 +285,21 @@ def test_a_link_loop_a_task_leaves_matches_no_output(tmp_path: Path) -> None:
     (workdir / "ok.o").write_text("ok")
     assert [name for name, _ in _matches("*.o", workdir, tmp_path / "task")] == ["ok.o"]
     assert _matches("a.o", workdir, tmp_path / "task") == []
+
+
+async def test_the_emulators_task_dirs_are_private_under_a_given_workdir(tmp_path: Path) -> None:
+    """With --workdir the emulator made its folders under the umask (0755): the task dirs, which hold a copy
+    of every input and output, were readable by every user (the default temporary folder is 0700)."""
+    import os
+
+    from batchpilot.emulator.app import running
+    from batchpilot.emulator.config import EmulatorConfig
+
+    old = os.umask(0o022)
+    try:
+        async with running(EmulatorConfig(port=0, workdir=tmp_path / "emu")):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "emu").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "emu" / "nodes").stat().st_mode & 0o777 == 0o700

@@ -13,6 +13,7 @@ kills its process (the executor does that) before the worker moves on.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from ..attempts import Decision, Interruption, after_attempt
 from ..backends.local.executor import Execution, execute, output_blob_name
+from ..files import private_folder
 from ..records import FailureInfo, TaskResult, TaskState
 from .config import EmulatorConfig
 from .faults import Fault, FaultInjector, sas_refusal, task_random
@@ -219,6 +221,12 @@ class Runtime:
             self._workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batch-emulator-")))
         else:
             self._workdir = self._config.workdir
+            # Private as the temporary folder is: the task dirs hold a copy of every input and output. A
+            # folder that exists keeps its mode (it may be shared); `nodes`, ours, is made private.
+            await anyio.to_thread.run_sync(
+                functools.partial(self._workdir.mkdir, mode=0o700, parents=True, exist_ok=True)
+            )
+            await anyio.to_thread.run_sync(private_folder, self._workdir / "nodes")
         self._bin_dir = self._workdir / "bin"
         await anyio.to_thread.run_sync(_link_ffmpeg, self._bin_dir)
         session = await stack.enter_async_context(aiohttp.ClientSession())
