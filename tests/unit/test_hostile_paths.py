@@ -303,3 +303,32 @@ async def test_the_emulators_task_dirs_are_private_under_a_given_workdir(tmp_pat
         os.umask(old)
     assert (tmp_path / "emu").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "emu" / "nodes").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o755])
+async def test_a_state_dir_that_exists_keeps_its_mode_and_the_state_in_it_is_private(
+    tmp_path: Path, mode: int
+) -> None:
+    """--state-dir naming a folder that exists (/tmp, a home folder) chmod-ed it to 0700: as root,
+    `--state-dir /tmp` would have locked every other user and service out of /tmp. The folder is not ours:
+    its mode is kept, and the state's own folders in it (inputs, outputs, task dirs) are made private."""
+    import os
+    import stat as stat_mode
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "someone-elses.txt").write_text("theirs")
+    shared.chmod(mode)
+    old = os.umask(0o022)
+    try:
+        async with LocalBackend(shared):
+            pass
+    finally:
+        os.umask(old)
+    assert stat_mode.S_IMODE(shared.stat().st_mode) == mode
+    for folder in ("batch", "storage"):
+        assert stat_mode.S_IMODE((shared / folder).stat().st_mode) == 0o700
+    fresh = tmp_path / "fresh" / "state"
+    async with LocalBackend(fresh):
+        pass
+    assert stat_mode.S_IMODE(fresh.stat().st_mode) == 0o700  # one it creates is private itself

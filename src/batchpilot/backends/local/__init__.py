@@ -26,6 +26,21 @@ def default_root() -> Path:
     return Path(data) / "batchpilot" / "local"
 
 
+# What a state folder holds: the compute's and the storage's folders, the bundled tools, --sample's clips.
+_STATE_ENTRIES = frozenset({"batch", "storage", "tools", "samples"})
+
+
+def _private_state(root: Path) -> None:
+    """`root` made private (0700) when it is the state's own (absent, or holding only `_STATE_ENTRIES`);
+    a folder holding anything else (`--state-dir /tmp`, a home folder) keeps its mode, and the state's
+    folders in it are made private instead."""
+    if not root.exists() or all(entry.name in _STATE_ENTRIES for entry in root.iterdir()):
+        private_folder(root)
+    else:
+        for folder in ("batch", "storage"):
+            private_folder(root / folder)
+
+
 class LocalBackend:
     """`async with LocalBackend() as backend`: compute and storage under one root folder."""
 
@@ -38,8 +53,9 @@ class LocalBackend:
         self._task_group: TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
-        # The state holds a copy of every input and output: private to the user, whatever the umask.
-        await anyio.to_thread.run_sync(private_folder, self.root)
+        # The state holds a copy of every input and output: private to the user, whatever the umask. A root
+        # that exists is not ours to change (`--state-dir /tmp`): its state folders are made private instead.
+        await anyio.to_thread.run_sync(_private_state, self.root)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self.compute.attach(self._task_group)
