@@ -506,7 +506,7 @@ class Orchestrator:
         for warning in pool.warnings:
             _log.warning("pool_differs", pool_id=pool.resource_id, detail=warning)
             if recorder is not None:
-                recorder.warn(f"pool {pool.resource_id}: {warning}")
+                recorder.warn(warning)  # it names the pool
         await self._publish(
             PoolReady(run_id=run_id, pool_id=pool.resource_id, created=pool.created, warnings=pool.warnings)
         )

@@ -390,6 +390,7 @@ def test_a_reused_pool_that_differs_is_a_warning_of_the_summary(cli: Cli, tmp_pa
     assert second.returncode == 0, _summary(second)
     [warning] = [line for line in second.stderr.splitlines() if line.startswith("  warning:")]
     assert "pool batchpilot-" in warning
+    assert warning.count("pool batchpilot-") == 1  # the pool named once (it read "pool P: pool P had ...")
     assert _finished(second)["warnings"]
 
 
