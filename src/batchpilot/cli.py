@@ -468,6 +468,20 @@ def _check_out_apart(args: argparse.Namespace, out: Path, *, watch: Path | None 
         )
 
 
+def _check_inputs_apart(args: argparse.Namespace, inputs: tuple[Path, ...] | BlobInputs) -> None:
+    """ConfigError (one line, exit 2) when an input is inside the local state folder: a run would take its
+    own files (task dirs, stored copies) as inputs, more of them run after run."""
+    if args.backend != "local" or isinstance(inputs, BlobInputs):
+        return
+    state = os.path.realpath(_state_root(args))
+    inside = next((path for path in inputs if os.path.abspath(path).startswith(state + os.sep)), None)
+    if inside is not None:
+        raise ConfigError(
+            f"input {inside} is inside the local state folder {state}: the run would take its own files as "
+            "inputs; give a --state-dir outside the inputs, or narrower inputs"
+        )
+
+
 def _state_root(args: argparse.Namespace) -> Path:
     """The local backend's state folder; ConfigError (one line) when it, or the nearest path above it that
     exists, is no folder (a file, /dev/null): it could never be created."""
@@ -544,6 +558,7 @@ async def _run(args: argparse.Namespace, report: RunReport | None = None) -> _Ou
         raise ConfigError("give --out DIR: where the outputs are written (or download_to in the workload)")
     out = _writable_folder(destination, create=False)
     _check_out_apart(args, out)
+    _check_inputs_apart(args, workload.inputs)
     cleanup = workload.cleanup
     workload = replace(
         workload,

@@ -152,7 +152,7 @@ def test_out_inside_the_local_state_is_one_line(batchpilot: Run, tmp_path: Path,
     assert not list(state.rglob("a.o"))
 
 
-def test_serve_writing_its_outputs_into_its_watched_folder_is_one_line(batchpilot: Run, tmp_path: Path) -> None:
+def test_serve_with_its_outputs_in_its_watched_folder_is_one_line(batchpilot: Run, tmp_path: Path) -> None:
     """serve --out DIR --watch DIR took each output as a new input, and its output too: a.txt.o.o.o... grew
     without end."""
     watch = tmp_path / "w"
@@ -166,3 +166,20 @@ def test_serve_writing_its_outputs_into_its_watched_folder_is_one_line(batchpilo
         assert result.returncode == 2, result.stderr
         assert "--watch" in _one_line(result)
     assert sorted(path.name for path in watch.iterdir()) == ["a.txt"]
+
+
+def test_inputs_inside_the_local_state_are_one_line(batchpilot: Run, tmp_path: Path) -> None:
+    """--state-dir inside the inputs' tree, with inputs 'in/**/*.txt': each run took the state's own files
+    (task dirs' stdout.txt, stored copies) as new inputs, 1 then 4 tasks, growing run after run."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    args = [
+        "run", f"{folder}/**/*.txt", "--command", "/bin/cp {input} {stem}.o", "--outputs", "{stem}.o",
+        "--state-dir", str(folder / "state"), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    first = batchpilot(*args)
+    assert first.returncode == 0, first.stderr
+    second = batchpilot(*args)
+    assert second.returncode == 2, second.stderr
+    assert "inside the local state folder" in _one_line(second)
