@@ -461,6 +461,11 @@ def _check_out_apart(args: argparse.Namespace, out: Path, *, watch: Path | None 
                 f"--out {out} is inside the local state folder {state}, where an output could replace a "
                 "stored file; choose a folder outside it"
             )
+        if watch is not None and os.path.commonpath([state, os.path.realpath(watch)]) == state:
+            raise ConfigError(
+                f"--watch {watch} is inside the local state folder {state}: the service would take its own "
+                "files as inputs; watch a folder outside it"
+            )
     if watch is not None and os.path.commonpath([where, os.path.realpath(watch)]) == where:
         raise ConfigError(
             f"--out {out} holds --watch {watch}: each output would be taken as a new input, without end; "

@@ -183,3 +183,15 @@ def test_inputs_inside_the_local_state_are_one_line(batchpilot: Run, tmp_path: P
     second = batchpilot(*args)
     assert second.returncode == 2, second.stderr
     assert "inside the local state folder" in _one_line(second)
+
+
+def test_serve_watching_a_folder_inside_the_local_state_is_one_line(batchpilot: Run, tmp_path: Path) -> None:
+    """serve --watch inside the state folder took the state's own files (stored copies) as inputs."""
+    state = tmp_path / "state"
+    (state / "storage" / "c").mkdir(parents=True)
+    result = batchpilot(
+        "serve", "--watch", str(state / "storage" / "c"), "--out", str(tmp_path / "out"), "--command", "true",
+        "--outputs", "x", "--state-dir", str(state), timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "inside the local state folder" in _one_line(result)
