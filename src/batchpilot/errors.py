@@ -138,13 +138,23 @@ class ImageCheckError(BackendError):
     created, and the run stops rather than skip the check."""
 
 
-class UnreadableInputError(ConfigError):
-    """Inputs that cannot be read, or not uploaded under their name (`paths`, as given); the message names
-    the first and counts the rest."""
+class InputError(ConfigError):
+    """Some inputs (`paths`, as given) cannot run as they are; the others could. A one-shot run stops (exit
+    2); `batchpilot serve` reports and leaves out just these, and runs the rest of its batch."""
 
     def __init__(self, message: str, *, paths: tuple[str, ...]) -> None:
         super().__init__(message)
         self.paths = paths
+
+
+class UnreadableInputError(InputError):
+    """Inputs that cannot be read, or not uploaded under their name (`paths`, as given); the message names
+    the first and counts the rest."""
+
+
+class NamesMeetError(InputError):
+    """Two inputs, or their outputs, would land on the same name (BatchExplorer#2956): `paths` holds the later
+    input, so that the first one can still run."""
 
 
 class NothingToRunError(ConfigError):

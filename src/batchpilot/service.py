@@ -42,10 +42,10 @@ from .engine import Orchestrator
 from .errors import (
     BackendError,
     BatchpilotError,
+    InputError,
     NotFoundError,
     StateInUseError,
     TransientBackendError,
-    UnreadableInputError,
 )
 from .files import FolderLock
 from .metrics import Metrics
@@ -380,7 +380,7 @@ class Service:
 
     def _unreadable_among(self, error: BaseException, names: Sequence[str]) -> set[str]:
         """The names among `names` that `error` says cannot be read, each reported as skipped."""
-        if not isinstance(error, UnreadableInputError) or not isinstance(self._source, FolderSource):
+        if not isinstance(error, InputError) or not isinstance(self._source, FolderSource):
             return set()
         paths = set(error.paths)
         bad = {name for name in names if str(self._source.folder / name) in paths}

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from .errors import ConfigError, UnreadableInputError
+from .errors import ConfigError, NamesMeetError, UnreadableInputError
 from .spec import (
     OutputFile,
     ResourceFile,
@@ -196,9 +196,10 @@ def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> Non
             _check_no_trailing_dot(item)
         other = blobs.setdefault(same_name_key(item.blob_name), item)
         if other is not item:
-            raise ConfigError(
+            raise NamesMeetError(
                 f"inputs {other.label} and {item.label} would land on the same name ({other.blob_name!r} and "
-                f"{item.blob_name!r} differ at most in case or Unicode normalisation); rename or remove one"
+                f"{item.blob_name!r} differ at most in case or Unicode normalisation); rename or remove one",
+                paths=_paths(item),
             )
         rendered = template.render_outputs(item.template_values())
         for index, name in enumerate(rendered):
@@ -210,10 +211,13 @@ def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> Non
                 continue
             patterns = f"{template.outputs[first_index]!r} and {template.outputs[index]!r}"
             whose = f"of input {item.label}" if first is item else f"of inputs {first.label} and {item.label}"
-            raise ConfigError(
+            message = (
                 f"output patterns {patterns} {whose} both name {dest!r}: one would overwrite the other; "
                 "make each pattern name its input, like '{stem}.gz' or '{input_name}.gz'"
             )
+            if first is item:  # the workload's patterns, whatever the input
+                raise ConfigError(message)
+            raise NamesMeetError(message, paths=_paths(item))
     # A file and a folder of one name cannot both be on a disk (the local backend's containers are folders).
     _check_no_file_is_a_folder(blobs, "in the input container")
     _check_no_file_is_a_folder({name: item for name, (item, _) in outputs.items()}, "in the download folder")
@@ -244,3 +248,8 @@ def _check_no_file_is_a_folder(names: dict[str, StagedInput], where: str) -> Non
                     f"inputs {other.label} and {item.label} would land on the same name {where}: "
                     f"{'/'.join(parts[:depth])!r} is a file of one and a folder of the other; rename one"
                 )
+
+
+def _paths(item: StagedInput) -> tuple[str, ...]:
+    """The input as `InputError.paths` names it: its path on disk (a blob input has none)."""
+    return (str(item.path),) if item.path is not None else ()
