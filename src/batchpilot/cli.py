@@ -733,6 +733,8 @@ async def _cleanup(args: argparse.Namespace) -> None:
     for container in args.container:
         check_container_name(container)
     log = structlog.get_logger("batchpilot")
+    if args.backend == "local" and (args.pool or args.container):
+        await anyio.to_thread.run_sync(_check_no_job_running, _state_root(args))
     async with _backend(args) as backend:
         if args.job:
             await backend.compute.delete_job(args.job)
@@ -743,6 +745,18 @@ async def _cleanup(args: argparse.Namespace) -> None:
         for container in args.container:
             await backend.storage.delete_container(container)
             log.info("resource_deleted", resource="container", resource_id=container)
+
+
+def _check_no_job_running(root: Path) -> None:
+    """StateInUseError (one line, naming the process) when a process runs a job of the local state at `root`:
+    its pools and containers serve that job, and deleting one under it fails its tasks. Blocking."""
+    from .files import FolderLock
+
+    jobs = root / "batch" / "jobs"
+    for directory in sorted(jobs.iterdir()) if jobs.is_dir() else ():
+        if directory.is_dir():
+            what = f"job {directory.name}, which uses the local pools and containers: its state"
+            FolderLock(directory, what=what, create=False).release()
 
 
 def _finish_run(outcome: _Outcome) -> int:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.support import cli_command, cli_env, wait_for
 
 PY = shlex.quote(sys.executable)
@@ -269,3 +271,31 @@ def test_a_service_whose_job_another_process_runs_stops_with_one_line(tmp_path: 
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0
+
+
+@pytest.mark.parametrize("what", ["--pool", "--container"])
+def test_cleanup_of_a_pool_or_container_a_run_uses_deletes_nothing(
+    tmp_path: Path, home: Path, what: str
+) -> None:
+    """`cleanup --container <the job's input container>` (or `--pool`) while a run used it deleted it under
+    the run: its waiting task failed with ResourceFileDownload (FileNotFoundError). The local state's
+    pools and containers serve its running jobs: cleanup says which job holds them, and deletes nothing."""
+    ran, gate, _, args = _setup(tmp_path, inputs=1)
+    env = cli_env(home)
+    log = tmp_path / "run.log"
+    first = _start(args, env, log)
+    try:
+        wait_for(lambda: len(_lines(ran)) == 1, "the task running", alive=first)
+        started = next(json.loads(line) for line in _lines(log) if '"run_started"' in line)
+        name = f"{started['job_id']}-input" if what == "--container" else "batchpilot-local-pool"
+        cleanup = subprocess.run(
+            cli_command("cleanup", what, name), env=env, capture_output=True, text=True, timeout=120
+        )
+        assert cleanup.returncode == 2, cleanup.stderr
+        assert "in use" in _one_error_line(cleanup)
+        gate.write_text("")
+        stderr = _finish(first, log)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, stderr
