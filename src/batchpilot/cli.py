@@ -479,7 +479,9 @@ def _check_inputs_apart(args: argparse.Namespace, inputs: tuple[Path, ...] | Blo
     if args.backend != "local" or isinstance(inputs, BlobInputs):
         return
     state = os.path.realpath(_state_root(args))
-    inside = next((path for path in inputs if os.path.abspath(path).startswith(state + os.sep)), None)
+    # Its task dirs, stored copies and tools; --sample's clips live in it too, and are inputs by design.
+    own = tuple(os.path.join(state, folder) + os.sep for folder in ("batch", "storage", "tools"))
+    inside = next((path for path in inputs if os.path.abspath(path).startswith(own)), None)
     if inside is not None:
         raise ConfigError(
             f"input {inside} is inside the local state folder {state}: the run would take its own files as "
