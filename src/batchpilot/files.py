@@ -3,10 +3,12 @@ worker thread (`anyio.to_thread.run_sync`)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -53,6 +55,40 @@ def temporary_sibling(dest: Path) -> Path:
     room = _NAME_MAX - 1 - len(suffix)
     stem = dest.name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
     return dest.with_name(f".{stem}{suffix}")
+
+
+_PARTIAL = re.compile(r"\..+\.partial-(\d+)-[0-9a-f]{8}", re.DOTALL)
+
+
+def remove_stale_partials(folder: Path) -> int:
+    """Delete the temporary files (`temporary_sibling`'s names) below `folder` whose writer process is gone:
+    what a download killed with its process (kill -9) left behind, which no later run would otherwise
+    remove. A live process's files are kept. Links are not followed. Returns how many were deleted."""
+    removed = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            match = _PARTIAL.fullmatch(name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(parent, name))
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's included)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
 
 
 def copy_atomically(source: Path, dest: Path) -> None:

@@ -13,6 +13,7 @@ import errno
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -312,3 +313,29 @@ async def test_azure_a_file_in_the_way_is_enotdir_and_writes_nothing(
         await storage().download(container, BLOB, tmp_path / "out" / "sub" / "result.bin")
 
     assert files_in(tmp_path) == ["out", "source.bin"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (reaped: nothing has it now)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_temporary_files_of_a_killed_download_are_removed_by_the_next_run(batchpilot: Run, tmp_path: Path):
+    """kill -9 of a run in the middle of a download left `.name.partial-PID-HEX` in --out, run after run;
+    the next run removes those whose process is gone (its own, and another live run's, are kept)."""
+    inputs(tmp_path)
+    out = tmp_path / "out"
+    (out / "a" / "sub").mkdir(parents=True)
+    stale = [
+        out / f".result.txt.partial-{_dead_pid()}-0badc0de",
+        out / "a" / "sub" / ".x.partial-999999999-00ff00ff",
+    ]
+    live = out / f".y.partial-{os.getpid()}-12345678"  # a live process's download in progress
+    for path in (*stale, live):
+        path.write_bytes(b"half")
+    args = ("run", str(tmp_path / "in"), "--command", COMMAND, "--outputs", OUTPUT, "--out", str(out))
+    first = batchpilot(*args)
+    assert first.returncode == 0, first.stderr
+    assert files_in(out) == [live.name, "a/sub/result.txt", "b/sub/result.txt", "c/sub/result.txt"]

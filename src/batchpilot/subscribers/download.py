@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import structlog
 
 from ..backends.base import Backend
 from ..errors import BackendError
@@ -39,10 +40,12 @@ from ..events import (
     TaskOutputsMissing,
     TaskSucceeded,
 )
-from ..files import md5_of
+from ..files import md5_of, remove_stale_partials
 from ..records import BlobInfo
 from ..spec import leaves_root
 from ..tasks import same_name_key
+
+_log = structlog.get_logger("batchpilot.download")
 
 Publish = Callable[..., Awaitable[None]]
 
@@ -80,6 +83,11 @@ class OutputDownloader:
     async def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self._runs[event.run_id] = _Run(event.job_id, event.output_container, event.download_to)
+            if event.download_to is not None:
+                # An earlier run killed mid-download left its temporary files: gone with their writer.
+                removed = await anyio.to_thread.run_sync(remove_stale_partials, event.download_to)
+                if removed:
+                    _log.info("stale_partials_removed", folder=str(event.download_to), files=removed)
         elif isinstance(event, TaskSucceeded) and (run := self._runs.get(event.run_id)) is not None:
             await self._fetch_task(event.run_id, run, event.task_id)
 
