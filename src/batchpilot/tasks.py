@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from .errors import ConfigError, NamesMeetError, UnreadableInputError
+from .errors import ConfigError, InputError, NamesMeetError, UnreadableInputError
 from .spec import (
     OutputFile,
     ResourceFile,
@@ -206,6 +206,14 @@ def check_distinct(template: TaskTemplate, staged: Sequence[StagedInput]) -> Non
             if glob.has_magic(name):
                 continue
             dest = f"{item.folder}/{name}" if item.folder else name
+            too_long = next((part for part in dest.split("/") if len(_bytes(part)) > FILE_NAME_MAX), None)
+            if too_long is not None:
+                raise InputError(
+                    f"output {too_long[:40]!r}... of input {item.label} would be a file name of"
+                    f" {len(_bytes(too_long))} bytes, over the {FILE_NAME_MAX} a disk's file name may hold:"
+                    " shorten the input's name, or make the pattern name it by {stem} or {task_id}",
+                    paths=_paths(item),
+                )
             first, first_index = outputs.setdefault(same_name_key(dest), (item, index))
             if first is item and first_index == index:
                 continue
@@ -253,3 +261,12 @@ def _check_no_file_is_a_folder(names: dict[str, StagedInput], where: str) -> Non
 def _paths(item: StagedInput) -> tuple[str, ...]:
     """The input as `InputError.paths` names it: its path on disk (a blob input has none)."""
     return (str(item.path),) if item.path is not None else ()
+
+
+# The most bytes a file name may hold on the disks outputs are written to (Linux's NAME_MAX, NTFS's 255
+# UTF-16 units, APFS's 255 UTF-8 bytes): an output named longer could never be saved in --out.
+FILE_NAME_MAX = 255
+
+
+def _bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from batchpilot import Orchestrator, PoolSpec, TaskTemplate, Workload
-from batchpilot.errors import ConfigError, UnreadableInputError
+from batchpilot.errors import ConfigError, InputError, UnreadableInputError
 from batchpilot.spec import BlobInputs, StagedInput
 from batchpilot.staging import input_folders, stage_inputs
 from batchpilot.tasks import build_task, check_distinct, output_path
@@ -150,6 +150,32 @@ def test_names_in_different_folders_or_wildcards_do_not_meet() -> None:
     check_distinct(TaskTemplate("gzip -k {input}", ("{input_name}.gz",)), staged("d1/app.log", "d2/app.log"))
     check_distinct(TaskTemplate("x {input}", ("*.png",)), staged("a.log", "b.log"))
     check_distinct(TaskTemplate("x {input}", ("{stem}.gz", "{stem}.txt")), staged("a.log", "b.log"))
+
+
+@pytest.mark.parametrize(
+    ("name", "outputs"),
+    [
+        ("a" * 250 + ".txt", ("{input_name}.gz",)),  # 257 bytes: no disk can hold it in --out
+        ("\u00e9" * 127 + ".log", ("{stem}.gz",)),  # 257 bytes in 130 characters: bytes count
+        ("d" * 256 + "/x.log", ("{stem}.gz",)),  # a folder's name kept in --out
+    ],
+)
+def test_an_output_whose_file_name_no_disk_can_hold_is_one_line_naming_its_input(
+    name: str, outputs: tuple[str, ...]
+) -> None:
+    """A 254-character input name failed its task at upload (File name too long) run after run; it is
+    refused where it enters, naming the input, so serve leaves out that one input (an InputError)."""
+    [item] = staged(name)
+    with pytest.raises(InputError) as refused:
+        check_distinct(TaskTemplate("gzip -k {input}", outputs), [item])
+    assert "\n" not in str(refused.value)
+    assert "over the 255" in str(refused.value)
+    assert refused.value.paths == (str(item.path),)
+
+
+def test_a_long_input_name_is_fine_when_its_outputs_are_named_otherwise() -> None:
+    check_distinct(TaskTemplate("gzip -k {input}", ("{task_id}.gz",)), staged("a" * 250 + ".txt"))
+    check_distinct(TaskTemplate("gzip -k {input}", ("{stem}.gz",)), staged("\u00e9" * 126 + ".log"))  # 255
 
 
 def test_blob_inputs_that_would_meet_are_refused(tmp_path: Path) -> None:
