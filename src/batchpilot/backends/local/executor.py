@@ -32,18 +32,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
-from anyio.abc import Process
 
 from ...errors import ToolNotFoundError
 from ...records import FailureInfo
-from ...spec import ContainerSettings, OutputFile, TaskSpec, leaves_root
+from ...spec import ContainerSettings, OutputFile, ResourceFile, TaskSpec, leaves_root
 
 _KILL_GRACE_SECONDS = 3.0
 CONTAINER_RUNTIMES = ("docker", "podman")
@@ -237,6 +236,17 @@ def output_blob_name(output: OutputFile, matched: str) -> str:
     return output.path or name
 
 
+@runtime_checkable
+class SyncStager(Protocol):
+    """A `Stager` whose moves are plain file operations (the local backend's): the executor then does a
+    task's whole file work (fresh folder, stage in, output files, spawn; later stage out) in one worker-thread
+    trip each, instead of one per file."""
+
+    def fetch_sync(self, url: str, dest: Path) -> None: ...
+
+    def put_sync(self, container_url: str, blob_name: str, source: Path) -> None: ...
+
+
 async def execute(
     spec: TaskSpec,
     task_dir: Path,
@@ -248,14 +258,35 @@ async def execute(
 ) -> Execution:
     """Stage in, run, stage out. Never raises for the task's own faults: they become `failure`."""
     workdir = task_dir / "wd"
-    await anyio.to_thread.run_sync(_fresh_dir, task_dir, workdir)
     start = now()
-    failure = await _stage_in(spec, workdir, stager)
+    sync = stager if isinstance(stager, SyncStager) else None
+    launched: subprocess.Popen[bytes] | FailureInfo | None = None
+    if sync is not None:
+        # Shielded: once the trip has spawned the process, it must be waited for (or killed) below.
+        with anyio.CancelScope(shield=True):
+            failure, launched = await anyio.to_thread.run_sync(
+                _prepare_and_launch, spec, task_dir, workdir, sync, env
+            )
+    else:
+        await anyio.to_thread.run_sync(_fresh_dir, task_dir, workdir)
+        failure = await _stage_in(spec, workdir, stager)
     exit_code: int | None = None
     if failure is None:
         if on_running is not None:
-            await on_running()
-        exit_code, failure = await _run(spec, task_dir, workdir, env)
+            try:
+                await on_running()
+            except BaseException:
+                if isinstance(launched, subprocess.Popen):
+                    with anyio.CancelScope(shield=True):
+                        await _end(launched, _pidfd(launched))
+                raise
+        if launched is None:
+            with anyio.CancelScope(shield=True):
+                launched = await anyio.to_thread.run_sync(_launch, spec, task_dir, workdir, env)
+        if isinstance(launched, FailureInfo):
+            failure = launched
+        elif launched is not None:
+            exit_code, failure = await _wait(launched, spec)
     succeeded = failure is None and exit_code == 0
     if failure is None and not succeeded:
         failure = FailureInfo(
@@ -263,7 +294,10 @@ async def execute(
             "FailureExitCode",
             f"The task exited with exit code {exit_code}, representing a failure",
         )
-    upload_failure = await _stage_out(spec, workdir, stager, succeeded=succeeded)
+    if sync is not None:
+        upload_failure = await anyio.to_thread.run_sync(_stage_out_sync, spec, workdir, sync, succeeded)
+    else:
+        upload_failure = await _stage_out(spec, workdir, stager, succeeded=succeeded)
     return Execution(exit_code, failure or upload_failure, start, now())
 
 
@@ -273,13 +307,20 @@ def _fresh_dir(task_dir: Path, workdir: Path) -> None:
     workdir.mkdir(parents=True)
 
 
+def _resource_path(resource: ResourceFile) -> str | FailureInfo:
+    relative = posixpath.normpath(resource.file_path)
+    if relative.startswith(("/", "../")) or relative == "..":
+        return FailureInfo(
+            "usererror", "ResourceFilePathInvalid", f"{resource.file_path!r} leaves the task dir"
+        )
+    return relative
+
+
 async def _stage_in(spec: TaskSpec, workdir: Path, stager: Stager) -> FailureInfo | None:
     for resource in spec.resource_files:
-        relative = posixpath.normpath(resource.file_path)
-        if relative.startswith(("/", "../")) or relative == "..":
-            return FailureInfo(
-                "usererror", "ResourceFilePathInvalid", f"{resource.file_path!r} leaves the task dir"
-            )
+        relative = _resource_path(resource)
+        if isinstance(relative, FailureInfo):
+            return relative
         try:
             await stager.fetch(resource.url, workdir / relative)
         except Exception as exc:  # any failure to stage is the task's failure, reported, never raised
@@ -287,29 +328,50 @@ async def _stage_in(spec: TaskSpec, workdir: Path, stager: Stager) -> FailureInf
     return None
 
 
-async def _run(
+def _prepare_and_launch(
+    spec: TaskSpec, task_dir: Path, workdir: Path, stager: SyncStager, env: Mapping[str, str]
+) -> tuple[FailureInfo | None, subprocess.Popen[bytes] | FailureInfo | None]:
+    """One worker-thread trip: a fresh working directory, the resource files staged in, then the command
+    launched (`_launch`). Returns the staging failure, if any (nothing launched then), and what `_launch`
+    returned."""
+    _fresh_dir(task_dir, workdir)
+    for resource in spec.resource_files:
+        relative = _resource_path(resource)
+        if isinstance(relative, FailureInfo):
+            return relative, None
+        try:
+            stager.fetch_sync(resource.url, workdir / relative)
+        except Exception as exc:  # any failure to stage is the task's failure, reported, never raised
+            failure = FailureInfo(
+                "usererror", "ResourceFileDownload", f"{resource.file_path}: {_one_line(exc)}"
+            )
+            return failure, None
+    return None, _launch(spec, task_dir, workdir, env)
+
+
+def _launch(
     spec: TaskSpec, task_dir: Path, workdir: Path, env: Mapping[str, str]
-) -> tuple[int | None, FailureInfo | None]:
+) -> subprocess.Popen[bytes] | FailureInfo:
+    """The command split as a shell would (off the event loop: shlex.split is quadratic in a token's length,
+    4 MB took minutes), the task's stdout.txt and stderr.txt created, the process started in its own session
+    and registered with the watchdog. Blocking: call it in a worker thread."""
     try:
-        # Off the event loop, in one trip: shlex.split is quadratic in a token's length (4 MB took minutes on
-        # it), and creating the two output files blocked the loop about 1 ms per task on a busy machine.
-        argv, streams = await anyio.to_thread.run_sync(_split_and_open, spec.command_line, task_dir)
+        argv = shlex.split(spec.command_line)
     except ValueError as exc:
-        return None, FailureInfo("usererror", "CommandLineInvalid", f"cannot parse the command line: {exc}")
-    if streams is None:
-        return None, FailureInfo("usererror", "CommandLineInvalid", "the command line is empty")
-    with streams[0] as stdout, streams[1] as stderr:
+        return FailureInfo("usererror", "CommandLineInvalid", f"cannot parse the command line: {exc}")
+    if not argv:
+        return FailureInfo("usererror", "CommandLineInvalid", "the command line is empty")
+    with (task_dir / "stdout.txt").open("wb") as stdout, (task_dir / "stderr.txt").open("wb") as stderr:
         if spec.container is not None:
             try:
                 runtime = container_runtime()
             except ToolNotFoundError as exc:
-                return None, FailureInfo("usererror", "ContainerRuntimeNotFound", str(exc))
+                return FailureInfo("usererror", "ContainerRuntimeNotFound", str(exc))
             task_env = [name for name in env if name.startswith("AZ_BATCH_")]
             task_env += [name for name, _ in spec.environment]
             argv = container_argv(runtime, spec.container, argv, workdir, task_env)
-        limit = spec.constraints.max_wall_clock.total_seconds() if spec.constraints.max_wall_clock else None
         try:
-            process = await anyio.open_process(
+            process = subprocess.Popen(
                 argv,
                 cwd=workdir,
                 env=dict(env),
@@ -319,19 +381,44 @@ async def _run(
                 start_new_session=True,
             )
         except (FileNotFoundError, PermissionError) as exc:
-            return None, FailureInfo("usererror", "CommandProgramNotFound", _one_line(exc))
+            return FailureInfo("usererror", "CommandProgramNotFound", _one_line(exc))
         except OSError as exc:  # E2BIG: a command line or environment longer than the OS takes, say
             code = "CommandLineTooLong" if exc.errno == errno.E2BIG else "CommandStartFailed"
-            return None, FailureInfo("usererror", code, f"the command could not start: {_one_line(exc)}")
-        _watchdog.send(f"+{process.pid}\n")
-        try:
-            with anyio.move_on_after(limit) as scope:
-                exit_code = await process.wait()
-        finally:
-            if process.returncode is None:
-                with anyio.CancelScope(shield=True):
-                    await _kill_group(process)
-            _watchdog.send(f"-{process.pid}\n")
+            return FailureInfo("usererror", code, f"the command could not start: {_one_line(exc)}")
+    _watchdog.send(f"+{process.pid}\n")
+    return process
+
+
+def _pidfd(process: subprocess.Popen[bytes]) -> int | None:
+    """A descriptor that becomes readable when `process` ends (Linux 5.3+); None where there is none."""
+    try:
+        return os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        return None
+
+
+async def _exited(process: subprocess.Popen[bytes], pidfd: int | None) -> int:
+    """Wait for `process` to end, without a thread: its pidfd polled by the event loop (a short sleep
+    between looks where there is no pidfd). Returns its exit code (negative: the signal that ended it)."""
+    delay = 0.001
+    while (code := process.poll()) is None:
+        if pidfd is not None:
+            await anyio.wait_readable(pidfd)
+        else:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    return code
+
+
+async def _wait(process: subprocess.Popen[bytes], spec: TaskSpec) -> tuple[int | None, FailureInfo | None]:
+    limit = spec.constraints.max_wall_clock.total_seconds() if spec.constraints.max_wall_clock else None
+    pidfd = _pidfd(process)
+    try:
+        with anyio.move_on_after(limit) as scope:
+            exit_code = await _exited(process, pidfd)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _end(process, pidfd)
     if scope.cancelled_caught:
         return None, FailureInfo(
             "usererror",
@@ -341,21 +428,18 @@ async def _run(
     return exit_code, None
 
 
-def _split_and_open(command_line: str, task_dir: Path) -> tuple[list[str], tuple[BinaryIO, BinaryIO] | None]:
-    """The command line split as a shell would (ValueError when it cannot be), and the task's stdout.txt
-    and stderr.txt opened for writing; no files when the command line is empty."""
-    argv = shlex.split(command_line)
-    if not argv:
-        return argv, None
-    stdout = (task_dir / "stdout.txt").open("wb")
+async def _end(process: subprocess.Popen[bytes], pidfd: int | None) -> None:
+    """Kill the task's process group if it still runs, reap it, unregister it from the watchdog."""
     try:
-        return argv, (stdout, (task_dir / "stderr.txt").open("wb"))
-    except BaseException:
-        stdout.close()
-        raise
+        if process.poll() is None:
+            await _kill_group(process, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+        _watchdog.send(f"-{process.pid}\n")
 
 
-async def _kill_group(process: Process) -> None:
+async def _kill_group(process: subprocess.Popen[bytes], pidfd: int | None) -> None:
     """SIGTERM to the task's whole process group, SIGKILL after a grace period."""
     for sig, grace in ((signal.SIGTERM, _KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
         try:
@@ -363,34 +447,61 @@ async def _kill_group(process: Process) -> None:
         except ProcessLookupError:
             break
         with anyio.move_on_after(grace):
-            await process.wait()
+            await _exited(process, pidfd)
             break
-    await process.wait()
+    await _exited(process, pidfd)
 
 
-async def _stage_out(spec: TaskSpec, workdir: Path, stager: Stager, *, succeeded: bool) -> FailureInfo | None:
+def _outputs(
+    spec: TaskSpec, workdir: Path, *, succeeded: bool
+) -> Iterator[tuple[str, str, str, Path] | FailureInfo]:
+    """The uploads the task's output files ask for, in order, each (container URL, blob name, matched name,
+    source); a FailureInfo ends them where a pattern or a blob name leaves its root. Blocking (it globs)."""
     task_dir = workdir.parent
     for output in spec.output_files:
         if not output.upload_condition.applies(succeeded=succeeded):
             continue
         # Batch lets a pattern reach the task dir (`../std*.txt`) and no further.
         if output.file_pattern.startswith("/") or leaves_root(f"wd/{output.file_pattern}"):
-            return FailureInfo(
+            yield FailureInfo(
                 "usererror", "OutputFilePatternInvalid", f"{output.file_pattern!r} leaves the task dir"
             )
-        matches = await anyio.to_thread.run_sync(_matches, output.file_pattern, workdir, task_dir)
-        for matched, source in matches:
+            return
+        for matched, source in _matches(output.file_pattern, workdir, task_dir):
             blob_name = output_blob_name(output, matched)
             if leaves_root(blob_name) or (output.path and not _under(blob_name, output.path)):
-                return FailureInfo(
+                yield FailureInfo(
                     "usererror",
                     "OutputFilePathInvalid",
                     f"{matched}: blob name {blob_name!r} leaves its path",
                 )
-            try:
-                await stager.put(output.container_url, blob_name, source)
-            except Exception as exc:  # an upload failure fails the task, as in Batch, and is reported
-                return FailureInfo("servererror", "FileUploadFailed", f"{matched}: {_one_line(exc)}")
+                return
+            yield output.container_url, blob_name, matched, source
+
+
+async def _stage_out(spec: TaskSpec, workdir: Path, stager: Stager, *, succeeded: bool) -> FailureInfo | None:
+    uploads = await anyio.to_thread.run_sync(lambda: list(_outputs(spec, workdir, succeeded=succeeded)))
+    for upload in uploads:
+        if isinstance(upload, FailureInfo):
+            return upload
+        container_url, blob_name, matched, source = upload
+        try:
+            await stager.put(container_url, blob_name, source)
+        except Exception as exc:  # an upload failure fails the task, as in Batch, and is reported
+            return FailureInfo("servererror", "FileUploadFailed", f"{matched}: {_one_line(exc)}")
+    return None
+
+
+def _stage_out_sync(spec: TaskSpec, workdir: Path, stager: SyncStager, succeeded: bool) -> FailureInfo | None:
+    """`_stage_out` in one worker-thread trip, for a stager whose moves are file operations."""
+    for upload in _outputs(spec, workdir, succeeded=succeeded):
+        if isinstance(upload, FailureInfo):
+            return upload
+        container_url, blob_name, matched, source = upload
+        try:
+            stager.put_sync(container_url, blob_name, source)
+        except Exception as exc:  # an upload failure fails the task, as in Batch, and is reported
+            return FailureInfo("servererror", "FileUploadFailed", f"{matched}: {_one_line(exc)}")
     return None
 
 

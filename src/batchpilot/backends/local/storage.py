@@ -129,14 +129,20 @@ def blob_path(blob_name: str) -> str:
 
 
 class FileStager:
-    """Moves task files between file:// URLs and a task's directory (the executor's Stager)."""
+    """Moves task files between file:// URLs and a task's directory (the executor's Stager, and its
+    SyncStager: the executor then makes one worker-thread trip for a task's files, not one per file)."""
 
     async def fetch(self, url: str, dest: Path) -> None:
-        await anyio.to_thread.run_sync(copy_atomically, path_from_url(url), dest)
+        await anyio.to_thread.run_sync(self.fetch_sync, url, dest)
 
     async def put(self, container_url: str, blob_name: str, source: Path) -> None:
-        dest = path_from_url(container_url) / blob_path(blob_name)
-        await anyio.to_thread.run_sync(_link_atomically, source, dest)
+        await anyio.to_thread.run_sync(self.put_sync, container_url, blob_name, source)
+
+    def fetch_sync(self, url: str, dest: Path) -> None:
+        copy_atomically(path_from_url(url), dest)
+
+    def put_sync(self, container_url: str, blob_name: str, source: Path) -> None:
+        _link_atomically(source, path_from_url(container_url) / blob_path(blob_name))
 
 
 def _link_atomically(source: Path, dest: Path) -> None:
