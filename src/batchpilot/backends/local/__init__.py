@@ -66,6 +66,11 @@ class LocalBackend:
     ) -> bool | None:
         assert self._task_group is not None
         # Workers wait on their queues forever; closing the backend stops them (and kills running tasks).
+        # The compute closes after they have ended: a task cut short writes its record, queued again, while
+        # its job is still known (closing first dropped the jobs, so whether a restart found the task cut
+        # short depended on its 'running' record having landed before the close).
         self._task_group.cancel_scope.cancel()
-        self.compute.close()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self.compute.close()
