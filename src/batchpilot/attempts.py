@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from .records import FailureInfo
+from .records import FailureInfo, TaskResult, TaskState
 
 # Batch: "If the maximum retry count is -1, the Batch service retries the task without limit."
 UNLIMITED_RETRIES = -1
@@ -74,3 +74,14 @@ def is_retry_count(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, int):
         return False
     return value == UNLIMITED_RETRIES or 0 <= value <= MAX_TASK_RETRY_COUNT
+
+
+def reactivation_refused(state: TaskState, result: TaskResult | None) -> str | None:
+    """Why Batch's Reactivate Task refuses a task in `state` with `result`, as the service's 409 code
+    (`TaskNotCompleted`, `TaskSucceeded`); None when it takes it: only a task that completed with a failure
+    runs again under its id (Batch REST: Reactivate Task)."""
+    if state is not TaskState.COMPLETED:
+        return "TaskNotCompleted"
+    if result is TaskResult.SUCCESS:
+        return "TaskSucceeded"
+    return None

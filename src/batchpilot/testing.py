@@ -44,7 +44,7 @@ from urllib.parse import quote, unquote, urlparse
 import anyio
 import anyio.lowlevel
 
-from .attempts import Decision, Interruption, after_attempt
+from .attempts import Decision, Interruption, after_attempt, reactivation_refused
 from .clock import Clock
 from .errors import BackendError, JobEndedError, NotFoundError, RequestTooLargeError
 from .files import temporary_sibling
@@ -512,10 +512,8 @@ class InMemoryCompute:
         task = job.tasks.get(task_id)
         if task is None:
             raise NotFoundError(f"task {task_id!r} not found", code="TaskNotFound")
-        if task.state is not TaskState.COMPLETED:
-            raise BackendError(f"task {task_id!r} has not completed", code="TaskNotCompleted")
-        if task.result is TaskResult.SUCCESS:
-            raise BackendError(f"task {task_id!r} succeeded", code="TaskSucceeded")
+        if (refused := reactivation_refused(task.state, task.result)) is not None:
+            raise BackendError(f"task {task_id!r} cannot run again ({refused})", code=refused)
         if job.ended is not None:
             raise JobEndedError(
                 f"job {job_id!r} has completed and reactivates no task", job_id=job_id, reason="JobCompleted"

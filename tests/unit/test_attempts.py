@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchpilot.attempts import Decision, Interruption, after_attempt, is_retry_count
-from batchpilot.records import FailureInfo
+from batchpilot.attempts import Decision, Interruption, after_attempt, is_retry_count, reactivation_refused
+from batchpilot.records import FailureInfo, TaskResult, TaskState
 
 EXIT_1 = FailureInfo(
     "usererror", "FailureExitCode", "The task exited with an exit code representing a failure"
@@ -71,3 +71,18 @@ def test_after_an_attempt(exit_code, failure, retry_count, limit, interrupted, e
 )
 def test_a_retry_count_is_minus_one_or_zero_to_a_hundred(value, valid):
     assert is_retry_count(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("state", "result", "refused"),
+    [
+        (TaskState.ACTIVE, None, "TaskNotCompleted"),
+        (TaskState.RUNNING, None, "TaskNotCompleted"),
+        (TaskState.COMPLETED, TaskResult.SUCCESS, "TaskSucceeded"),
+        (TaskState.COMPLETED, TaskResult.FAILURE, None),
+    ],
+)
+def test_only_a_failed_completed_task_is_reactivated(
+    state: TaskState, result: TaskResult | None, refused: str | None
+) -> None:
+    assert reactivation_refused(state, result) == refused

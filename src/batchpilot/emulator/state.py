@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..attempts import reactivation_refused
 from ..records import FailureInfo, TaskResult, TaskState
 from ..spec import TaskSpec
 
@@ -25,6 +26,15 @@ POOL_BEING_DELETED = "The specified pool has been marked for deletion and is bei
 JOB_BEING_DELETED = "The specified job has been marked for deletion and is being garbage collected."
 # The vCPUs of a VM size, as Azure spells them in its name: Standard_D4s_v3 has 4, Standard_A1_v2 has 1.
 _VM_CORES = re.compile(r"^(?:standard|basic)_[a-z]+?(\d+)", re.IGNORECASE)
+
+
+# The service's messages for Reactivate Task's refusals (`attempts.reactivation_refused`).
+_REACTIVATION_REFUSALS = {
+    "TaskNotCompleted": "The specified task is not in a completed state, and the requested operation can be "
+    "performed only on completed tasks.",
+    "TaskSucceeded": "The specified task has already completed successfully, and the requested operation "
+    "cannot be performed on successful tasks.",
+}
 
 
 class ServiceError(Exception):
@@ -386,20 +396,8 @@ class Job:
         id, its retry count reset to 0 and its previous execution (exit code, failure, times, node) gone.
         409 TaskNotCompleted / TaskSucceeded otherwise, and JobCompleted / JobNotActive when the job can
         take no task."""
-        if task.state is not TaskState.COMPLETED:
-            raise ServiceError(
-                409,
-                "TaskNotCompleted",
-                "The specified task is not in a completed state, and the requested operation can be "
-                "performed only on completed tasks.",
-            )
-        if task.result is TaskResult.SUCCESS:
-            raise ServiceError(
-                409,
-                "TaskSucceeded",
-                "The specified task has already completed successfully, and the requested operation cannot "
-                "be performed on successful tasks.",
-            )
+        if (refused := reactivation_refused(task.state, task.result)) is not None:
+            raise ServiceError(409, refused, _REACTIVATION_REFUSALS[refused])
         if self.state is not JobState.ACTIVE:
             raise ServiceError(
                 409,

@@ -29,7 +29,7 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ...attempts import Decision, after_attempt
+from ...attempts import Decision, after_attempt, reactivation_refused
 from ...errors import BackendError, ConfigError, NotFoundError, RequestTooLargeError
 from ...files import FolderLock
 from ...images import ImageVerdict, Reason, Verdict
@@ -344,10 +344,8 @@ class LocalCompute:
         task = job.tasks.get(task_id)
         if task is None:
             raise NotFoundError(f"task {task_id!r} of job {job_id!r} not found", code="TaskNotFound")
-        if task.state is not TaskState.COMPLETED:
-            raise BackendError(f"task {task_id} has not completed: nothing to retry", code="TaskNotCompleted")
-        if task.result is TaskResult.SUCCESS:
-            raise BackendError(f"task {task_id} succeeded: nothing to retry", code="TaskSucceeded")
+        if (refused := reactivation_refused(task.state, task.result)) is not None:
+            raise BackendError(f"task {task_id} cannot run again ({refused}): nothing to retry", code=refused)
         task.exit_code = task.result = task.failure = task.node_id = None
         task.start_time = task.end_time = None
         task.retry_count = task.requeue_count = 0
