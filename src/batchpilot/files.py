@@ -28,6 +28,19 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def md5_and_size(path: Path) -> tuple[str, int]:
+    """Hex MD5 of a file and its size in bytes, both of the one file opened (a file replaced between a
+    look at its size and its reading cannot mix the two). OSError as opening or reading it raises."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        # A small file in one read (and one more to see its end), without a megabyte's buffer for it.
+        want = min(_HASH_CHUNK, size + 1)
+        while chunk := handle.read(want):
+            digest.update(chunk)
+    return digest.hexdigest(), size
+
+
 def read_small_file(path: Path, limit: int) -> bytes:
     """The content of the regular file `path`, of at most `limit` bytes. OSError as opening it raises, and
     with EINVAL when it is no regular file (a FIFO would wait for a writer forever, a device like /dev/zero

@@ -592,6 +592,19 @@ _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
 _SAFE_PATH_CHARS = 1024
 
 
+def _name_of(path: str) -> str:
+    """`PurePosixPath(path).name`, without making a path object for a plain name (no `/`)."""
+    return path if "/" not in path and path not in ("", ".", "..") else PurePosixPath(path).name
+
+
+def _stem_of(name: str) -> str:
+    """`PurePosixPath(name).stem`, without making a path object for a plain name (no `/`)."""
+    if "/" in name or name in ("", ".", ".."):
+        return PurePosixPath(name).stem
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
 @dataclass(frozen=True, slots=True)
 class StagedInput:
     """An input with its blob and the id of the task that will process it.
@@ -677,11 +690,12 @@ class StagedInput:
     def node_values(self) -> dict[str, str]:
         """The placeholder values the command and the output patterns on the node are rendered with: those of
         `safe_path`, which no shell can take for syntax and no program for an option."""
-        name = PurePosixPath(self.safe_path).name
+        safe_path = self.safe_path
+        name = _name_of(safe_path)
         return {
-            "input": self.safe_path,
+            "input": safe_path,
             "input_name": name,
-            "stem": PurePosixPath(name).stem,
+            "stem": _stem_of(name),
             "task_id": self.task_id,
         }
 
@@ -689,6 +703,6 @@ class StagedInput:
         return {
             "input": self.node_path,
             "input_name": self.name,
-            "stem": PurePosixPath(self.name).stem,
+            "stem": _stem_of(self.name),
             "task_id": self.task_id,
         }
