@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +32,7 @@ class FakeCompute:
     counts_override: TaskCounts | None = None
     calls: list[tuple[str, object]] = field(default_factory=list)
     add_results: Callable[[Sequence[TaskSpec]], Sequence[AddTaskResult]] | None = None
+    page_size: int = 1000  # tasks per page handed to `list_tasks(on_page=...)`
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         return Ensured(spec.pool_id, created=True)
@@ -63,13 +64,24 @@ class FakeCompute:
             failed=len(completed) - succeeded,
         )
 
-    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
+    async def list_tasks(
+        self,
+        job_id: str,
+        changed_since: datetime | None = None,
+        *,
+        on_page: Callable[[list[TaskView]], Awaitable[None]] | None = None,
+    ) -> list[TaskView]:
         self.calls.append(("list_tasks", changed_since))
-        return [
+        views = [
             v
             for v in self.tasks.values()
             if changed_since is None or v.state_transition_time >= changed_since
         ]
+        if on_page is None:
+            return views
+        for start in range(0, len(views), self.page_size):  # pages as the service hands them out
+            await on_page(views[start : start + self.page_size])
+        return []
 
     async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:
         raise NotFoundError("no files here")

@@ -1,13 +1,14 @@
 """The Orchestrator: carries a workload through its stages and publishes what happens as events.
 
-    stage inputs ─┬─▶ build tasks ─▶ submit ─▶ monitor ─▶ drain subscribers ─▶ RunFinished
-    ensure pool ──┤
+    stage inputs ─┬─▶ build tasks ─┬─▶ submit ───┬─▶ drain subscribers ─▶ RunFinished
+    ensure pool ──┤                └─▶ monitor ──┘
     ensure job ───┘
 
-Uploads run alongside pool and job creation (a pool takes minutes on Azure). The engine knows nothing of the
-backend behind the `Compute` and `Storage` protocols, nor of the workload's program. The service is the
-source of truth: a re-run lists what the job already has and adds only what is missing, and the downloader
-fetches only outputs not already on disk.
+Uploads run alongside pool and job creation (a pool takes minutes on Azure); monitoring runs alongside
+submission (the first tasks of 100,000 end long before the last collection is added). The engine knows
+nothing of the backend behind the `Compute` and `Storage` protocols, nor of the workload's program. The
+service is the source of truth: a re-run lists what the job already has and adds only what is missing, and
+the downloader fetches only outputs not already on disk.
 """
 
 from __future__ import annotations
@@ -385,7 +386,19 @@ class Orchestrator:
         template = workload.template
         self._downloader.expect(run_id, {item.task_id: required_downloads(template, item) for item in staged})
 
+        # Tasks that stay in an earlier generation of the job (ended, so completed) are read from there.
+        elsewhere = choice.elsewhere(workload.job_id)
+        moved = {task_id for ids in elsewhere.values() for task_id in ids}
+        # Monitoring starts with submission: the first tasks run (and end) while the last are still being
+        # added. The tracker is told which tasks the service refused, and is not done before submission is.
+        expected = [item.task_id for item in staged if item.task_id not in moved]
+        tracker = TaskTracker(run_id, workload.job_id, expected, submitting=True)
+        del expected
+        poller = Poller(compute, tracker, self._publish, settings=self._settings.poll, clock=self._clock)
+
         async def submitted(results: Sequence[AddTaskResult]) -> None:
+            # Tasks the service did not take: nothing to wait for.
+            tracker.forget(r.task_id for r in results if r.status not in (AddStatus.ADDED, AddStatus.EXISTS))
             await self._publish_submitted(run_id, workload.job_id, results)
 
         async with anyio.create_task_group() as group:
@@ -394,6 +407,16 @@ class Orchestrator:
             group.start_soon(self._watch_nodes, run_id, workload.pool.pool_id)
             submitter = Submitter(compute, in_flight=self._settings.submit_in_flight, clock=self._clock)
             self._stage(run_id, Stage.SUBMISSION)
+            monitored = [anyio.Event() for _ in range(len(elsewhere) + 1)]
+            group.start_soon(self._monitor, run_id, poller, recorder, monitored[0])
+            for (other_job, ids), finished in zip(elsewhere.items(), monitored[1:], strict=True):
+                earlier = TaskTracker(run_id, other_job, ids)
+                settings, clock = self._settings.poll, self._clock
+                group.start_soon(
+                    self._poll_earlier,
+                    Poller(compute, earlier, self._publish, settings=settings, clock=clock),
+                    finished,
+                )
             await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
             # Not kept while the tasks run: 100,000 task definitions (SAS URLs, command lines) weigh 70 MB.
             del to_add
@@ -401,35 +424,42 @@ class Orchestrator:
             # what the service could not take now: such a job stays open (its max wall clock still ends it).
             if workload.job_lifetime is JobLifetime.RUN and ended is None and not recorder.unsubmitted:
                 await compute.end_job_when_done(workload.job_id)
+                _log.info("job_ends_when_done", tasks=len(staged))  # every task is in (tests wait for it)
             self._stage(run_id, Stage.SUBMISSION, ended=True)
-            refused = recorder.failed_ids()  # tasks the service did not take: nothing to wait for
-            # Tasks that stay in an earlier generation of the job (ended, so completed) are read from there.
-            elsewhere = choice.elsewhere(workload.job_id)
-            for other_job, ids in elsewhere.items():
-                earlier = TaskTracker(run_id, other_job, ids)
-                settings, clock = self._settings.poll, self._clock
-                await Poller(compute, earlier, self._publish, settings=settings, clock=clock).run()
-            moved = {task_id for ids in elsewhere.values() for task_id in ids}
-            expected = [item.task_id for item in staged if item.task_id not in refused | moved]
-            tracker = TaskTracker(run_id, workload.job_id, expected)
-            poller = Poller(compute, tracker, self._publish, settings=self._settings.poll, clock=self._clock)
-            self._stage(run_id, Stage.MONITORING)
-            with anyio.CancelScope() as monitoring:
-                if self._stop_monitoring:
-                    monitoring.cancel()
-                self._monitoring[run_id] = (monitoring, poller.stats)
-                try:
-                    await poller.run()
-                except LostContactError as exc:
-                    # Not a failure of any task: the run ends saying so; a re-run resumes from the service.
-                    recorder.lost_contact(str(exc))
-                finally:
-                    del self._monitoring[run_id]
-            self._stage(run_id, Stage.MONITORING, ended=True)
+            tracker.submission_ended()
+            if tracker.done:  # every task taken has completed, or none was: no need to wait for another look
+                poller.wake()
+            for finished in monitored:
+                await finished.wait()
             self.poll_stats[run_id] = poller.stats
             while len(self.poll_stats) > POLL_STATS_KEPT:
                 del self.poll_stats[next(iter(self.poll_stats))]
             group.cancel_scope.cancel()
+
+    @staticmethod
+    async def _poll_earlier(poller: Poller, finished: anyio.Event) -> None:
+        await poller.run()
+        finished.set()
+
+    async def _monitor(
+        self, run_id: str, poller: Poller, recorder: RunRecorder, finished: anyio.Event
+    ) -> None:
+        """Poll the run's job until its tracker is done, `stop_monitoring` is called, or contact is lost;
+        then set `finished`."""
+        self._stage(run_id, Stage.MONITORING)
+        with anyio.CancelScope() as monitoring:
+            if self._stop_monitoring:
+                monitoring.cancel()
+            self._monitoring[run_id] = (monitoring, poller.stats)
+            try:
+                await poller.run()
+            except LostContactError as exc:
+                # Not a failure of any task: the run ends saying so; a re-run resumes from the service.
+                recorder.lost_contact(str(exc))
+            finally:
+                del self._monitoring[run_id]
+        self._stage(run_id, Stage.MONITORING, ended=True)
+        finished.set()
 
     async def _choose_job(
         self, run_id: str, workload: Workload, first: Ensured, staged: Sequence[StagedInput]

@@ -55,7 +55,7 @@ class Stage(enum.StrEnum):
     UPLOAD = "upload"  # the inputs uploaded (or found unchanged)
     NODES = "nodes"  # from when tasks can be submitted until the pool has a node that can run them
     SUBMISSION = "submission"  # the tasks added to the job
-    MONITORING = "monitoring"  # from the last submission until every task completed
+    MONITORING = "monitoring"  # from the start of submission (alongside it) until every task completed
     DOWNLOADS = "downloads"  # from the first task succeeded (its outputs are fetched) to the last output
 
 

@@ -65,7 +65,7 @@ from .records import (
 from .spec import JobSpec, OutputFile, PoolSpec, TaskSpec
 
 if TYPE_CHECKING:
-    from .backends.base import Backend, Compute, Storage
+    from .backends.base import Backend, Compute, PageHandler, Storage
 
 __all__ = (
     "Fail",
@@ -542,9 +542,11 @@ class InMemoryCompute:
         self._run_queued(job)
         return counts
 
-    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
-        """Every task, or those whose state changed at or after `changed_since`. NotFoundError when no
-        such job."""
+    async def list_tasks(
+        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
+    ) -> list[TaskView]:
+        """Every task, or those whose state changed at or after `changed_since` (one page: handed to
+        `on_page` when given, and then none returned). NotFoundError when no such job."""
         self.calls.append(("list_tasks", changed_since))
         job = self._job(job_id)
         views = [
@@ -553,6 +555,9 @@ class InMemoryCompute:
             if changed_since is None or task.transition_time >= changed_since
         ]
         self._run_queued(job)
+        if on_page is not None:
+            await on_page(views)
+            return []
         return views
 
     async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:

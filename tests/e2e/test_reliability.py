@@ -67,8 +67,8 @@ def test_a_job_whose_orchestrator_was_killed_ends_by_itself_once_its_tasks_are_d
     with start_emulator(allocation_delay_s=1.5) as emulator:
         env = azure_env(home, emulator, azurite)
         args = cli_command("run", "--backend", "azure", "--sample", "5", "--out", str(tmp_path / "out"))
-        # Once monitoring has begun, every task is in and the job was told no more will come.
-        kill_when_logged(args, env, tmp_path / "killed.log", '"task_state_changed"')
+        # Once every task is in and the job was told no more will come (monitoring began with submission).
+        kill_when_logged(args, env, tmp_path / "killed.log", '"job_ends_when_done"')
 
         async def ended() -> tuple[str, int]:
             async with batch_client(emulator) as client:

@@ -286,16 +286,18 @@ async def test_a_task_that_changed_while_later_pages_were_read_is_seen_by_the_ne
         compute.set(f"other-{n}", C, 0, exit_code=0)
     unpaged = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None):
+    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
         if len(compute.calls_named("list_tasks")) != 1:
-            return await unpaged(job_id, changed_since)
+            return await unpaged(job_id, changed_since, on_page=on_page)
         # The second listing takes 5 s over its pages: `a` completes after its page was read, `b` before
         # its own page is. The watermark becomes b's time, 4 s past a's: beyond the skew (2 s).
-        first_page = await unpaged(job_id, changed_since)
+        first_page = [view for view in await unpaged(job_id, changed_since) if view.task_id != "b"]
+        await on_page(first_page)
         clock.current += timedelta(seconds=5)
         compute.set("a", C, 2, exit_code=0)
         compute.set("b", C, 6, exit_code=0)
-        return [view for view in first_page if view.task_id != "b"] + [compute.tasks["b"]]
+        await on_page([compute.tasks["b"]])
+        return []
 
     compute.list_tasks = list_tasks
     poller, events = make(compute, clock, ["a", "b"])
@@ -312,9 +314,9 @@ async def test_a_listing_of_one_page_adds_no_margin_however_long_it_took():
     compute.set("a", R, 0)
     slow = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None):
+    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
         clock.current += timedelta(seconds=5)
-        return await slow(job_id, changed_since)
+        return await slow(job_id, changed_since, on_page=on_page)
 
     def advance(_: float) -> None:
         compute.set("a", C, (clock.current - at(0)).total_seconds(), exit_code=0)
@@ -325,3 +327,61 @@ async def test_a_listing_of_one_page_adds_no_margin_however_long_it_took():
     await poller.run()
     # The first look (full, at t=0, back at t=5) saw `a` running since t=0; the next starts at 0 - skew.
     assert compute.calls_named("list_tasks") == [None, at(0 - 2)]
+
+
+async def test_each_page_of_a_listing_is_published_before_the_next_page_is_read():
+    # A 100-page first look must not keep its first pages' news until the last page is in.
+    compute, clock = FakeCompute(page_size=2), FakeClock()
+    for n in range(6):
+        compute.set(f"t{n}", C, n, exit_code=0)
+    published: list[list[str]] = []  # the tasks published by the time each page is handed out
+    listed = compute.list_tasks
+
+    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
+        async def page(views):
+            published.append(sorted(e.task_id for e in events if isinstance(e, TaskSucceeded)))
+            await on_page(views)
+
+        return await listed(job_id, changed_since, on_page=page)
+
+    compute.list_tasks = list_tasks
+    poller, events = make(compute, clock, [f"t{n}" for n in range(6)])
+    await poller.run()
+    assert published == [[], ["t0", "t1"], ["t0", "t1", "t2", "t3"]]
+    assert sum(isinstance(e, TaskSucceeded) for e in events) == 6
+    assert poller.stats.tasks_listed == 6
+
+
+async def test_a_listing_cut_short_by_a_failure_is_listed_again_from_where_it_started():
+    # Its first page moved the tracker's watermark past transitions its unread pages held: the next listing
+    # starts from the last listing that ended well, or it would miss them.
+    compute, clock = FakeCompute(page_size=1), FakeClock()
+    compute.set("a", R, 0)
+    compute.set("b", R, 0)
+    listed = compute.list_tasks
+    rounds = iter(range(1000))
+
+    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
+        second = len(compute.calls_named("list_tasks")) == 1  # the first look saw both running
+
+        async def page(views):
+            await on_page(views)
+            if second and views[0].task_id == "a":
+                raise TransientBackendError("connection reset while reading the next page")
+
+        return await listed(job_id, changed_since, on_page=page)
+
+    def advance(_: float) -> None:
+        if next(rounds) == 0:
+            compute.set("b", C, 5, exit_code=0)  # earlier than a's, on the page after a's
+            compute.set("a", C, 9, exit_code=0)
+
+    compute.list_tasks = list_tasks
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ["a", "b"])
+    await poller.run()
+    assert {e.task_id for e in events if isinstance(e, TaskSucceeded)} == {"a", "b"}
+    listings = compute.calls_named("list_tasks")
+    assert listings[1] == listings[2] == at(0 - 2)  # the failed listing is asked again as it was
+    assert poller.stats.full_listings == 1
+    assert poller.stats.failed_polls == 1

@@ -148,3 +148,32 @@ def test_progress_counts_unseen_tasks_as_active():
 
 def test_an_empty_tracker_is_done():
     assert TaskTracker("run", "job", []).done
+
+
+def test_a_tracker_made_during_submission_is_not_done_before_submission_ends():
+    # Monitoring starts with submission: every task added so far may have completed while more are coming.
+    tracker = TaskTracker("run", "job", ["a", "b", "refused"], submitting=True)
+    tracker.observe([view("a", C, 1, exit_code=0), view("b", C, 2, exit_code=0)], at=at(2))
+    assert not tracker.done  # `refused` is still expected
+    tracker.forget(["refused", "never-expected"])
+    assert not tracker.done  # submission has not ended: more may still be refused or added
+    tracker.submission_ended()
+    assert tracker.done
+    assert tracker.expected == {"a", "b"}
+    assert tracker.progress().total == 2
+
+
+def test_done_follows_tasks_that_complete_and_are_reactivated_and_forgotten():
+    tracker = TaskTracker("run", "job", ["a", "b"])
+    tracker.observe([view("a", C, 1, exit_code=1), view("b", C, 1, exit_code=0)], at=at(1))
+    assert tracker.done
+    tracker.observe([view("a", A, 2)], at=at(2))  # reactivated (a re-run's retry)
+    assert not tracker.done
+    tracker.observe([view("a", C, 1.5, exit_code=1)], at=at(3))  # stale: older than what is known
+    assert not tracker.done
+    tracker.observe([view("a", C, 4, exit_code=0), view("a", C, 4, exit_code=0)], at=at(4))
+    assert tracker.done
+    tracker.forget(["a"])  # a completed task forgotten: the count of completed follows
+    assert tracker.done
+    tracker.observe([view("b", R, 5, retry_count=1)], at=at(5))
+    assert not tracker.done

@@ -6,7 +6,7 @@ boundary (the core never imports `azure.*`), and returns plain frozen records, n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,9 @@ from ..records import (
     UploadOutcome,
 )
 from ..spec import JobSpec, PoolSpec, TaskSpec
+
+# Takes one page of a task listing (`Compute.list_tasks(on_page=...)`).
+PageHandler = Callable[[list[TaskView]], Awaitable[None]]
 
 
 class Compute(Protocol):
@@ -70,8 +73,14 @@ class Compute(Protocol):
         """The cheap probe. May lag behind `list_tasks`."""
         ...
 
-    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
-        """Every task of the job, or only those whose state changed at or after `changed_since`."""
+    async def list_tasks(
+        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
+    ) -> list[TaskView]:
+        """Every task of the job, or only those whose state changed at or after `changed_since`.
+
+        With `on_page`, each page of the answer (up to 1,000 tasks on Batch; the whole answer where there
+        are no pages) is handed to it as it arrives, awaited before the next page is asked for, and the list
+        returned is empty: a listing of 100,000 tasks is then acted on page by page and never held whole."""
         ...
 
     async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:

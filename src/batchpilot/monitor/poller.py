@@ -29,7 +29,7 @@ from ..backoff import BackoffPolicy
 from ..clock import Clock, SystemClock
 from ..errors import BackendError, LostContactError, TransientBackendError
 from ..events import Event, MonitorDegraded, MonitorRecovered, TaskFailed
-from ..records import TaskCounts
+from ..records import TaskCounts, TaskView
 from ..text import TAIL_BYTES, tail_text
 from .state import TaskTracker
 
@@ -115,13 +115,18 @@ class Poller:
         self._compute = compute
         self._tracker = tracker
         self._publish = publish
-        self._settings = settings.for_tasks(len(tracker.expected))
+        # Sized for every task of the run, also while they are still being submitted.
+        self._settings = settings.for_tasks(tracker.expected_count)
         self._clock = clock or SystemClock()
         self._draw = draw
         self._last_counts: TaskCounts | None = None
         self._last_full: datetime | None = None
         self._last_listing_took = timedelta(0)
+        # The tracker's watermark after the last listing that ended well: one cut short by a failure may have
+        # moved the tracker's past transitions its unread pages hold.
+        self._listed_to: datetime | None = None
         self._busy = False
+        self._nap: anyio.CancelScope | None = None
         self._failing_since: datetime | None = None
         self.stats = PollStats()
 
@@ -146,7 +151,14 @@ class Poller:
             base = self._settings.backoff.next_base(base, changed=changed)
             delay = self._settings.backoff.delay(base, unit=self._draw(), retry_after=retry_after)
             self.stats.intervals.append(delay)
-            await self._clock.sleep(delay)
+            with anyio.CancelScope() as self._nap:
+                await self._clock.sleep(delay)
+            self._nap = None
+
+    def wake(self) -> None:
+        """Cut the wait before the next round short (e.g. the tracker may be done: submission ended)."""
+        if self._nap is not None:
+            self._nap.cancel()
 
     def _answer_within(self) -> AbstractContextManager[anyio.CancelScope]:
         """Bounds one request, not the publishing after it: a slow subscriber must not fail a poll."""
@@ -216,28 +228,39 @@ class Poller:
             self._last_counts = counts
             if not (moved or full_due):
                 return False
-        watermark = self._tracker.watermark
         since = None
-        if not full_due and watermark is not None:
-            since = watermark - self._settings.skew - self._last_listing_took
+        if not full_due and self._listed_to is not None:
+            since = self._listed_to - self._settings.skew - self._last_listing_took
         started = self._clock.now()
-        with self._answer_within():
-            views = await self._compute.list_tasks(job_id, changed_since=since)
+        pages = 0
+        news = False
+
+        async def take(views: list[TaskView]) -> None:
+            # Each page is acted on as it arrives: a listing of 100 pages publishes its first news at once.
+            nonlocal pages, news
+            began = anyio.current_time()
+            pages += 1
+            self.stats.tasks_listed += len(views)
+            events = self._tracker.observe(views, at=self._clock.now())
+            news = news or bool(events)
+            for event in events:
+                if isinstance(event, TaskFailed):
+                    event = replace(event, stderr_tail=await self._stderr_tail(event.task_id))
+                await self._publish(event)
+            request.deadline += anyio.current_time() - began  # the poll's timeout bounds the requests only
+
+        with self._answer_within() as request:
+            await self._compute.list_tasks(job_id, changed_since=since, on_page=take)
         # One page is one consistent look: no margin after it. Adding one anyway would widen the next
         # listing by the time this one took to read, which makes that one longer, and so on.
-        self._last_listing_took = self._clock.now() - started if len(views) > _PAGE else timedelta(0)
+        self._last_listing_took = self._clock.now() - started if pages > 1 else timedelta(0)
+        self._listed_to = self._tracker.watermark
         self.stats.listings += 1
-        self.stats.tasks_listed += len(views)
         if since is None:
             self.stats.full_listings += 1
             self._last_full = now
-        events = self._tracker.observe(views, at=now)
-        self._busy = bool(events)
-        for event in events:
-            if isinstance(event, TaskFailed):
-                event = replace(event, stderr_tail=await self._stderr_tail(event.task_id))
-            await self._publish(event)
-        return moved or bool(events)
+        self._busy = news
+        return moved or news
 
     async def _stderr_tail(self, task_id: str) -> str:
         return await read_stderr_tail(self._compute, self._tracker.job_id, task_id)

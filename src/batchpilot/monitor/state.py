@@ -63,18 +63,37 @@ class Progress:
 
 
 class TaskTracker:
-    """The last known view of each expected task, and the events each new observation implies."""
+    """The last known view of each expected task, and the events each new observation implies.
 
-    def __init__(self, run_id: str, job_id: str, expected: Iterable[str]) -> None:
+    A tracker made while its tasks are still being submitted (`submitting=True`) is told later which of them
+    the service refused (`forget`) and when submission has ended (`submission_ended`): it is not `done`
+    before then, even if every task submitted so far has completed.
+    """
+
+    def __init__(
+        self, run_id: str, job_id: str, expected: Iterable[str], *, submitting: bool = False
+    ) -> None:
         self.run_id = run_id
         self.job_id = job_id
-        self._expected = frozenset(expected)
+        self._expected = set(expected)
         self._known: dict[str, TaskView] = {}
+        self._completed = 0  # expected tasks whose last known state is completed: `done` in O(1)
+        self._submitting = submitting
         self._watermark: datetime | None = None
 
     @property
     def expected(self) -> frozenset[str]:
-        return self._expected
+        """The tasks waited for (a copy: O(n))."""
+        return frozenset(self._expected)
+
+    @property
+    def expected_count(self) -> int:
+        return len(self._expected)
+
+    @property
+    def submitting(self) -> bool:
+        """True until `submission_ended`: more of the expected tasks may still be refused."""
+        return self._submitting
 
     @property
     def watermark(self) -> datetime | None:
@@ -83,10 +102,23 @@ class TaskTracker:
 
     @property
     def done(self) -> bool:
-        """True once every expected task has been seen completed. Never inferred from counts."""
-        return len(self._known) == len(self._expected) and all(
-            view.state is TaskState.COMPLETED for view in self._known.values()
-        )
+        """True once submission has ended and every expected task has been seen completed. Never inferred
+        from counts."""
+        return not self._submitting and self._completed == len(self._expected)
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """Stop waiting for `task_ids` (the service refused to add them: they will never run)."""
+        for task_id in task_ids:
+            if task_id not in self._expected:
+                continue
+            self._expected.discard(task_id)
+            known = self._known.pop(task_id, None)
+            if known is not None and known.state is TaskState.COMPLETED:
+                self._completed -= 1
+
+    def submission_ended(self) -> None:
+        """Every task of the run has been submitted (and the refused ones forgotten)."""
+        self._submitting = False
 
     def view(self, task_id: str) -> TaskView | None:
         return self._known.get(task_id)
@@ -119,6 +151,9 @@ class TaskTracker:
             if verdict in (Verdict.STALE, Verdict.DUPLICATE):
                 continue
             self._known[seen.task_id] = seen
+            self._completed += (seen.state is TaskState.COMPLETED) - (
+                known is not None and known.state is TaskState.COMPLETED
+            )
             events.extend(self._events_for(known, seen, verdict, at))
         return events
 

@@ -23,6 +23,7 @@ from ...errors import BackendError, JobEndedError, PoolBeingDeletedError, QuotaR
 from ...images import ExistingPool, ImageVerdict, SupportedImage, judge
 from ...records import AddTaskResult, Ensured, TaskCounts, TaskView
 from ...spec import JobSpec, PoolSpec, TaskSpec
+from ..base import PageHandler
 from . import models
 from .errors import Explained, Kind, azure_fix, explain, explained_error, service_code, translated
 
@@ -295,14 +296,20 @@ class AzureCompute:
         with translated(f"get task counts of job {job_id}", self._secrets):
             return models.task_counts(await self._client.get_job_task_counts(job_id))
 
-    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
+    async def list_tasks(
+        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
+    ) -> list[TaskView]:
         where = None
         if changed_since is not None:
             where = f"stateTransitionTime ge {models.odata_datetime(changed_since)}"
         with translated(f"list tasks of job {job_id}", self._secrets):
             # The SDK follows odata.nextLink for further pages; the service keeps the filter in the link.
-            pages = self._client.list_tasks(job_id, filter=where, select=list(models.TASK_VIEW_FIELDS))
-            return [models.task_view(task) async for task in pages]
+            tasks = self._client.list_tasks(job_id, filter=where, select=list(models.TASK_VIEW_FIELDS))
+            if on_page is None:
+                return [models.task_view(task) async for task in tasks]
+            async for page in tasks.by_page():
+                await on_page([models.task_view(task) async for task in page])
+            return []
 
     async def read_task_file(self, job_id: str, task_id: str, name: str, *, tail: int | None = None) -> bytes:
         with translated(f"read {name} of task {task_id} in job {job_id}", self._secrets):
