@@ -42,10 +42,12 @@ def _inputs_with_a_corrupt_one(tmp_path: Path) -> Path:
 
 
 def _attempts_in_state(home: Path, job: str) -> int:
-    """What the local backend's task records say ran: one attempt per task, plus its retries and requeues."""
-    records = [json.loads(p.read_text()) for p in (home / "local").rglob(f"jobs/{job}/tasks/*/task.json")]
+    """What the local backend's task records say ran: one attempt per task, plus its retries and requeues.
+    The records are the job's journal's lines, a task's last line winning."""
+    (journal,) = (home / "local").rglob(f"jobs/{job}/tasks.jsonl")
+    records = {record["task_id"]: record for record in map(json.loads, journal.read_text().splitlines())}
     assert records, "no task records"
-    return sum(1 + record["retry_count"] + record["requeue_count"] for record in records)
+    return sum(1 + record["retry_count"] + record["requeue_count"] for record in records.values())
 
 
 def _seen(report: Path, screenshot: Path) -> PageResult:

@@ -8,17 +8,25 @@ preempted task is on Batch.
 
     <root>/pools/<pool_id>.json
     <root>/jobs/<job_id>/job.json
-    <root>/jobs/<job_id>/tasks/<task_id>/{task.json, stdout.txt, stderr.txt, wd/}
+    <root>/jobs/<job_id>/tasks.jsonl        the job's task records: a journal, one JSON line per record
+    <root>/jobs/<job_id>/tasks/<task_id>/{stdout.txt, stderr.txt, wd/}
+
+The journal is appended to, never rewritten in place: a task's later line replaces its earlier ones, so a
+state change costs a line, not a file (a file per task and state made three inodes per task). A line cut
+short by a crash has no newline and is ignored; the journal is compacted (rewritten to one line per task,
+then renamed over) when it holds much more than its live records, and when a job is resumed. State folders
+of earlier versions kept `tasks/<task_id>/task.json`: those are read, moved into the journal on resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,7 +63,6 @@ from ...spec import (
     check_batch_id,
     leaves_root,
 )
-from ..base import PageHandler
 from .executor import (
     TASK_DIR_VARIABLE,
     Execution,
@@ -67,6 +74,7 @@ from .executor import (
 )
 
 _log = structlog.get_logger("batchpilot.local")
+JOURNAL = "tasks.jsonl"  # in the job's folder: its task records
 MAX_TASKS_PER_REQUEST = 100
 # Each slot is a worker here, running its task as a process: more than this would exhaust the machine.
 MAX_LOCAL_SLOTS = 1024
@@ -118,10 +126,81 @@ class _Task:
 
 
 @dataclass(slots=True, eq=False)
+class _Journal:
+    """A job's task records on disk (`tasks.jsonl`): one JSON line per record, a task's last line winning.
+    A task's spec, which never changes, is on its first line only. Touched by the record writer's trips, one
+    at a time, in a worker thread."""
+
+    path: Path
+    lines: int = 0  # complete lines in the file
+    with_spec: set[str] = field(default_factory=set)  # tasks whose spec is on a line in the file
+    deleted: bool = False  # the job's folder is being removed: nothing more is written
+
+    def append(self, records: Sequence[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+        """Append `(task id, record, spec)` as lines in one write (the spec where the file has none of that
+        task yet). OSError when the file cannot be written; nothing once the job is deleted."""
+        if self.deleted or not records:
+            return
+        lines = []
+        for task_id, record, spec in records:
+            if task_id not in self.with_spec:
+                record = {**record, "spec": spec}
+            lines.append(json.dumps(record, separators=(",", ":")))
+        data = ("\n".join(lines) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            if self.deleted:
+                return
+            raise
+        try:
+            size = os.fstat(fd).st_size  # this process is the job's only writer (its folder's lock)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                # A disk full halfway: the part written goes, or the next line would be glued to it.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+        self.lines += len(records)
+        self.with_spec.update(task_id for task_id, _, _ in records)
+
+    def rewrite(self, records: Sequence[dict[str, Any]]) -> None:
+        """Replace the file with one line per record (each with its spec): a new file renamed over the old,
+        so a reader or a crash sees either whole. OSError when it cannot be written."""
+        if self.deleted:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with temporary.open("w") as handle:
+                handle.writelines(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        self.lines = len(records)
+        self.with_spec = {record["task_id"] for record in records}
+
+
+# Compacted when the journal holds more lines than this many per task, plus the slack: each task writes
+# about three (queued, running, completed), two more per retry or requeue.
+_COMPACT_LINES_PER_TASK = 6
+_COMPACT_SLACK = 1024
+
+
+@dataclass(slots=True, eq=False)
 class _Job:
     spec: JobSpec
     directory: Path
     tasks: dict[str, _Task] = field(default_factory=dict)
+    journal: _Journal = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.journal = _Journal(self.directory / JOURNAL)
 
 
 @dataclass(slots=True, eq=False)
@@ -266,6 +345,8 @@ class LocalCompute:
         if existed:
             await self._resume(job)
         else:
+            # A journal with no job.json is a deleted job's leftover (a last record racing the deletion).
+            await anyio.Path(job.journal.path).unlink(missing_ok=True)
             await _write_json(directory / "job.json", {"job_id": spec.job_id, "pool_id": spec.pool_id})
         return Ensured(spec.job_id, created=not existed)
 
@@ -277,8 +358,11 @@ class LocalCompute:
             )
 
     async def _resume(self, job: _Job) -> None:
-        """Load the job's tasks; requeue those that were queued or cut short when the last process ended."""
-        records = await anyio.to_thread.run_sync(_read_task_records, job.directory / "tasks")
+        """Load the job's tasks; requeue those that were queued or cut short when the last process ended.
+        The journal is compacted first thing (one line per task, any line cut short by a crash gone, the
+        task.json files of an earlier version's folder moved into it)."""
+        read = await anyio.to_thread.run_sync(_read_task_records, job.directory)
+        records = read.tasks
         stopped = [task for task in records if task.state not in (TaskState.COMPLETED, TaskState.ACTIVE)]
         if stopped:
             # Their processes died with their orchestrator (the executor's watchdog); any that did not are
@@ -287,15 +371,21 @@ class LocalCompute:
             ended = await anyio.to_thread.run_sync(end_strays, task_dirs)
             if ended:
                 _log.warning("local_strays_ended", job_id=job.spec.job_id, processes=ended)
-        for task in records:
-            job.tasks[task.spec.task_id] = task
-            if task.state is TaskState.COMPLETED:
-                continue
-            if task.state is not TaskState.ACTIVE:
+            for task in stopped:
                 task.requeue_count += 1
                 task.move(TaskState.ACTIVE)
-                await self._persist(job, task)
-            self._enqueue(job, task)
+        for task in records:
+            job.tasks[task.spec.task_id] = task
+        if records or read.lines:
+            # Before any task is queued: nothing is appended to the journal while it is rewritten.
+            await self._records.write(
+                job.journal, (), snapshot=[_task_to_json(task, spec=True) for task in records]
+            )
+        if read.legacy:
+            await anyio.to_thread.run_sync(_remove_legacy_records, read.legacy)
+        for task in records:
+            if task.state is not TaskState.COMPLETED:
+                self._enqueue(job, task)
         if records:
             _log.info("local_job_resumed", job_id=job.spec.job_id, tasks=len(records))
 
@@ -370,9 +460,7 @@ class LocalCompute:
             failed=completed - succeeded,
         )
 
-    async def list_tasks(
-        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
-    ) -> list[TaskView]:
+    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
         job = self._jobs.get(job_id)
         if job is not None:
             tasks = list(job.tasks.values())
@@ -380,14 +468,10 @@ class LocalCompute:
             # A job this process has not opened (`batchpilot report --job`): its records on disk, read only;
             # opening it (ensure_job) would run its queued tasks.
             directory = await self._job_directory(job_id)
-            tasks = await anyio.to_thread.run_sync(_read_task_records, directory / "tasks")
-        views = [
+            tasks = (await anyio.to_thread.run_sync(_read_task_records, directory)).tasks
+        return [
             task.view() for task in tasks if changed_since is None or task.transition_time >= changed_since
         ]
-        if on_page is None:
-            return views
-        await on_page(views)  # one page: the whole answer
-        return []
 
     async def _job_directory(self, job_id: str) -> Path:
         job = self._jobs.get(job_id)
@@ -415,6 +499,7 @@ class LocalCompute:
             await self._lock_job(job_id, directory)  # never under a process that runs the job
         job = self._jobs.pop(job_id, None)
         if job is not None:
+            job.journal.deleted = True
             for task in job.tasks.values():
                 if task.cancel_scope is not None:
                     task.cancel_scope.cancel()
@@ -530,29 +615,49 @@ class LocalCompute:
         return env
 
     async def _persist(self, job: _Job, *tasks: _Task) -> None:
-        """Return once the tasks' records (or newer ones of the same tasks) are on disk; see _RecordWriter."""
-        tasks_dir = job.directory / "tasks"
-        await self._records.write(
-            [(tasks_dir / task.spec.task_id / "task.json", _task_to_json(task)) for task in tasks]
-        )
+        """Return once the tasks' records (or newer ones of the same tasks) are on disk; see _RecordWriter.
+        A journal grown past its bound is compacted instead, from every task of the job."""
+        journal = job.journal
+        if journal.lines > _COMPACT_LINES_PER_TASK * len(job.tasks) + _COMPACT_SLACK:
+            snapshot = [_task_to_json(task, spec=True) for task in job.tasks.values()]
+            await self._records.write(journal, (), snapshot=snapshot)
+        else:
+            await self._records.write(
+                journal, [(task.spec.task_id, _task_to_json(task), task.spec_record) for task in tasks]
+            )
 
 
 class _RecordWriter:
-    """Task records written in batches: one worker-thread trip writes every record that arrived while the
-    previous trip ran, and a record replaced before its trip (a task that ran and completed meanwhile) is
-    written once, in its latest state. `write` returns when its records, or newer ones, are on disk, so a
-    state the caller goes on from survives a crash as before; nothing waits on purpose to fill a batch."""
+    """Task records written in batches: one worker-thread trip appends every record that arrived while the
+    previous trip ran, a journal at a time in one write, and a record replaced before its trip (a task that
+    ran and completed meanwhile) is written once, in its latest state. `write` returns when its records, or
+    newer ones, are on disk (in the file: a crash of the process loses none; no fsync), so a state the
+    caller goes on from survives a crash as before; nothing waits on purpose to fill a batch."""
 
     def __init__(self) -> None:
-        self._pending: dict[Path, dict[str, Any]] = {}
+        # (journal, task id) -> (record, spec): the spec goes to the line only if the journal has none yet.
+        self._pending: dict[tuple[_Journal, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._snapshots: dict[_Journal, list[dict[str, Any]]] = {}  # journals to rewrite whole
         self._collecting = 0  # the number of the batch that new records join
         self._written = -1  # the last batch whose trip has ended
         self._failed: tuple[int, OSError] | None = None  # the last batch whose trip failed
         self._writing = False
         self._trip_ended = anyio.Event()
 
-    async def write(self, records: Sequence[tuple[Path, dict[str, Any]]]) -> None:
-        self._pending.update(records)
+    async def write(
+        self,
+        journal: _Journal,
+        records: Iterable[tuple[str, dict[str, Any], dict[str, Any]]],
+        *,
+        snapshot: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Append `records` (task id, record, spec) to `journal`; or, with `snapshot` (every task's record,
+        spec included), rewrite it as those lines, which stand for any of its records still pending."""
+        if snapshot is not None:
+            self._pending = {key: value for key, value in self._pending.items() if key[0] is not journal}
+            self._snapshots[journal] = snapshot
+        for task_id, record, spec in records:
+            self._pending[journal, task_id] = (record, spec)
         mine = self._collecting
         while self._written < mine:
             if self._writing:
@@ -561,11 +666,12 @@ class _RecordWriter:
             # No trip under way: this caller writes the batch, its own records and any others pending.
             self._writing = True
             batch, self._pending = self._pending, {}
+            snapshots, self._snapshots = self._snapshots, {}
             number, self._collecting = self._collecting, self._collecting + 1
             try:
                 # Shielded: the batch holds other callers' records, taken from the pending ones.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_write_json_files, list(batch.items()))
+                    await anyio.to_thread.run_sync(_write_journals, snapshots, batch)
             except OSError as exc:
                 self._failed = (number, exc)
                 raise
@@ -576,6 +682,21 @@ class _RecordWriter:
                 ended.set()
         if self._failed is not None and self._failed[0] == mine:
             raise self._failed[1]
+
+
+def _write_journals(
+    snapshots: dict[_Journal, list[dict[str, Any]]],
+    batch: dict[tuple[_Journal, str], tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """One trip of the record writer: the journals to compact rewritten, then each journal's new lines
+    appended in one write."""
+    for journal, snapshot in snapshots.items():
+        journal.rewrite(snapshot)
+    by_journal: dict[_Journal, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
+    for (journal, task_id), (record, spec) in batch.items():
+        by_journal.setdefault(journal, []).append((task_id, record, spec))
+    for journal, records in by_journal.items():
+        journal.append(records)
 
 
 async def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -594,16 +715,68 @@ def _write_json_files(files: Sequence[tuple[Path, dict[str, Any]]]) -> None:
         os.replace(temporary, path)
 
 
-def _read_task_records(tasks_dir: Path) -> list[_Task]:
-    if not tasks_dir.is_dir():
-        return []
-    records = []
-    for path in sorted(tasks_dir.glob("*/task.json")):
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A job's task records as read from its folder."""
+
+    tasks: list[_Task]
+    lines: int  # complete lines in the journal (0 when there is none)
+    legacy: list[Path]  # task.json files of an earlier version's layout, read too
+
+
+def _read_task_records(directory: Path) -> _Read:
+    """The job's tasks from its folder's journal, a task's last line winning, a last line with no newline
+    (a write cut short) ignored; and from the task.json files an earlier version kept per task, which the
+    journal's lines, newer, replace. BackendError naming the file for a record that cannot be read."""
+    latest: dict[str, dict[str, Any]] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    tasks_dir = directory / "tasks"
+    legacy = sorted(tasks_dir.glob("*/task.json")) if tasks_dir.is_dir() else []
+    for path in legacy:
         try:
-            records.append(_task_from_json(json.loads(path.read_text())))
+            data = json.loads(path.read_text())
+            task_id = data["spec"]["task_id"]
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"unreadable task record {path}: {exc}; delete that task's folder") from None
-    return records
+        latest[task_id], specs[task_id] = data, data["spec"]
+    journal = directory / JOURNAL
+    try:
+        lines = journal.read_bytes().split(b"\n")[:-1]  # what follows the last newline was cut short
+    except FileNotFoundError:
+        lines = []
+    for number, line in enumerate(lines, 1):
+        try:
+            data = json.loads(line)
+            task_id = data["task_id"]
+            if "spec" in data:
+                specs[task_id] = data["spec"]
+            elif task_id not in specs:
+                raise KeyError("spec")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"unreadable task record at line {number} of {journal}: {exc!r}; "
+                "delete the job (batchpilot cleanup --job) to run it again from the start"
+            ) from None
+        latest[task_id] = data
+    tasks = []
+    for task_id, data in latest.items():
+        try:
+            tasks.append(_task_from_json(data, specs[task_id]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"unreadable task record of task {task_id} in {directory}: {exc!r}; "
+                "delete the job (batchpilot cleanup --job) to run it again from the start"
+            ) from None
+    return _Read(tasks, len(lines), legacy)
+
+
+def _remove_legacy_records(paths: Sequence[Path]) -> None:
+    """The task.json files of an earlier version, once the journal holds their records (and the temporary
+    files those left behind)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+        for temporary in path.parent.glob(".task.json.*.tmp"):
+            temporary.unlink(missing_ok=True)
 
 
 def _spec_to_json(task_spec: TaskSpec) -> dict[str, Any]:
@@ -617,9 +790,10 @@ def _spec_to_json(task_spec: TaskSpec) -> dict[str, Any]:
     return spec
 
 
-def _task_to_json(task: _Task) -> dict[str, Any]:
-    return {
-        "spec": task.spec_record,
+def _task_to_json(task: _Task, *, spec: bool = False) -> dict[str, Any]:
+    """The task's record, without its spec unless `spec` (the journal writes a task's spec once)."""
+    record = {
+        "task_id": task.spec.task_id,
         "state": task.state.value,
         "transition_time": task.transition_time.isoformat(),
         "node_id": task.node_id,
@@ -631,10 +805,12 @@ def _task_to_json(task: _Task) -> dict[str, Any]:
         "start_time": task.start_time.isoformat() if task.start_time else None,
         "end_time": task.end_time.isoformat() if task.end_time else None,
     }
+    if spec:
+        record["spec"] = task.spec_record
+    return record
 
 
-def _task_from_json(data: dict[str, Any]) -> _Task:
-    raw = data["spec"]
+def _task_from_json(data: dict[str, Any], raw: dict[str, Any]) -> _Task:
     limits = raw["constraints"]
     spec = TaskSpec(
         task_id=raw["task_id"],
