@@ -123,6 +123,10 @@ class _Current:
     requeue_count: int = 0
 
 
+# What `RunRecorder` keeps of a task whose last attempt ended completed: its state alone.
+_ENDED = TaskState.COMPLETED
+
+
 @dataclass(slots=True)
 class _Counts:
     uploaded: int = 0
@@ -153,7 +157,9 @@ class RunRecorder:
         self._counts = _Counts()
         self._succeeded: set[str] = set()
         self._failed: dict[str, FailedTask] = {}
-        self._current: dict[str, _Current] = {}
+        # A task's attempt under way, or only its state (`_ENDED`) once its attempt ended completed: 100,000
+        # completed tasks keep no attempt fields each.
+        self._current: dict[str, _Current | TaskState] = {}
         self._attempts: list[TaskAttempt] = []
         self._attempts_dropped = 0
         self._stages = _Stages()
@@ -185,7 +191,7 @@ class RunRecorder:
         elif isinstance(event, TaskStateChanged):
             self._state_changed(event)
         elif isinstance(event, TaskRequeued):
-            current = self._current.get(event.task_id)
+            current = self._attempt(event.task_id)
             retried = current is not None and event.retry_count > current.retry_count
             start = current.start if current is not None else None
             # The service's times: the ended attempt's own end where its record still holds it, else when
@@ -286,7 +292,7 @@ class RunRecorder:
         """The run's tasks seen so far, by their last seen state (tasks never seen are not counted)."""
         counts = dict.fromkeys(TaskState, 0)
         for current in self._current.values():
-            counts[current.state] += 1
+            counts[current.state if isinstance(current, _Current) else current] += 1
         return counts
 
     def kept(self) -> tuple[ResourceKept, ...]:
@@ -352,7 +358,7 @@ class RunRecorder:
                 current.exit_code, current.retry_count, current.requeue_count,
             )
             for task_id, current in self._current.items()
-            if current.state is not TaskState.COMPLETED
+            if isinstance(current, _Current) and current.state is not TaskState.COMPLETED
         ]  # fmt: skip
         room = max(0, self._max_attempts - len(self._attempts))
         return RunRecord(
@@ -368,8 +374,14 @@ class RunRecorder:
 
     # --- attempts -----------------------------------------------------------------------------------------
 
+    def _attempt(self, task_id: str) -> _Current | None:
+        """The task's attempt under way or last seen; None when it was never seen, or its last attempt
+        ended completed (its fields were let go)."""
+        current = self._current.get(task_id)
+        return current if isinstance(current, _Current) else None
+
     def _state_changed(self, event: TaskStateChanged) -> None:
-        current = self._current.get(event.task_id)
+        current = self._attempt(event.task_id)
         new_attempt_after_completion = (
             current is not None and current.state is TaskState.COMPLETED and event.state is not current.state
         )
@@ -393,9 +405,12 @@ class RunRecorder:
         completion: TaskSucceeded | TaskFailed | None,
         exit_code: int | None,
     ) -> None:
-        current = self._current.get(task_id)
+        current = self._attempt(task_id)
         if current is None:
-            current = self._current[task_id] = _Current(TaskState.COMPLETED)
+            if outcome in (AttemptOutcome.RETRIED, AttemptOutcome.REQUEUED):
+                self._current.setdefault(task_id, _ENDED)
+                return  # the attempt was never seen under way: nothing to draw
+            current = _Current(TaskState.COMPLETED)
         if outcome in (AttemptOutcome.RETRIED, AttemptOutcome.REQUEUED) and current.start is None:
             return  # the attempt was never seen under way: nothing to draw
         start = current.start
@@ -413,8 +428,14 @@ class RunRecorder:
             retry_count=current.retry_count,
             requeue_count=current.requeue_count,
         )
-        # The next attempt starts afresh; the task's last state stays for tasks_by_state().
+        # The next attempt starts afresh; the task's last state stays for tasks_by_state(). An attempt that
+        # ended completed leaves only that state: a later one (a reactivated task) starts from nothing.
         current.start = None
+        if current.state is TaskState.COMPLETED and outcome in (
+            AttemptOutcome.SUCCEEDED,
+            AttemptOutcome.FAILED,
+        ):
+            self._current[task_id] = _ENDED
         if len(self._attempts) < self._max_attempts:
             self._attempts.append(attempt)
         else:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+
+from .errors import BatchpilotError
 
 
 class TaskState(enum.StrEnum):
@@ -61,6 +64,32 @@ class TaskView:
     requeue_count: int = 0
     start_time: datetime | None = None
     end_time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        # The monitor keeps the last view of each of a run's tasks (100,000 of them), and each listing gives
+        # every task its own copy of its node's id (80 characters on Batch) and of its times: a view holds
+        # one shared object per node id, and a completed task's end time as its transition time when they
+        # are equal (the service reports them so).
+        if self.node_id is not None:
+            object.__setattr__(self, "node_id", _shared_node_id(self.node_id))
+        end, entered = self.end_time, self.state_transition_time
+        if end is not None and end is not entered and end.tzinfo is entered.tzinfo and end == entered:
+            object.__setattr__(self, "end_time", entered)
+
+
+# Node ids seen lately, each as one object: a pool has far fewer nodes than a run has tasks. Bounded (emptied
+# when full), so a long-lived process that meets ever new nodes keeps no more than this many.
+_NODE_IDS_KEPT = 4096
+_node_ids: dict[str, str] = {}
+
+
+def _shared_node_id(node_id: str) -> str:
+    shared = _node_ids.get(node_id)
+    if shared is None:
+        if len(_node_ids) >= _NODE_IDS_KEPT:
+            _node_ids.clear()
+        shared = _node_ids[node_id] = node_id
+    return shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +158,18 @@ class BlobInfo:
     name: str
     size: int
     md5_hex: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDownload:
+    """What `Storage.download_prefix` did with one blob it was asked for: wrote `blob` to `path`, or left a
+    file already there (`skipped`: the blob's size and content), or failed with `error` (a BackendError from
+    the store, or the OSError of writing `path`: a full disk, an unwritable folder)."""
+
+    blob: BlobInfo
+    path: Path
+    skipped: bool = False
+    error: BatchpilotError | OSError | None = None
 
 
 class UploadOutcome(enum.StrEnum):
