@@ -177,7 +177,22 @@ def required_downloads(template: TaskTemplate, staged: StagedInput) -> tuple[str
     required = tuple(
         node if glob.has_magic(node) else name for name, node in zip(named, on_node, strict=True)
     )
-    return tuple(f"{staged.folder}/{pattern}" for pattern in required) if staged.folder else required
+    return _shared(tuple(f"{staged.folder}/{pattern}" for pattern in required) if staged.folder else required)
+
+
+# The downloader keeps each task's required patterns for the run: where they are the same for many tasks
+# (wildcards, `{output_dir}/*`), one tuple serves them all. Bounded (emptied when full).
+_SHARED_KEPT = 1024
+_shared_patterns: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    shared = _shared_patterns.get(patterns)
+    if shared is None:
+        if len(_shared_patterns) >= _SHARED_KEPT:
+            _shared_patterns.clear()
+        shared = _shared_patterns[patterns] = patterns
+    return shared
 
 
 # --- names that must not meet -------------------------------------------------------------------------------

@@ -123,3 +123,17 @@ def test_plan_shows_every_output_file_of_a_task_including_its_failure_logs(tmp_p
         f"      on success: out/*.log -> container {job.output_container}: {item.task_id}",
         f"      on failure: ../std*.txt -> container {job.output_container}: _logs/{item.task_id}",
     ]
+
+
+def test_tasks_whose_required_outputs_are_the_same_share_one_tuple_of_them():
+    """The downloader keeps each task's required patterns for the run (100,000 tasks): a wildcard's are the
+    same for every task, and held once."""
+    from batchpilot.tasks import required_downloads
+
+    template = TaskTemplate("x {input}", ("out/*.png", "{stem}.txt"), optional_outputs=())
+    a, b = staged("a.mp4"), staged("b.mp4")
+    wildcard = TaskTemplate("x {input}", ("out/*.png",))
+    assert required_downloads(wildcard, a) == required_downloads(wildcard, b) == ("out/*.png",)
+    assert required_downloads(wildcard, a) is required_downloads(wildcard, b)
+    assert required_downloads(template, a) == ("out/*.png", "a.txt")
+    assert required_downloads(template, b) == ("out/*.png", "b.txt")
