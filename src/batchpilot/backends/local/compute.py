@@ -63,6 +63,7 @@ from ...spec import (
     check_batch_id,
     leaves_root,
 )
+from ..base import PageHandler
 from .executor import (
     TASK_DIR_VARIABLE,
     Execution,
@@ -460,7 +461,9 @@ class LocalCompute:
             failed=completed - succeeded,
         )
 
-    async def list_tasks(self, job_id: str, changed_since: datetime | None = None) -> list[TaskView]:
+    async def list_tasks(
+        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
+    ) -> list[TaskView]:
         job = self._jobs.get(job_id)
         if job is not None:
             tasks = list(job.tasks.values())
@@ -469,9 +472,13 @@ class LocalCompute:
             # opening it (ensure_job) would run its queued tasks.
             directory = await self._job_directory(job_id)
             tasks = (await anyio.to_thread.run_sync(_read_task_records, directory)).tasks
-        return [
+        views = [
             task.view() for task in tasks if changed_since is None or task.transition_time >= changed_since
         ]
+        if on_page is None:
+            return views
+        await on_page(views)  # one page: the whole answer
+        return []
 
     async def _job_directory(self, job_id: str) -> Path:
         job = self._jobs.get(job_id)
