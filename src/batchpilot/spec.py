@@ -634,9 +634,10 @@ class StagedInput:
     def for_path(cls, path: Path, md5_hex: str, size: int, *, folder: str = "") -> StagedInput:
         # The hash covers the content too: an input changed since the last run gets a new task, an unchanged
         # one resumes the task that exists. An input at the root hashes as before folders were kept.
-        blob_name = f"{folder}/{path.name}" if folder else path.name
-        key = batch_id(path.stem, unique_by=f"{blob_name}\0{md5_hex}", max_length=INPUT_KEY_MAX_LENGTH)
-        return cls(path.name, blob_name, md5_hex, size, key, path, folder)
+        name = path.name  # one text for the name and a root input's blob name (Python 3.12 makes one a call)
+        blob_name = f"{folder}/{name}" if folder else name
+        key = batch_id(_stem_of(name), unique_by=f"{blob_name}\0{md5_hex}", max_length=INPUT_KEY_MAX_LENGTH)
+        return cls(name, blob_name, md5_hex, size, key, path, folder)
 
     @classmethod
     def for_blob(cls, blob_name: str, md5_hex: str | None, size: int, *, prefix: str = "") -> StagedInput:
