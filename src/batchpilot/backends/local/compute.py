@@ -129,50 +129,57 @@ class _Task:
 @dataclass(slots=True, eq=False)
 class _Journal:
     """A job's task records on disk (`tasks.jsonl`): one JSON line per record, a task's last line winning.
-    A task's spec, which never changes, is on its first line only. Touched by the record writer's trips, one
-    at a time, in a worker thread."""
+    A task's spec, which never changes, is on its first line only.
+
+    A record is appended on the event loop, a write of a few hundred bytes on a descriptor kept open (as a
+    log line is written): a worker-thread trip per record cost more than the write, and the write is done
+    (in the file, where a crash of the process loses nothing; no fsync) when `append` returns. Compaction
+    rewrites the file in a worker thread; appends wait for it (`compacting`)."""
 
     path: Path
     lines: int = 0  # complete lines in the file
     with_spec: set[str] = field(default_factory=set)  # tasks whose spec is on a line in the file
     deleted: bool = False  # the job's folder is being removed: nothing more is written
+    compacting: anyio.Event | None = None  # set while a rewrite runs, set() when it has ended
+    _fd: int | None = None
+    _size: int = 0
 
-    def append(self, records: Sequence[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+    def append(self, records: Iterable[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
         """Append `(task id, record, spec)` as lines in one write (the spec where the file has none of that
-        task yet). OSError when the file cannot be written; nothing once the job is deleted."""
-        if self.deleted or not records:
+        task yet). OSError when the file cannot be written (nothing of the write is left in it); nothing
+        once the job is deleted. Not while `compacting`."""
+        if self.deleted:
             return
-        lines = []
+        lines, ids = [], []
         for task_id, record, spec in records:
             if task_id not in self.with_spec:
                 record = {**record, "spec": spec}
             lines.append(json.dumps(record, separators=(",", ":")))
+            ids.append(task_id)
+        if not lines:
+            return
         data = ("\n".join(lines) + "\n").encode()
+        if self._fd is None:
+            # Once per job (and after each compaction); the file is made by the first record.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._size = os.fstat(self._fd).st_size  # this process is the job's only writer (its lock)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            if self.deleted:
-                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # A disk full halfway: the part written goes, or the next line would be glued to it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
             raise
-        try:
-            size = os.fstat(fd).st_size  # this process is the job's only writer (its folder's lock)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            except OSError:
-                # A disk full halfway: the part written goes, or the next line would be glued to it.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)
-        self.lines += len(records)
-        self.with_spec.update(task_id for task_id, _, _ in records)
+        self._size += len(data)
+        self.lines += len(lines)
+        self.with_spec.update(ids)
 
     def rewrite(self, records: Sequence[dict[str, Any]]) -> None:
         """Replace the file with one line per record (each with its spec): a new file renamed over the old,
-        so a reader or a crash sees either whole. OSError when it cannot be written."""
+        so a reader or a crash sees either whole. OSError when it cannot be written. Blocking: in a worker
+        thread, with `compacting` set so that nothing is appended meanwhile."""
         if self.deleted:
             return
         temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
@@ -183,8 +190,14 @@ class _Journal:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
+        self.close()  # the descriptor is the old file's
         self.lines = len(records)
         self.with_spec = {record["task_id"] for record in records}
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # Compacted when the journal holds more lines than this many per task, plus the slack: each task writes
@@ -239,7 +252,6 @@ class LocalCompute:
         # One writer per job folder: two processes running the same job would run every task twice.
         self._locks: dict[str, FolderLock] = {}
         self._task_group: TaskGroup | None = None
-        self._records = _RecordWriter()
 
     def attach(self, task_group: TaskGroup) -> None:
         """Workers run in the backend's task group, so they end when the backend closes."""
@@ -250,6 +262,8 @@ class LocalCompute:
             pool.queue.close()
             pool.waiting.close()
         self._pools.clear()
+        for job in self._jobs.values():
+            job.journal.close()
         self._jobs.clear()
         for lock in self._locks.values():
             lock.release()
@@ -378,10 +392,7 @@ class LocalCompute:
         for task in records:
             job.tasks[task.spec.task_id] = task
         if records or read.lines:
-            # Before any task is queued: nothing is appended to the journal while it is rewritten.
-            await self._records.write(
-                job.journal, (), snapshot=[_task_to_json(task, spec=True) for task in records]
-            )
+            await _compact(job)
         if read.legacy:
             await anyio.to_thread.run_sync(_remove_legacy_records, read.legacy)
         for task in records:
@@ -507,6 +518,7 @@ class LocalCompute:
         job = self._jobs.pop(job_id, None)
         if job is not None:
             job.journal.deleted = True
+            job.journal.close()
             for task in job.tasks.values():
                 if task.cancel_scope is not None:
                     task.cancel_scope.cancel()
@@ -554,24 +566,22 @@ class LocalCompute:
         with anyio.CancelScope() as scope:
             task.cancel_scope = scope
             try:
-                async with anyio.create_task_group() as record:
 
-                    async def running() -> None:
-                        # As on Batch: the record's start time is this attempt's once it runs; no end yet.
-                        task.start_time, task.end_time = _now(), None
-                        task.move(TaskState.RUNNING)
-                        # Written while the command runs, not before it starts: the record serves a restart,
-                        # and the task should not wait for it.
-                        record.start_soon(self._persist, job, task)
+                async def running() -> None:
+                    # As on Batch: the record's start time is this attempt's once it runs; no end yet.
+                    task.start_time, task.end_time = _now(), None
+                    task.move(TaskState.RUNNING)
+                    # Once the command is launched (the executor calls this then): a line appended.
+                    await self._persist(job, task)
 
-                    execution = await execute(
-                        task.spec,
-                        task_dir,
-                        stager=self._stager,
-                        env=self._environment(job, task, task_dir),
-                        now=_now,
-                        on_running=running,
-                    )
+                execution = await execute(
+                    task.spec,
+                    task_dir,
+                    stager=self._stager,
+                    env=self._environment(job, task, task_dir),
+                    now=_now,
+                    on_running=running,
+                )
             except anyio.get_cancelled_exc_class():
                 # Our orchestrator is stopping (or the job was deleted): the executor has killed the process;
                 # the task goes back to the queue on disk and runs again on resume, like a preempted task.
@@ -622,88 +632,31 @@ class LocalCompute:
         return env
 
     async def _persist(self, job: _Job, *tasks: _Task) -> None:
-        """Return once the tasks' records (or newer ones of the same tasks) are on disk; see _RecordWriter.
-        A journal grown past its bound is compacted instead, from every task of the job."""
+        """Return once the tasks' records (or newer ones of the same tasks) are in the job's journal. A
+        journal grown past its bound is compacted instead, from every task of the job. OSError when the
+        journal cannot be written."""
         journal = job.journal
+        while journal.compacting is not None:  # a rewrite is under way: the records go after it
+            await journal.compacting.wait()
         if journal.lines > _COMPACT_LINES_PER_TASK * len(job.tasks) + _COMPACT_SLACK:
-            snapshot = [_task_to_json(task, spec=True) for task in job.tasks.values()]
-            await self._records.write(journal, (), snapshot=snapshot)
+            await _compact(job)
         else:
-            await self._records.write(
-                journal, [(task.spec.task_id, _task_to_json(task), task.spec_record) for task in tasks]
-            )
+            journal.append((task.spec.task_id, _task_to_json(task), task.spec_record) for task in tasks)
 
 
-class _RecordWriter:
-    """Task records written in batches: one worker-thread trip appends every record that arrived while the
-    previous trip ran, a journal at a time in one write, and a record replaced before its trip (a task that
-    ran and completed meanwhile) is written once, in its latest state. `write` returns when its records, or
-    newer ones, are on disk (in the file: a crash of the process loses none; no fsync), so a state the
-    caller goes on from survives a crash as before; nothing waits on purpose to fill a batch."""
-
-    def __init__(self) -> None:
-        # (journal, task id) -> (record, spec): the spec goes to the line only if the journal has none yet.
-        self._pending: dict[tuple[_Journal, str], tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._snapshots: dict[_Journal, list[dict[str, Any]]] = {}  # journals to rewrite whole
-        self._collecting = 0  # the number of the batch that new records join
-        self._written = -1  # the last batch whose trip has ended
-        self._failed: tuple[int, OSError] | None = None  # the last batch whose trip failed
-        self._writing = False
-        self._trip_ended = anyio.Event()
-
-    async def write(
-        self,
-        journal: _Journal,
-        records: Iterable[tuple[str, dict[str, Any], dict[str, Any]]],
-        *,
-        snapshot: list[dict[str, Any]] | None = None,
-    ) -> None:
-        """Append `records` (task id, record, spec) to `journal`; or, with `snapshot` (every task's record,
-        spec included), rewrite it as those lines, which stand for any of its records still pending."""
-        if snapshot is not None:
-            self._pending = {key: value for key, value in self._pending.items() if key[0] is not journal}
-            self._snapshots[journal] = snapshot
-        for task_id, record, spec in records:
-            self._pending[journal, task_id] = (record, spec)
-        mine = self._collecting
-        while self._written < mine:
-            if self._writing:
-                await self._trip_ended.wait()
-                continue
-            # No trip under way: this caller writes the batch, its own records and any others pending.
-            self._writing = True
-            batch, self._pending = self._pending, {}
-            snapshots, self._snapshots = self._snapshots, {}
-            number, self._collecting = self._collecting, self._collecting + 1
-            try:
-                # Shielded: the batch holds other callers' records, taken from the pending ones.
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_write_journals, snapshots, batch)
-            except OSError as exc:
-                self._failed = (number, exc)
-                raise
-            finally:
-                self._writing = False
-                self._written = number
-                ended, self._trip_ended = self._trip_ended, anyio.Event()
-                ended.set()
-        if self._failed is not None and self._failed[0] == mine:
-            raise self._failed[1]
-
-
-def _write_journals(
-    snapshots: dict[_Journal, list[dict[str, Any]]],
-    batch: dict[tuple[_Journal, str], tuple[dict[str, Any], dict[str, Any]]],
-) -> None:
-    """One trip of the record writer: the journals to compact rewritten, then each journal's new lines
-    appended in one write."""
-    for journal, snapshot in snapshots.items():
-        journal.rewrite(snapshot)
-    by_journal: dict[_Journal, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
-    for (journal, task_id), (record, spec) in batch.items():
-        by_journal.setdefault(journal, []).append((task_id, record, spec))
-    for journal, records in by_journal.items():
-        journal.append(records)
+async def _compact(job: _Job) -> None:
+    """Rewrite the job's journal as one line per task, from the tasks' states now, in a worker thread;
+    records to append meanwhile wait for it (they are newer than its lines). Shielded: once begun, the
+    rewrite ends before anything else is written."""
+    journal = job.journal
+    snapshot = [_task_to_json(task, spec=True) for task in job.tasks.values()]
+    journal.compacting = anyio.Event()
+    try:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(journal.rewrite, snapshot)
+    finally:
+        ended, journal.compacting = journal.compacting, None
+        ended.set()
 
 
 async def _write_json(path: Path, data: dict[str, Any]) -> None:
