@@ -173,3 +173,41 @@ async def test_concurrent_drains_all_return():
             assert finished == 0
             gate.gate.set()
     assert finished == 2
+
+
+async def test_a_burst_reaches_every_subscriber_in_order_and_a_long_queue_never_holds_the_loop():
+    """Publishing puts an event in each inbox without a trip through the event loop per inbox, and a
+    subscriber takes what is queued in a row; still every event arrives, in order, and other tasks run while
+    a subscriber works through a long queue (it lets them every so many events)."""
+    first, second = Recorder(), Recorder()
+    progress: list[int] = []
+    async with anyio.create_task_group() as group, EventBus(inbox_size=1000) as bus:
+        bus.subscribe(first, name="first")
+        bus.subscribe(second, name="second")
+
+        async def watch() -> None:
+            while True:
+                progress.append(len(first.seen))
+                await anyio.lowlevel.checkpoint()
+
+        group.start_soon(watch)
+        for n in range(500):
+            await bus.publish(succeeded(n))
+        assert bus.queue_depths() == {"first": 500, "second": 500}  # queued, none handled yet
+        await bus.drain()
+        group.cancel_scope.cancel()
+    assert [event.task_id for event in first.seen] == [f"t{n}" for n in range(500)]
+    assert second.seen == first.seen
+    assert any(0 < seen < 500 for seen in progress)  # the watcher ran while the queue was worked through
+
+
+async def test_a_publisher_already_cancelled_delivers_nothing():
+    seen = Recorder()
+    async with EventBus() as bus:
+        bus.subscribe(seen)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await bus.publish(succeeded(1))
+        await bus.publish(succeeded(2))
+        await bus.drain()
+    assert [event.task_id for event in seen.seen] == ["t2"]
