@@ -252,10 +252,14 @@ class LocalCompute:
         # One writer per job folder: two processes running the same job would run every task twice.
         self._locks: dict[str, FolderLock] = {}
         self._task_group: TaskGroup | None = None
+        # What every task inherits of the orchestrator's environment: read when the backend opens, not
+        # at each task (a walk of the whole environment).
+        self._base_environment: dict[str, str] = {}
 
     def attach(self, task_group: TaskGroup) -> None:
         """Workers run in the backend's task group, so they end when the backend closes."""
         self._task_group = task_group
+        self._base_environment = base_environment(os.environ, self._tool_dirs)
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -618,7 +622,7 @@ class LocalCompute:
 
     def _environment(self, job: _Job, task: _Task, task_dir: Path) -> dict[str, str]:
         # Not the orchestrator's whole environment: its credentials are not the task's.
-        env = base_environment(os.environ, self._tool_dirs)
+        env = dict(self._base_environment)
         env.update(
             AZ_BATCH_POOL_ID=job.spec.pool_id,
             AZ_BATCH_JOB_ID=job.spec.job_id,
