@@ -8,9 +8,11 @@ escapes redaction.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -38,7 +40,7 @@ import structlog  # noqa: E402
 from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
 
 from .redact import redact  # noqa: E402
-from .text import FIELD_CHARS, bounded  # noqa: E402
+from .text import FIELD_CHARS, bounded, safe_text  # noqa: E402
 
 # A traceback (format_exc_info) is kept longer than other fields: it is for whoever debugs.
 _TRACEBACK_CHARS = 20_000
@@ -47,14 +49,33 @@ LogFormat = Literal["console", "json"]
 
 _known_secrets: set[str] = set()
 
+# Log lines repeat most of their strings (run, job, task and node ids, states, names): the redacted form of
+# each short one is kept, so that it is searched once, not on every line. Bounded: emptied when full.
+_REDACTED_KEPT = 4096
+_REDACTED_MAX_CHARS = 256
+_redacted: dict[str, str] = {}
+
 
 def register_secrets(secrets: Iterable[str | None]) -> None:
     """Secrets this process holds (keys, connection strings): masked wherever they appear in a log line."""
+    global _redacted, _safe
     _known_secrets.update(secret for secret in secrets if secret)
+    # What was redacted without them is forgotten (new dicts: a line being rendered in another thread
+    # meanwhile stores its result in the old ones).
+    _redacted, _safe = {}, {}
 
 
 def redact_text(text: str) -> str:
-    return redact(text, _known_secrets)
+    if len(text) > _REDACTED_MAX_CHARS:
+        return redact(text, _known_secrets)
+    kept = _redacted
+    done = kept.get(text)
+    if done is None:
+        done = redact(text, _known_secrets)
+        if len(kept) >= _REDACTED_KEPT:
+            kept.clear()
+        kept[text] = done
+    return done
 
 
 def _redact_value(value: Any) -> Any:
@@ -88,14 +109,39 @@ def default_format(stream: TextIO) -> LogFormat:
     return "console" if stream.isatty() else "json"
 
 
+# The safe form (`redact_secrets`, then `bound_values`) of the short strings lines repeat, as `_redacted`.
+_safe: dict[str, str] = {}
+
+
+def safe_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor: `redact_secrets` then `bound_values`, in one pass over the event, each short
+    string's result looked up once (lines repeat their ids, states and names)."""
+    safe: dict[str, Any] = {}
+    kept = _safe
+    for key, value in event_dict.items():
+        if type(value) is str and len(value) <= _REDACTED_MAX_CHARS:
+            done = kept.get(value)
+            if done is None:
+                # Both caps are far above a short string's length, so the key does not matter here.
+                done = safe_text(redact_text(value), FIELD_CHARS)
+                if len(kept) >= _REDACTED_KEPT:
+                    kept.clear()
+                kept[value] = done
+            safe[key] = done
+        else:
+            safe[key] = bounded(
+                _redact_value(value), chars=_TRACEBACK_CHARS if key == "exception" else FIELD_CHARS
+            )
+    return safe
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         structlog.processors.format_exc_info,
-        redact_secrets,
-        bound_values,
+        safe_fields,
     ]
 
 
@@ -114,19 +160,19 @@ def configure_logging(
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
-    console = _handler(logging.StreamHandler(stream), renderer)
+    console = _handler(_StreamHandler(stream), renderer)
     console.setLevel(level.upper())
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
         # The file is for log shippers: it keeps every event, whatever the console shows.
-        to_file = _handler(
-            logging.FileHandler(log_file, encoding="utf-8"), structlog.processors.JSONRenderer()
-        )
+        to_file = _handler(_FileHandler(log_file, encoding="utf-8"), structlog.processors.JSONRenderer())
         to_file.setLevel(min(logging.INFO, console.level))
         handlers.append(to_file)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        with contextlib.suppress(OSError, ValueError):  # a stream its owner closed already
+            old.flush()
         old.close()
     for handler in handlers:
         root.addHandler(handler)
@@ -154,3 +200,72 @@ def _handler(handler: logging.Handler, renderer: Processor) -> logging.Handler:
         )
     )
     return handler
+
+
+class _FlushSoon:
+    """When a handler's lines are flushed: a line at warning or above at once (with every line before it),
+    and so is a line written outside an event loop (a worker thread, a synchronous caller); other lines
+    once per turn of the event loop that wrote them, all together (`loop.call_soon`), instead of one
+    write to the stream per line. The loop runs the flush before it waits for anything, and asyncio runs
+    its last callbacks before it closes, so lines reach the stream as before, in order, only in fewer
+    writes; at the process's exit `logging.shutdown` flushes whatever remains."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+
+    def written(self, level: int) -> None:
+        if level < logging.WARNING:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                # Another loop's flush (another thread's, or a closed one's) is not counted on.
+                if self._scheduled_on is not loop:
+                    self._scheduled_on = loop
+                    loop.call_soon(self._due)
+                return
+        self._flush()
+
+    def _due(self) -> None:
+        self._scheduled_on = None
+        with contextlib.suppress(OSError, ValueError):  # a stream closed meanwhile: nothing to flush to
+            self._flush()
+
+
+class _StreamHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler whose lines are flushed as `_FlushSoon` says, not each on its own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._flush_soon = _FlushSoon(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            self._flush_soon.written(record.levelno)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+class _FileHandler(logging.FileHandler):
+    """A FileHandler whose lines are flushed as `_FlushSoon` says, not each on its own."""
+
+    def __init__(self, path: Path, *, encoding: str) -> None:
+        super().__init__(path, encoding=encoding)
+        self._flush_soon = _FlushSoon(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:  # closed: FileHandler reopens it
+            super().emit(record)
+            return
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            self._flush_soon.written(record.levelno)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from datetime import UTC, datetime
 
+import anyio
+import anyio.lowlevel
 import pytest
 import structlog
 
@@ -96,3 +100,72 @@ def test_the_log_file_keeps_info_when_the_console_shows_warnings_only(tmp_path):
     assert [line["event"] for line in lines(stream)] == ["task_failed"]
     in_file = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
     assert in_file == ["task_succeeded", "task_failed"]
+
+
+class _Flushes(io.StringIO):
+    """A stream that keeps what had been written at each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+@pytest.fixture
+def flushes():
+    stream = _Flushes()
+    configure_logging(fmt="json", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
+
+
+async def test_info_lines_are_flushed_together_once_per_loop_turn_and_warnings_at_once(flushes):
+    log = structlog.get_logger("test")
+    for n in range(3):
+        log.info("task_state_changed", task_id=f"t{n}")
+    assert flushes.flushed == []  # written, not yet flushed
+    await anyio.lowlevel.checkpoint()  # the loop's next turn
+    assert len(flushes.flushed) == 1
+    assert [json.loads(line)["task_id"] for line in flushes.flushed[0].splitlines()] == ["t0", "t1", "t2"]
+    log.info("task_state_changed", task_id="t3")
+    log.warning("task_failed", task_id="t4")  # flushed at once, with the line before it
+    assert flushes.flushed[-1].splitlines()[-2:] == flushes.getvalue().splitlines()[-2:]
+    assert len(flushes.getvalue().splitlines()) == 5
+
+
+def test_outside_an_event_loop_each_line_is_flushed(flushes):
+    log = structlog.get_logger("test")
+    log.info("a")
+    log.info("b")
+    assert [len(text.splitlines()) for text in flushes.flushed] == [1, 2]
+
+
+@pytest.mark.parametrize("ending", ["return", "raise"])
+def test_no_line_is_lost_when_the_loop_ends_or_the_program_fails(ending):
+    """The last lines of a run, written in its loop's last turn, reach the pipe however the program ends:
+    its loop returning, or failing with an exception."""
+    script = f"""
+import anyio, structlog
+from batchpilot.logging import configure_logging
+configure_logging(fmt="json")
+async def main():
+    for n in range(200):
+        structlog.get_logger("t").info("line", n=n)
+    if "{ending}" == "raise":
+        raise RuntimeError("the run crashed")
+anyio.run(main)
+structlog.get_logger("t").info("after")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    events = [json.loads(line)["event"] for line in done.stdout.splitlines()]
+    if ending == "raise":
+        assert done.returncode == 1
+        assert "the run crashed" in done.stderr
+        assert events == ["line"] * 200
+    else:
+        assert done.returncode == 0, done.stderr
+        assert events == ["line"] * 200 + ["after"]

@@ -29,23 +29,41 @@ _WARNINGS = (TaskFailed, TaskOutputsMissing, TaskRequeued, OutputDownloadFailed,
 def event_fields(event: Event) -> dict[str, Any]:
     """The event as flat, JSON-friendly log fields: enums as values, failure and summary spread out."""
     fields: dict[str, Any] = {}
-    for item in dataclasses.fields(event):
-        if item.name == "at":
-            continue
-        value = getattr(event, item.name)
-        if isinstance(value, FailureInfo):
+    for name in _field_names(type(event)):
+        value = getattr(event, name)
+        if type(value) in _PLAIN_TYPES:
+            fields[name] = value
+        elif isinstance(value, FailureInfo):
             fields.update(
                 failure_category=value.category, failure_code=value.code, failure_message=value.message
             )
-        elif isinstance(event, RunFinished) and item.name == "summary":
+        elif isinstance(event, RunFinished) and name == "summary":
             summary = dataclasses.asdict(value)
             summary["failed"] = [failed["task_id"] for failed in summary["failed"]]
             summary.pop("run_id")
             summary.pop("kept", None)  # each logged on its own (resource_kept)
             fields.update(summary, ok=value.ok)
         else:
-            fields[item.name] = _plain(value)
+            fields[name] = _plain(value)
     return fields
+
+
+# Values logged as they are (exact types: an enum of str is not one).
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+_FIELD_NAMES: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _field_names(kind: type[Event]) -> tuple[str, ...]:
+    """An event class's fields but `at` (each line has its own timestamp), in order; looked up once per
+    event class."""
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(
+            item.name for item in dataclasses.fields(kind) if item.name != "at"
+        )
+    return names
 
 
 def _plain(value: Any) -> Any:
