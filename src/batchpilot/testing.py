@@ -33,7 +33,7 @@ import fnmatch
 import glob
 import hashlib
 import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,12 +46,13 @@ import anyio.lowlevel
 
 from .attempts import Decision, Interruption, after_attempt, reactivation_refused
 from .clock import Clock
-from .errors import BackendError, JobEndedError, NotFoundError, RequestTooLargeError
+from .errors import BackendError, BatchpilotError, JobEndedError, NotFoundError, RequestTooLargeError
 from .files import temporary_sibling
 from .images import ImageVerdict, Reason, SupportedImage, Verdict, judge
 from .records import (
     AddStatus,
     AddTaskResult,
+    BlobDownload,
     BlobInfo,
     Ensured,
     FailureInfo,
@@ -220,6 +221,33 @@ class InMemoryStorage:
         await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
         await anyio.Path(temporary).write_bytes(content)
         await anyio.Path(temporary).replace(dest)
+
+    async def download_prefix(
+        self,
+        container: str,
+        prefix: str,
+        plan: Callable[[Sequence[BlobInfo]], Iterable[tuple[BlobInfo, Path]]],
+    ) -> list[BlobDownload]:
+        """The blobs under `prefix` that `plan` picks, each written to its path unless a file of the same
+        content is there (`skipped`). NotFoundError when the container does not exist."""
+        done = []
+        for blob, dest in plan(await self.list_blobs(container, prefix)):
+            try:
+                content = self.read(container, blob.name)
+                there = anyio.Path(dest)
+                if (
+                    await there.is_file()
+                    and (await there.stat()).st_size == len(content)
+                    and await there.read_bytes() == content
+                ):
+                    done.append(BlobDownload(blob, dest, skipped=True))
+                    continue
+                await self.download(container, blob.name, dest)
+            except (BatchpilotError, OSError) as exc:
+                done.append(BlobDownload(blob, dest, error=exc))
+            else:
+                done.append(BlobDownload(blob, dest))
+        return done
 
     async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
         """`memory://<container>?sp=...&se=<seconds>`; the container need not exist yet."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import uuid
@@ -26,6 +25,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from batchpilot import Event, LocalBackend, Orchestrator, OutputDownloaded, PoolSpec, TaskTemplate, Workload
 from batchpilot.backends.azure.storage import AzureStorage
+from batchpilot.backends.local import storage as local_storage
 from batchpilot.config import StorageSettings
 from batchpilot.events import OutputDownloadFailed, RunSummary
 from batchpilot.files import md5_of
@@ -126,21 +126,22 @@ async def test_a_disk_full_halfway_leaves_no_partial_file_and_a_rerun_fetches_it
     out = tmp_path / "out"
     work = workload(tmp_path, out)
     full = out / "c" / "sub"
-    copy = shutil.copyfile
+    copy = local_storage._copy_data
     written: list[int] = []
 
-    def disk_full_in_c(source: Any, dest: Any, **options: Any) -> Any:
-        if Path(dest).parent != full:
-            return copy(source, dest, **options)
-        data = Path(source).read_bytes()
-        Path(dest).write_bytes(data[: len(data) // 2])
-        written.append(Path(dest).stat().st_size)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+    def disk_full_in_c(reader: int, writer: int, device: int) -> None:
+        dest = Path(os.readlink(f"/proc/self/fd/{writer}"))
+        if dest.parent != full:
+            return copy(reader, writer, device)
+        data = os.read(reader, 1 << 20)
+        os.write(writer, data[: len(data) // 2])
+        written.append(dest.stat().st_size)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     # The download folder on another device: outputs cannot be hard-linked there, so they are copied, and
     # the copy is the one place the local backend writes a downloaded file's bytes.
     monkeypatch.setattr(os, "link", cross_device)
-    monkeypatch.setattr(shutil, "copyfile", disk_full_in_c)
+    monkeypatch.setattr(local_storage, "_copy_data", disk_full_in_c)
     summary, events = await run(work, tmp_path / "state")
 
     assert written == [25000]  # the failure came halfway through, after bytes were written

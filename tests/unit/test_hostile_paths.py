@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from batchpilot.backends.local import LocalBackend
 from batchpilot.errors import ConfigError
 from batchpilot.events import Event, OutputDownloaded, OutputDownloadFailed, RunStarted, TaskSucceeded
-from batchpilot.records import AddStatus, BlobInfo, Permission, TaskResult, TaskState, TaskView
+from batchpilot.records import AddStatus, BlobDownload, BlobInfo, Permission, TaskResult, TaskState, TaskView
 from batchpilot.spec import (
     CleanupPolicy,
     JobSpec,
@@ -189,6 +190,28 @@ async def test_a_link_to_a_file_elsewhere_is_not_uploaded_and_the_task_dir_is_re
     assert names == ["t1/ok.txt", "t1/up.txt"]  # link.txt (to secret.txt) was not followed
 
 
+async def test_a_working_folder_the_task_made_a_link_to_a_folder_elsewhere_uploads_nothing(
+    tmp_path: Path,
+) -> None:
+    """A file right in the working folder is taken without resolving its whole path, unless the task turned
+    the folder itself into a link: then nothing outside the task dir is uploaded either."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_text("not yours")
+    script = f"import os, shutil\nos.chdir('..')\nshutil.rmtree('wd')\nos.symlink({str(elsewhere)!r}, 'wd')\n"
+    async with LocalBackend(tmp_path / "state") as backend:
+        await backend.compute.ensure_pool(PoolSpec("pool"))
+        await backend.compute.ensure_job(JobSpec("job", "pool"))
+        await backend.storage.ensure_container("out")
+        url = await backend.storage.container_url("out", Permission.WRITE, HOUR)
+        task = TaskSpec(
+            "t1", f"{PY} -c {shlex.quote(script)}", output_files=(OutputFile("*.txt", url, "t1"),)
+        )
+        assert await _run_one(backend, task) is TaskResult.SUCCESS
+        assert await backend.storage.list_blobs("out") == []
+    assert (elsewhere / "secret.txt").read_text() == "not yours"
+
+
 class _NamesStorage:
     """Storage that lists the names a task wrote through its own token (Storage keeps `..` in a blob's
     name), and downloads each as a one-byte file."""
@@ -204,6 +227,18 @@ class _NamesStorage:
         await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
         await anyio.Path(dest).write_text("x")
         self.downloaded.append(dest)
+
+    async def download_prefix(
+        self,
+        container: str,
+        prefix: str,
+        plan: Callable[[Sequence[BlobInfo]], Iterable[tuple[BlobInfo, Path]]],
+    ) -> list[BlobDownload]:
+        done = []
+        for blob, dest in plan(await self.list_blobs(container, prefix)):
+            await self.download(container, blob.name, dest)
+            done.append(BlobDownload(blob, dest))
+        return done
 
 
 class _Backend:

@@ -6,7 +6,7 @@ boundary (the core never imports `azure.*`), and returns plain frozen records, n
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +15,7 @@ from typing import Protocol, Self
 from ..images import ImageVerdict
 from ..records import (
     AddTaskResult,
+    BlobDownload,
     BlobInfo,
     Ensured,
     Permission,
@@ -129,6 +130,23 @@ class Storage(Protocol):
 
     async def download(self, container: str, blob_name: str, dest: Path) -> None:
         """Write the blob to `dest` via a temporary name, so a partial file never has the final name."""
+        ...
+
+    async def download_prefix(
+        self,
+        container: str,
+        prefix: str,
+        plan: Callable[[Sequence[BlobInfo]], Iterable[tuple[BlobInfo, Path]]],
+    ) -> list[BlobDownload]:
+        """List the blobs whose names start with `prefix` and download those `plan` picks, in one go (the
+        local storage makes one worker-thread trip of it; a remote store lists, then downloads one by one).
+
+        `plan` is called once with the listing, by name, and returns the (blob, destination) pairs to
+        fetch; it may run in a worker thread, so it must not touch the event loop. A destination already
+        holding a file of the blob's size and content is left as it is (`skipped`; its MD5 is read only
+        when the sizes match); the others are written as `download` writes them. One `BlobDownload` per
+        pair, in order; a pair that fails carries its error (BackendError, or the OSError of writing) and
+        the others go on. NotFoundError when no such container; BackendError when the listing fails."""
         ...
 
     async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:

@@ -23,6 +23,7 @@ import errno
 import fnmatch
 import glob
 import posixpath
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from ..events import (
     TaskOutputsMissing,
     TaskSucceeded,
 )
-from ..files import md5_of, remove_stale_partials
+from ..files import remove_stale_partials
 from ..records import BlobInfo
 from ..spec import leaves_root
 from ..tasks import same_name_key
@@ -48,6 +49,55 @@ from ..tasks import same_name_key
 _log = structlog.get_logger("batchpilot.download")
 
 Publish = Callable[..., Awaitable[None]]
+
+
+class _Plan:
+    """Which of a task's blobs to fetch, and where (`Storage.download_prefix`'s plan): called once with the
+    listing, possibly in a worker thread. Keeps the listed names (for the required outputs) and, in listing
+    order, each blob with the reason it is refused (None: fetched)."""
+
+    def __init__(
+        self, task_id: str, prefix: str, folder: Path | None, claimed: dict[str, str], lock: threading.Lock
+    ) -> None:
+        self._task_id = task_id
+        self._prefix = prefix
+        self._folder = folder
+        self._claimed = claimed
+        self._lock = lock
+        self.names: list[str] = []
+        self.steps: list[tuple[BlobInfo, str | None]] = []
+
+    def __call__(self, blobs: Sequence[BlobInfo]) -> list[tuple[BlobInfo, Path]]:
+        self.names = [blob.name for blob in blobs]
+        folder = self._folder
+        if folder is None:
+            return []
+        picked = []
+        for blob in blobs:
+            relative = blob.name.removeprefix(self._prefix)
+            if leaves_root(relative) or posixpath.normpath(relative) in (".", ""):
+                # A task writes its outputs through its own token, so a blob's name is data from outside:
+                # one that would land outside --out is reported, never followed.
+                self.steps.append(
+                    (blob, f"blob name {blob.name!r} leaves the download folder {folder}; not fetched")
+                )
+                continue
+            dest = folder / posixpath.normpath(relative)
+            # Several tasks' plans may run at once, in worker threads.
+            with self._lock:
+                owner = self._claimed.setdefault(same_name_key(posixpath.normpath(relative)), self._task_id)
+            if owner != self._task_id:
+                self.steps.append(
+                    (
+                        blob,
+                        f"{dest} is an output of task {owner} too: not overwritten; make the outputs' names"
+                        " differ by input, like '{stem}_*.png'",
+                    )
+                )
+                continue
+            self.steps.append((blob, None))
+            picked.append((blob, dest))
+        return picked
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +118,7 @@ class OutputDownloader:
         # Each run's download paths (case-folded) and the task whose output took each, until forget(): two
         # tasks' wildcard matches of one name would otherwise overwrite one another (BatchExplorer#2956).
         self._claimed: dict[str, dict[str, str]] = {}
+        self._claim_lock = threading.Lock()
 
     def expect(self, run_id: str, required: dict[str, tuple[str, ...]]) -> None:
         """The output patterns each of the run's tasks must have produced (`TaskTemplate.required_outputs`,
@@ -96,12 +147,15 @@ class OutputDownloader:
         required = self._required.get(run_id, {}).get(task_id, ())
         if run.folder is None and not required:
             return  # nothing to fetch, nothing to check: no request
+        plan = _Plan(task_id, prefix, run.folder, self._claimed.setdefault(run_id, {}), self._claim_lock)
         try:
-            blobs = await self._backend.storage.list_blobs(run.container, prefix)
+            # One request (the local storage: one worker-thread trip) lists the task's blobs and fetches
+            # those the plan picks.
+            fetched = await self._backend.storage.download_prefix(run.container, prefix, plan)
         except BackendError as exc:
             await self._failed(run_id, run, task_id, prefix, str(exc))
             return
-        missing = unmatched_outputs(task_id, required, (blob.name for blob in blobs))
+        missing = unmatched_outputs(task_id, required, plan.names)
         if missing:
             await self._publish(
                 TaskOutputsMissing(
@@ -113,32 +167,21 @@ class OutputDownloader:
                 ),
                 source=self,
             )
-        if run.folder is None:
-            return
-        for blob in blobs:
-            relative = blob.name.removeprefix(prefix)
-            if leaves_root(relative) or posixpath.normpath(relative) in (".", ""):
-                # A task writes its outputs through its own token, so a blob's name is data from outside:
-                # one that would land outside --out is reported, never followed.
-                error = f"blob name {blob.name!r} leaves the download folder {run.folder}; not fetched"
-                await self._failed(run_id, run, task_id, blob.name, error)
+        outcomes = iter(fetched)
+        for blob, refused in plan.steps:
+            if refused is not None:
+                await self._failed(run_id, run, task_id, blob.name, refused)
                 continue
-            dest = run.folder / posixpath.normpath(relative)
-            claimed = self._claimed.setdefault(run_id, {})
-            owner = claimed.setdefault(same_name_key(posixpath.normpath(relative)), task_id)
-            if owner != task_id:
+            done = next(outcomes, None)
+            if done is None:  # a store that returned fewer than it was asked for: not fetched
+                await self._failed(run_id, run, task_id, blob.name, "not downloaded (the store skipped it)")
+                continue
+            if done.error is not None:
                 error = (
-                    f"{dest} is an output of task {owner} too: not overwritten; make the outputs' names"
-                    " differ by input, like '{stem}_*.png'"
+                    _cannot_save(done.path, done.error)
+                    if isinstance(done.error, OSError)
+                    else str(done.error)
                 )
-                await self._failed(run_id, run, task_id, blob.name, error)
-                continue
-            try:
-                skipped = await _already_there(blob, dest)
-                if not skipped:
-                    await self._backend.storage.download(run.container, blob.name, dest)
-            except (BackendError, OSError) as exc:
-                error = _cannot_save(dest, exc) if isinstance(exc, OSError) else str(exc)
                 await self._failed(run_id, run, task_id, blob.name, error)
                 continue
             await self._publish(
@@ -147,9 +190,9 @@ class OutputDownloader:
                     job_id=run.job_id,
                     task_id=task_id,
                     blob_name=blob.name,
-                    path=dest,
+                    path=done.path,
                     size=blob.size,
-                    skipped=skipped,
+                    skipped=done.skipped,
                 ),
                 source=self,
             )
@@ -217,12 +260,3 @@ def _cannot_save(dest: Path, exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     remedy = _REMEDIES.get(exc.errno or 0, "fix that")
     return f"cannot save {dest}: {reason}; {remedy}, then run the same command again to fetch it"
-
-
-async def _already_there(blob: BlobInfo, dest: Path) -> bool:
-    def sync() -> bool:
-        if not dest.is_file() or dest.stat().st_size != blob.size:
-            return False
-        return blob.md5_hex is None or md5_of(dest) == blob.md5_hex
-
-    return await anyio.to_thread.run_sync(sync)

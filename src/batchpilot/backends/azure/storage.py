@@ -8,7 +8,7 @@ File I/O runs in worker threads (anyio), so a large upload or download never blo
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,9 +29,9 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from ...clock import Clock, SystemClock
 from ...config import StorageSettings
-from ...errors import ConfigError
-from ...files import temporary_sibling
-from ...records import BlobInfo, Permission, UploadOutcome
+from ...errors import BatchpilotError, ConfigError
+from ...files import md5_of, temporary_sibling
+from ...records import BlobDownload, BlobInfo, Permission, UploadOutcome
 from .errors import translated
 
 _CHUNK_BYTES = 4 * 1024 * 1024
@@ -154,6 +154,26 @@ class AzureStorage:
                 await anyio.Path(temp).unlink(missing_ok=True)
             raise
 
+    async def download_prefix(
+        self,
+        container: str,
+        prefix: str,
+        plan: Callable[[Sequence[BlobInfo]], Iterable[tuple[BlobInfo, Path]]],
+    ) -> list[BlobDownload]:
+        """`Storage.download_prefix`: one listing, then each pick downloaded in turn (a request each)."""
+        done = []
+        for blob, dest in plan(await self.list_blobs(container, prefix)):
+            try:
+                if await anyio.to_thread.run_sync(_holds, dest, blob):
+                    done.append(BlobDownload(blob, dest, skipped=True))
+                    continue
+                await self.download(container, blob.name, dest)
+            except (BatchpilotError, OSError) as exc:
+                done.append(BlobDownload(blob, dest, error=exc))
+            else:
+                done.append(BlobDownload(blob, dest))
+        return done
+
     async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
         expires = self._clock.now() + expiry
         sas_permission = ContainerSasPermissions(
@@ -241,3 +261,13 @@ class AzureStorage:
 async def _chunks(handle: anyio.AsyncFile[bytes]) -> AsyncIterator[bytes]:
     while chunk := await handle.read(_CHUNK_BYTES):
         yield chunk
+
+
+def _holds(dest: Path, blob: BlobInfo) -> bool:
+    """Whether `dest` is a file of the blob's size and, when the store keeps one, MD5. Blocking."""
+    try:
+        if not dest.is_file() or dest.stat().st_size != blob.size:
+            return False
+    except OSError:
+        return False
+    return blob.md5_hex is None or md5_of(dest) == blob.md5_hex

@@ -28,6 +28,7 @@ import posixpath
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -302,9 +303,15 @@ async def execute(
 
 
 def _fresh_dir(task_dir: Path, workdir: Path) -> None:
-    # A retry starts from a clean working directory, as on a node.
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    # A retry starts from a clean working directory, as on a node. A first attempt finds none: one mkdir
+    # (two with the task dir), no look before.
+    try:
+        os.mkdir(workdir)
+    except FileNotFoundError:
+        os.makedirs(workdir)
+    except FileExistsError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
 
 
 def _resource_path(resource: ResourceFile) -> str | FailureInfo:
@@ -361,7 +368,7 @@ def _launch(
         return FailureInfo("usererror", "CommandLineInvalid", f"cannot parse the command line: {exc}")
     if not argv:
         return FailureInfo("usererror", "CommandLineInvalid", "the command line is empty")
-    with (task_dir / "stdout.txt").open("wb") as stdout, (task_dir / "stderr.txt").open("wb") as stderr:
+    with _created(task_dir / "stdout.txt") as stdout, _created(task_dir / "stderr.txt") as stderr:
         if spec.container is not None:
             try:
                 runtime = container_runtime()
@@ -387,6 +394,17 @@ def _launch(
             return FailureInfo("usererror", code, f"the command could not start: {_one_line(exc)}")
     _watchdog.send(f"+{process.pid}\n")
     return process
+
+
+@contextlib.contextmanager
+def _created(path: Path) -> Iterator[int]:
+    """A descriptor of `path`, created empty (or emptied) for writing, closed on leaving: the child has its
+    own copy by then."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        yield descriptor
+    finally:
+        os.close(descriptor)
 
 
 def _pidfd(process: subprocess.Popen[bytes]) -> int | None:
@@ -508,10 +526,22 @@ def _stage_out_sync(spec: TaskSpec, workdir: Path, stager: SyncStager, succeeded
 def _matches(pattern: str, workdir: Path, task_dir: Path) -> list[tuple[str, Path]]:
     """The regular files `pattern` matches in `workdir`, each with its real path, if that is inside the task
     dir: a link the task made to a file elsewhere (another task's, the user's) is never uploaded."""
-    root = task_dir.resolve()
+    root: Path | None = None
+    plain_workdir: bool | None = None
     found = []
     # `**` matches any directory, none included, as in Batch; hidden names only when the pattern names them.
     for matched in sorted(glob.glob(pattern, root_dir=workdir, recursive=True)):
+        if "/" not in matched and not matched.startswith("."):
+            # A name right in the working folder (the usual output): inside the task dir if it is no link
+            # itself, and the working folder is still a folder (the task may have made it a link): two
+            # system calls, not one per folder of its real path.
+            with contextlib.suppress(OSError):
+                if plain_workdir is None:
+                    plain_workdir = stat.S_ISDIR(os.lstat(workdir).st_mode)
+                if plain_workdir and stat.S_ISREG(os.lstat(workdir / matched).st_mode):
+                    found.append((matched, workdir / matched))
+                    continue
+        root = root or task_dir.resolve()
         # realpath, not resolve: a link loop the task left is then no file, instead of a RuntimeError.
         source = Path(os.path.realpath(workdir / matched))
         if source.is_relative_to(root) and source.is_file():
