@@ -191,3 +191,29 @@ async def test_a_damaged_line_inside_the_journal_is_one_error_naming_the_file(tm
     async with LocalBackend(root) as again:
         with pytest.raises(BackendError, match=r"line 1 of .*tasks\.jsonl.*cleanup --job"):
             await again.compute.list_tasks("job")
+
+
+async def test_records_appended_while_the_journal_is_compacted_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Compacted at almost every record, while two slots append theirs: none may be lost or overtaken.
+    monkeypatch.setattr(compute, "_COMPACT_SLACK", 0)
+    monkeypatch.setattr(compute, "_COMPACT_LINES_PER_TASK", 1)
+    root, ran = tmp_path / "state", tmp_path / "ran.log"
+    tasks = [TaskSpec(f"t{i}", _appender(ran, f"t{i}")) for i in range(30)]
+    async with LocalBackend(root) as backend:
+        await backend.compute.ensure_pool(PoolSpec("pool", dedicated_nodes=2))
+        await backend.compute.ensure_job(JobSpec("job", "pool"))
+        await backend.compute.add_tasks("job", tasks)
+        await wait_completed(backend, "job", 30)
+    latest = {line["task_id"]: line for line in _lines(_journal(root))}
+    assert {task_id: line["state"] for task_id, line in latest.items()} == {
+        f"t{i}": "completed" for i in range(30)
+    }
+    async with LocalBackend(root) as again:  # and nothing runs again
+        await again.compute.ensure_pool(PoolSpec("pool", dedicated_nodes=2))
+        await again.compute.ensure_job(JobSpec("job", "pool"))
+        views = await again.compute.list_tasks("job")
+        assert len(views) == 30
+        assert all(view.result is TaskResult.SUCCESS for view in views)
+    assert sorted(ran.read_text().split()) == sorted(f"t{i}" for i in range(30))

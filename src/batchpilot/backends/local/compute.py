@@ -179,7 +179,8 @@ class _Journal:
     def rewrite(self, records: Sequence[dict[str, Any]]) -> None:
         """Replace the file with one line per record (each with its spec): a new file renamed over the old,
         so a reader or a crash sees either whole. OSError when it cannot be written. Blocking: in a worker
-        thread, with `compacting` set so that nothing is appended meanwhile."""
+        thread, with `compacting` set so that nothing is appended meanwhile; `close()` after it (on the
+        event loop, as every use of the descriptor): the descriptor is the old file's."""
         if self.deleted:
             return
         temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
@@ -190,7 +191,6 @@ class _Journal:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        self.close()  # the descriptor is the old file's
         self.lines = len(records)
         self.with_spec = {record["task_id"] for record in records}
 
@@ -658,6 +658,7 @@ async def _compact(job: _Job) -> None:
     try:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(journal.rewrite, snapshot)
+        journal.close()  # the old file's: the next record opens the new one
     finally:
         ended, journal.compacting = journal.compacting, None
         ended.set()
