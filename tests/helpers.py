@@ -33,6 +33,7 @@ class FakeCompute:
     calls: list[tuple[str, object]] = field(default_factory=list)
     add_results: Callable[[Sequence[TaskSpec]], Sequence[AddTaskResult]] | None = None
     page_size: int = 1000  # tasks per page handed to `list_tasks(on_page=...)`
+    bounds: list[datetime | None] = field(default_factory=list)  # each listing's `changed_until`
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         return Ensured(spec.pool_id, created=True)
@@ -69,13 +70,16 @@ class FakeCompute:
         job_id: str,
         changed_since: datetime | None = None,
         *,
+        changed_until: datetime | None = None,
         on_page: Callable[[list[TaskView]], Awaitable[None]] | None = None,
     ) -> list[TaskView]:
         self.calls.append(("list_tasks", changed_since))
+        self.bounds.append(changed_until)
         views = [
             v
             for v in self.tasks.values()
-            if changed_since is None or v.state_transition_time >= changed_since
+            if (changed_since is None or v.state_transition_time >= changed_since)
+            and (changed_until is None or v.state_transition_time <= changed_until)
         ]
         if on_page is None:
             return views

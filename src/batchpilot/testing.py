@@ -571,16 +571,23 @@ class InMemoryCompute:
         return counts
 
     async def list_tasks(
-        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
+        self,
+        job_id: str,
+        changed_since: datetime | None = None,
+        *,
+        changed_until: datetime | None = None,
+        on_page: PageHandler | None = None,
     ) -> list[TaskView]:
-        """Every task, or those whose state changed at or after `changed_since` (one page: handed to
-        `on_page` when given, and then none returned). NotFoundError when no such job."""
+        """Every task, or those whose state changed at or after `changed_since` (and at or before
+        `changed_until`), in one page: handed to `on_page` when given, and then none returned. NotFoundError
+        when no such job."""
         self.calls.append(("list_tasks", changed_since))
         job = self._job(job_id)
         views = [
             task.view()
             for task in job.tasks.values()
-            if changed_since is None or task.transition_time >= changed_since
+            if (changed_since is None or task.transition_time >= changed_since)
+            and (changed_until is None or task.transition_time <= changed_until)
         ]
         self._run_queued(job)
         if on_page is not None:

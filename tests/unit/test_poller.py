@@ -268,8 +268,8 @@ async def test_while_tasks_keep_changing_the_interval_grows_with_the_job(tasks, 
     def advance(_: float) -> None:
         first = next(batches, None)
         if first is not None:
-            for task_id in ids[first : first + tasks // 4]:
-                compute.set(task_id, C, (clock.current - at(0)).total_seconds(), exit_code=0)
+            for task_id in ids[first : first + tasks // 4]:  # while the poller waited
+                compute.set(task_id, C, (clock.current - at(0)).total_seconds() - 0.5, exit_code=0)
 
     clock.on_sleep = advance
     poller, events = make(compute, clock, ids)
@@ -286,7 +286,7 @@ async def test_a_task_that_changed_while_later_pages_were_read_is_seen_by_the_ne
         compute.set(f"other-{n}", C, 0, exit_code=0)
     unpaged = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
         if len(compute.calls_named("list_tasks")) != 1:
             return await unpaged(job_id, changed_since, on_page=on_page)
         # The second listing takes 5 s over its pages: `a` completes after its page was read, `b` before
@@ -300,12 +300,14 @@ async def test_a_task_that_changed_while_later_pages_were_read_is_seen_by_the_ne
         return []
 
     compute.list_tasks = list_tasks
+    compute.page_size = 2000  # the first look is one page: the second listing is not bounded
     poller, events = make(compute, clock, ["a", "b"])
     await poller.run()
     assert {e.task_id for e in events if isinstance(e, TaskSucceeded)} == {"a", "b"}
     # The third listing starts the listing's 5 s earlier than the watermark minus the skew, so it finds `a`
     # at once instead of at the next full listing, 30 s on.
     assert compute.calls_named("list_tasks")[2] == at(6 - 2 - 5)
+    assert compute.bounds[:2] == [None, None]
     assert poller.stats.full_listings == 1
 
 
@@ -314,7 +316,7 @@ async def test_a_listing_of_one_page_adds_no_margin_however_long_it_took():
     compute.set("a", R, 0)
     slow = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
         clock.current += timedelta(seconds=5)
         return await slow(job_id, changed_since, on_page=on_page)
 
@@ -337,7 +339,7 @@ async def test_each_page_of_a_listing_is_published_before_the_next_page_is_read(
     published: list[list[str]] = []  # the tasks published by the time each page is handed out
     listed = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
         async def page(views):
             published.append(sorted(e.task_id for e in events if isinstance(e, TaskSucceeded)))
             await on_page(views)
@@ -361,7 +363,7 @@ async def test_a_listing_cut_short_by_a_failure_is_listed_again_from_where_it_st
     listed = compute.list_tasks
     rounds = iter(range(1000))
 
-    async def list_tasks(job_id: str, changed_since=None, *, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
         second = len(compute.calls_named("list_tasks")) == 1  # the first look saw both running
 
         async def page(views):
@@ -385,3 +387,83 @@ async def test_a_listing_cut_short_by_a_failure_is_listed_again_from_where_it_st
     assert listings[1] == listings[2] == at(0 - 2)  # the failed listing is asked again as it was
     assert poller.stats.full_listings == 1
     assert poller.stats.failed_polls == 1
+
+
+async def test_after_a_listing_of_several_pages_the_next_asks_only_for_what_changed_until_about_now():
+    # Unbounded, a listing of many pages gets again, in the next, every change made while its later pages
+    # were read. Bounded by a lower bound of the service's time (its latest transition less when we saw
+    # it), nothing of a later page can change inside it; what changed after the bound is the next's.
+    compute, clock = FakeCompute(page_size=1), FakeClock()
+    compute.set("a", R, -4)  # the service's clock is 3 s behind ours; its last change, 1 s before we look
+    compute.set("b", R, -4)
+    rounds = iter(range(1000))
+
+    def advance(_: float) -> None:
+        if next(rounds) == 0:  # at 1 s on our clock, -2 s on the service's
+            compute.set("a", C, -3.5, exit_code=0)  # before the bound: 1 s + (-4 s - 0 s) = -3 s
+            compute.set("b", C, -2.5, exit_code=0)  # after it
+
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ["a", "b"])
+    await poller.run()
+    assert [e.task_id for e in events if isinstance(e, TaskSucceeded)] == ["a", "b"]
+    listings = compute.calls_named("list_tasks")
+    assert compute.bounds == [None, at(-3), None]  # the bounded listing got one page: the next is not
+    assert listings == [None, at(-4 - 2), at(-3 - 2)]  # each from where the last left off, less the skew
+    assert poller.stats.full_listings == 1
+
+
+async def test_a_bounded_listing_that_found_nothing_is_followed_by_one_that_is_not():
+    # Everything changed after the bound, and the counts do not say so (they lag): the next round must list
+    # anyway, or the changes would wait for the next full listing.
+    compute, clock = FakeCompute(page_size=1), FakeClock()
+    compute.set("a", R, -4)
+    compute.set("b", R, -4)
+    compute.counts_override = TaskCounts(running=2)
+    rounds = iter(range(1000))
+
+    def advance(_: float) -> None:
+        if next(rounds) == 0:
+            compute.set("a", C, -2.5, exit_code=0)
+            compute.set("b", C, -2.5, exit_code=0)
+
+    clock.on_sleep = advance
+    poller, events = make(compute, clock, ["a", "b"])
+    await poller.run()
+    assert sum(isinstance(e, TaskSucceeded) for e in events) == 2
+    assert compute.bounds == [None, at(-3), None]
+    assert poller.stats.full_listings == 1  # not found by a reconcile 30 s on
+
+
+async def test_the_first_look_at_a_job_still_being_filled_is_bounded_after_its_first_page():
+    # Unbounded, it would read page after page as long as tasks are added (25 s at 100,000 tasks), and see
+    # none of them end meanwhile. Its first page (the first tasks added) tells the service's clock: it is
+    # asked again up to then, and every later listing while tasks are added is bounded too, however short.
+    compute, clock = FakeCompute(page_size=1), FakeClock()
+    for task_id in "abc":
+        compute.set(task_id, A, -1)  # added 1 s before the first look
+    tracker = TaskTracker("run", "job", ["a", "b", "c"], submitting=True)
+    events: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        events.append(event)
+
+    poller = Poller(compute, tracker, publish, settings=SETTINGS, clock=clock, draw=lambda: 0.5)
+    rounds = iter(range(1000))
+
+    def advance(_: float) -> None:
+        step = next(rounds)
+        if step == 0:
+            compute.set("a", C, 0.5, exit_code=0)  # after the next listing's bound (1 s - 1 s = 0 s)
+        if step == 1:
+            tracker.submission_ended()
+            for task_id in "bc":
+                compute.set(task_id, C, 1.5, exit_code=0)
+
+    clock.on_sleep = advance
+    await poller.run()
+    assert sum(isinstance(e, TaskSucceeded) for e in events) == 3
+    listings = compute.calls_named("list_tasks")
+    assert listings[:3] == [None, None, at(-1 - 2)]  # the first look, stopped at its second page; asked again
+    assert compute.bounds[:3] == [None, at(-1), at(1 - 1)]  # bounded while tasks are added
+    assert poller.stats.full_listings == 1

@@ -1,10 +1,14 @@
 """The polling loop: the only part of the monitor that does I/O.
 
 Each round costs one cheap probe (task counts). Tasks are listed only when the counts moved, or, instead of
-the probe, right after a listing that brought news; and then only those whose state changed since the
-watermark, minus a small skew margin (the service's clocks disagree a little) and, after a listing of
-several pages, minus the time it took (a task can change while later pages are read, after its own page
-was). A periodic full listing guards against counts that lag and transitions that show up later than that.
+the probe, right after a listing that brought news; and then only those whose state changed since the last
+listing left off, minus a small skew margin (the service's clocks disagree a little). A task can change
+while later pages are read, after its own page was: after an unbounded listing of several pages, the next
+starts no later than the first page was read; while listings take several pages, each asks only for what
+changed before about its start on the service's clock (a lower bound: its latest transition seen, less when
+we saw it), so that no change falls inside it unread and none is listed twice, and leaves the rest to the
+next. Each page is acted on as it arrives. A periodic full listing guards against counts that lag and
+transitions that show up later than that.
 Both the interval while tasks keep changing and the period of full listings grow with the job: listing a
 big job costs more, and its tasks can afford a little more latency. The state machine turns listings into
 events; the schedule between rounds comes from the pure backoff policy. A failed poll changes no task:
@@ -101,6 +105,27 @@ class PollStats:
     intervals: deque[float] = field(default_factory=lambda: deque(maxlen=INTERVALS_KEPT))
 
 
+@dataclass(slots=True)
+class _Listing:
+    """What one listing saw: its pages, whether it brought news, the watermark after its first page, the
+    service's clock less ours (a lower bound) and how long it took."""
+
+    pages: int = 0
+    news: bool = False
+    first_page_to: datetime | None = None
+    offset: timedelta | None = None
+    took: timedelta = timedelta(0)
+
+
+class _Rebound(Exception):
+    """An unbounded listing stopped at its second page, to be asked again bounded at `offset`."""
+
+    def __init__(self, offset: timedelta, *, news: bool) -> None:
+        super().__init__("listing to be bounded")
+        self.offset = offset
+        self.news = news  # its first page brought news
+
+
 class Poller:
     def __init__(
         self,
@@ -121,10 +146,12 @@ class Poller:
         self._draw = draw
         self._last_counts: TaskCounts | None = None
         self._last_full: datetime | None = None
-        self._last_listing_took = timedelta(0)
-        # The tracker's watermark after the last listing that ended well: one cut short by a failure may have
-        # moved the tracker's past transitions its unread pages hold.
+        # Where the next listing starts (less the skew): set by the last listing that ended well (one cut
+        # short by a failure may have moved the tracker's watermark past transitions its unread pages held).
         self._listed_to: datetime | None = None
+        # The service's clock less ours, a lower bound (its latest transition seen less when we saw it), kept
+        # while listings take several pages; None: the next listing is unbounded.
+        self._offset: timedelta | None = None
         self._busy = False
         self._nap: anyio.CancelScope | None = None
         self._failing_since: datetime | None = None
@@ -230,37 +257,85 @@ class Poller:
                 return False
         since = None
         if not full_due and self._listed_to is not None:
-            since = self._listed_to - self._settings.skew - self._last_listing_took
+            since = self._listed_to - self._settings.skew
+        # While listings take several pages, each asks only for what changed before about its start on the
+        # service's clock (a lower bound of it: no change of a task whose page is read later can fall
+        # inside), and leaves the rest to the next one. Unbounded, what changes while its pages are read is
+        # listed twice, by it and by the next (see `_listed_to`).
+        before = None if self._offset is None else self._clock.now() + self._offset
+        # The first look at a job still being filled would chase the submission to its end, page after page.
+        rebound = since is None and before is None and self._tracker.submitting
+        try:
+            listing = await self._list(since, before, rebound=rebound)
+        except _Rebound as stopped:
+            # It reached a second page: asked again, bounded by what its first page (the first tasks added,
+            # moments ago) told of the service's clock.
+            before = self._clock.now() + stopped.offset
+            listing = await self._list(since, before, rebound=False)
+            listing.news = listing.news or stopped.news
+        watermark = self._tracker.watermark
+        if before is not None:
+            self._listed_to = before  # everything that changed before it was read; the rest is the next's
+        elif listing.pages > 1 and listing.first_page_to is not None and watermark is not None:
+            # A task of an early page may change after its page was read, and later pages move the watermark
+            # past that change. The first page was read no earlier than the watermark after it, nor earlier
+            # than the last page less the time the listing took. One page is one consistent look: no margin
+            # after it (adding one anyway would widen the next listing by the time this one took, which
+            # makes that one longer, and so on).
+            self._listed_to = max(listing.first_page_to, watermark - listing.took)
+        else:
+            self._listed_to = watermark
+        if (listing.pages > 1 or self._tracker.submitting) and listing.offset is not None:
+            # Kept while listings take several pages, and while tasks are being added (they will).
+            self._offset = listing.offset if self._offset is None else max(self._offset, listing.offset)
+        elif not self._tracker.submitting:
+            self._offset = None  # the next listing is unbounded: no change after a bound is left unread
+        news = listing.news
+        self.stats.listings += 1
+        if since is None:
+            self.stats.full_listings += 1
+            self._last_full = now
+        # After a bounded listing, the next round lists (at the busy interval): what changed after the bound
+        # has not been read.
+        self._busy = news or before is not None
+        return moved or news or before is not None
+
+    async def _list(self, since: datetime | None, before: datetime | None, *, rebound: bool) -> _Listing:
+        """List the tasks changed in [since, before] (None: unbounded), acting on each page as it arrives.
+
+        With `rebound`, raises _Rebound when a second page arrives once the first told the service's time.
+        """
+        listing = _Listing()
         started = self._clock.now()
-        pages = 0
-        news = False
 
         async def take(views: list[TaskView]) -> None:
             # Each page is acted on as it arrives: a listing of 100 pages publishes its first news at once.
-            nonlocal pages, news
             began = anyio.current_time()
-            pages += 1
+            if rebound and listing.pages == 1 and listing.offset is not None:
+                raise _Rebound(listing.offset, news=listing.news)
+            listing.pages += 1
             self.stats.tasks_listed += len(views)
             events = self._tracker.observe(views, at=self._clock.now())
-            news = news or bool(events)
+            watermark = self._tracker.watermark
+            if watermark is not None:
+                # No transition is later than the service's clock when it is read: a lower bound of the
+                # service's time less ours.
+                evidence = watermark - self._clock.now()
+                listing.offset = evidence if listing.offset is None else max(listing.offset, evidence)
+                if listing.pages == 1:
+                    listing.first_page_to = watermark
+            listing.news = listing.news or bool(events)
             for event in events:
                 if isinstance(event, TaskFailed):
                     event = replace(event, stderr_tail=await self._stderr_tail(event.task_id))
                 await self._publish(event)
             request.deadline += anyio.current_time() - began  # the poll's timeout bounds the requests only
 
+        job_id = self._tracker.job_id
         with self._answer_within() as request:
-            await self._compute.list_tasks(job_id, changed_since=since, on_page=take)
-        # One page is one consistent look: no margin after it. Adding one anyway would widen the next
-        # listing by the time this one took to read, which makes that one longer, and so on.
-        self._last_listing_took = self._clock.now() - started if pages > 1 else timedelta(0)
-        self._listed_to = self._tracker.watermark
-        self.stats.listings += 1
-        if since is None:
-            self.stats.full_listings += 1
-            self._last_full = now
-        self._busy = news
-        return moved or news
+            await self._compute.list_tasks(job_id, changed_since=since, changed_until=before, on_page=take)
+        listing.took = self._clock.now() - started
+        return listing
 
     async def _stderr_tail(self, task_id: str) -> str:
         return await read_stderr_tail(self._compute, self._tracker.job_id, task_id)

@@ -297,11 +297,19 @@ class AzureCompute:
             return models.task_counts(await self._client.get_job_task_counts(job_id))
 
     async def list_tasks(
-        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
+        self,
+        job_id: str,
+        changed_since: datetime | None = None,
+        *,
+        changed_until: datetime | None = None,
+        on_page: PageHandler | None = None,
     ) -> list[TaskView]:
-        where = None
+        bounds = []
         if changed_since is not None:
-            where = f"stateTransitionTime ge {models.odata_datetime(changed_since)}"
+            bounds.append(f"stateTransitionTime ge {models.odata_datetime(changed_since)}")
+        if changed_until is not None:
+            bounds.append(f"stateTransitionTime le {models.odata_datetime(changed_until)}")
+        where = " and ".join(bounds) or None
         with translated(f"list tasks of job {job_id}", self._secrets):
             # The SDK follows odata.nextLink for further pages; the service keeps the filter in the link.
             tasks = self._client.list_tasks(job_id, filter=where, select=list(models.TASK_VIEW_FIELDS))

@@ -477,7 +477,12 @@ class LocalCompute:
         )
 
     async def list_tasks(
-        self, job_id: str, changed_since: datetime | None = None, *, on_page: PageHandler | None = None
+        self,
+        job_id: str,
+        changed_since: datetime | None = None,
+        *,
+        changed_until: datetime | None = None,
+        on_page: PageHandler | None = None,
     ) -> list[TaskView]:
         job = self._jobs.get(job_id)
         if job is not None:
@@ -488,7 +493,10 @@ class LocalCompute:
             directory = await self._job_directory(job_id)
             tasks = (await anyio.to_thread.run_sync(_read_task_records, directory)).tasks
         views = [
-            task.view() for task in tasks if changed_since is None or task.transition_time >= changed_since
+            task.view()
+            for task in tasks
+            if (changed_since is None or task.transition_time >= changed_since)
+            and (changed_until is None or task.transition_time <= changed_until)
         ]
         if on_page is None:
             return views
