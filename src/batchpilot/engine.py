@@ -382,9 +382,10 @@ class Orchestrator:
         recorder.found_in_job(len(staged) - len(to_add) - len(retried))
         recorder.retried(retried=len(retried) + readded, readded=readded)
         recorder.definitions_changed(changed_definitions(choice.to_add, choice.seen))
-        # Every backend's succeeded tasks are held to their outputs by the same check (the downloader's).
-        template = workload.template
-        self._downloader.expect(run_id, {item.task_id: required_downloads(template, item) for item in staged})
+        # Every backend's succeeded tasks are held to their outputs by the same check (the downloader's); a
+        # task with no required output needs no entry (100,000 of them).
+        template, needs = workload.template, required_downloads
+        self._downloader.expect(run_id, {i.task_id: p for i in staged if (p := needs(template, i))})
 
         # Tasks that stay in an earlier generation of the job (ended, so completed) are read from there.
         elsewhere = choice.elsewhere(workload.job_id)
