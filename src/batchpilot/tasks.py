@@ -109,23 +109,55 @@ def definition_hash(workload: Workload, staged: StagedInput) -> str:
     """The SHA-256 (hex) of everything that decides the result of the task that processes `staged` under
     `workload`. Pure and stable across runs and machines: no URL, token or local path goes in. `{task_id}`
     is rendered as the input key (the id itself carries this hash). ConfigError when an output pattern
-    renders outside the output dir (see `TaskTemplate.render_outputs`)."""
+    renders outside the output dir (see `TaskTemplate.render_outputs`).
+
+    The text hashed is the definition as compact JSON with sorted keys (ASCII, UTF-8 encoded): `command`,
+    `container` ([image, run options] or null), `environment` (sorted [name, value] pairs), `input` ([blob
+    name, fingerprint]), `optional_outputs` (sorted), `output_names`, `outputs` (as matched on the node),
+    `resource_files` ([[input container, blob name, path on the node]]) and `version`."""
+    return _definition_hash(workload, staged, _shared_definition(workload))
+
+
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _shared_definition(workload: Workload) -> tuple[str, str, str]:
+    """The JSON text between a definition's own values, which all of a workload's tasks share (keys in sorted
+    order): after `command`, after `input`, and after `resource_files`. An environment of 64 KB is encoded
+    once, not once per task."""
+    template = workload.template
+    container = template.container
+    image = [container.image, container.run_options] if container is not None else None
+    return (
+        f',"container":{_JSON.encode(image)}'
+        f',"environment":{_JSON.encode(sorted([name, value] for name, value in workload.environment))}'
+        ',"input":',
+        f',"optional_outputs":{_JSON.encode(sorted(template.optional_outputs))},"output_names":',
+        f',"version":{_JSON.encode(_DEFINITION_VERSION)}}}',
+    )
+
+
+def _definition_hash(workload: Workload, staged: StagedInput, shared: tuple[str, str, str]) -> str:
     template = workload.template
     keyed = staged if staged.task_id == staged.input_key else replace(staged, task_id=staged.input_key)
     on_node = keyed.node_values()
-    container = template.container
-    definition = {
-        "version": _DEFINITION_VERSION,
-        "input": [staged.blob_name, staged.fingerprint],
-        "command": template.render_command(on_node),
-        "outputs": [template.in_working_dir(p) for p in template.render_outputs(on_node)],
-        "output_names": list(template.render_outputs(keyed.template_values())),
-        "optional_outputs": sorted(template.optional_outputs),
-        "container": [container.image, container.run_options] if container is not None else None,
-        "environment": sorted([name, value] for name, value in workload.environment),
-        "resource_files": [[workload.input_container, staged.blob_name, keyed.safe_path]],
-    }
-    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    encode = _JSON.encode
+    after_command, after_input, after_resource_files = shared
+    text = "".join(
+        (
+            '{"command":',
+            encode(template.render_command(on_node)),
+            after_command,
+            encode([staged.blob_name, staged.fingerprint]),
+            after_input,
+            encode(list(template.render_outputs(keyed.template_values()))),
+            ',"outputs":',
+            encode([template.in_working_dir(p) for p in template.render_outputs(on_node)]),
+            ',"resource_files":',
+            encode([[workload.input_container, staged.blob_name, keyed.safe_path]]),
+            after_resource_files,
+        )
+    )
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -146,8 +178,9 @@ def identify(workload: Workload, staged: Sequence[StagedInput]) -> list[StagedIn
 def identify_in_place(workload: Workload, staged: list[StagedInput]) -> None:
     """As `identify`, replacing each item of `staged` by its identified one: no second list of 100,000
     staged inputs at once."""
+    shared = _shared_definition(workload)
     for index, item in enumerate(staged):
-        staged[index] = replace(item, task_id=task_id_for(item, definition_hash(workload, item)))
+        staged[index] = replace(item, task_id=task_id_for(item, _definition_hash(workload, item, shared)))
 
 
 def input_key_of(task_id: str) -> str | None:

@@ -402,3 +402,58 @@ async def test_a_service_restarted_with_a_changed_command_runs_new_tasks_in_its_
     assert (tmp_path / "out" / "a.out").read_bytes() == b"cba"
     [job] = backend.compute.jobs.values()
     assert len(job.tasks) == 2  # one per definition of a.txt, in the service's one job
+
+
+def _reference_definition_hash(workload: Workload, item: StagedInput) -> str:
+    """The definition as one JSON document with sorted keys, as ids have been made since they covered it:
+    `tasks.definition_hash` must give the same text, or every task of every job would be new after an
+    upgrade."""
+    import hashlib
+    import json
+
+    template = workload.template
+    keyed = replace(item, task_id=item.input_key)
+    on_node = keyed.node_values()
+    container = template.container
+    definition = {
+        "version": 1,
+        "input": [item.blob_name, item.fingerprint],
+        "command": template.render_command(on_node),
+        "outputs": [template.in_working_dir(p) for p in template.render_outputs(on_node)],
+        "output_names": list(template.render_outputs(keyed.template_values())),
+        "optional_outputs": sorted(template.optional_outputs),
+        "container": [container.image, container.run_options] if container is not None else None,
+        "environment": sorted([name, value] for name, value in workload.environment),
+        "resource_files": [[workload.input_container, item.blob_name, keyed.safe_path]],
+    }
+    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def test_the_definition_hash_is_that_of_the_definitions_json_document(tmp_path: Path) -> None:
+    items = [
+        staged(),
+        staged("ü ñ \"quoted\" 'x'.log", "1" * 32, folder="d1/é"),
+        staged("a'$(id)'b.tar.gz", "2" * 32),
+        staged("\udcff raw.bin", "3" * 32),  # a name with a byte that is no UTF-8
+        StagedInput.for_blob("2024/a/x.txt", None, 12, prefix="2024/"),
+    ]
+    template = TaskTemplate(
+        command="sh -c 'cat {input} > {output_dir}/{stem}.out; echo {task_id} {input_name}'",
+        outputs=("{stem}.out", "logs/*.txt", "{input_name}.sum"),
+        optional_outputs=("logs/*.txt",),
+        output_dir="out",
+        container=ContainerSettings("python:3.12-slim", "--network none"),
+    )
+    workloads = [
+        base_workload(tmp_path),
+        base_workload(tmp_path, environment=()),
+        base_workload(tmp_path, template=template, environment=(("Z", "1"), ("A", 'ß\u2028"x"'), ("M", ""))),
+    ]
+    for workload in workloads:
+        for item in items:
+            assert definition_hash(workload, item) == _reference_definition_hash(workload, item)
+        identified = identify(workload, items)
+        assert [i.task_id for i in identified] == [
+            task_id_for(i, _reference_definition_hash(workload, i)) for i in items
+        ]
