@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchpilot.backends.local.executor import TASK_DIR_VARIABLE, base_environment, end_strays
+from batchpilot.backends.local.executor import TASK_DIR_VARIABLE, _Watchdog, base_environment, end_strays
 
 SLEEPER = [sys.executable, "-c", "import time\nwhile True: time.sleep(0.05)"]
 
@@ -60,3 +60,30 @@ def test_a_task_inherits_a_safe_base_and_no_credential() -> None:
         "TMPDIR": "/tmp",
     }
     assert base_environment({})["PATH"] == os.defpath
+
+
+def test_the_watchdog_ends_the_groups_it_holds_when_its_pipe_closes_and_a_dead_one_is_replaced() -> None:
+    """The watchdog reads its pipe in batches; at the pipe's end it kills the groups still registered (a
+    group unregistered is left alone). One killed meanwhile is replaced at the next line written."""
+    watchdog = _Watchdog()
+    held, released = _start(Path("/nonexistent/held")), _start(Path("/nonexistent/released"))
+    try:
+        watchdog.send(f"+{held.pid}\n")
+        first = watchdog._process
+        assert first is not None
+        first.kill()
+        first.wait(timeout=10)
+        watchdog.send(f"+{released.pid}\n")  # the dead watchdog's pipe is broken: a new one takes the line
+        watchdog.send(f"+{held.pid}\n")
+        watchdog.send(f"-{released.pid}\n")
+        second = watchdog._process
+        assert second is not first
+        assert second is not None
+        assert second.poll() is None
+        _Watchdog._close(second)  # as at our exit: the pipe closes
+        assert held.wait(timeout=10) == -9
+        assert released.poll() is None
+    finally:
+        for process in (held, released):
+            process.kill()
+            process.wait()

@@ -74,13 +74,17 @@ def container_argv(
     ]  # fmt: skip
 
 
+# Reads what is written in batches, a pause between reads: a line does not wake it each time (two lines per
+# task), and the pipe holds far more than comes in a pause. At the end of the pipe it ends the groups left.
 _WATCHDOG = """
-import os, signal, sys
+import os, signal, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-groups = set()
-for line in sys.stdin:
-    sign, pgid = line[0], int(line[1:])
-    groups.add(pgid) if sign == "+" else groups.discard(pgid)
+groups, rest = set(), b""
+while chunk := os.read(0, 65536):
+    *lines, rest = (rest + chunk).split(b"\\n")
+    for line in lines:
+        groups.add(int(line[1:])) if line[:1] == b"+" else groups.discard(int(line[1:]))
+    time.sleep(0.05)
 for pgid in groups:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -97,8 +101,8 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
 
-    def _pipe(self) -> int | None:
-        if self._process is None or self._process.poll() is not None:
+    def _pipe(self, *, renew: bool = False) -> int | None:
+        if self._process is None or (renew and self._process.poll() is not None):
             try:
                 self._process = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _WATCHDOG],
@@ -120,10 +124,19 @@ class _Watchdog:
     def send(self, line: str) -> None:
         with self._lock:
             fd = self._pipe()
-            if fd is not None:
-                # If the watchdog died, strays are still ended by the next run (end_strays).
-                with contextlib.suppress(OSError):
-                    os.write(fd, line.encode())
+            if fd is None:
+                return
+            try:
+                os.write(fd, line.encode())
+            except BrokenPipeError:
+                # The watchdog died (it is not asked at each line: a system call): a new one takes the
+                # line. The groups the dead one held are the next run's to end (end_strays), as before.
+                fd = self._pipe(renew=True)
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.write(fd, line.encode())
+            except OSError:
+                pass  # a full pipe: this line is the next run's to catch (end_strays)
 
     @staticmethod
     def _close(process: subprocess.Popen[bytes]) -> None:
