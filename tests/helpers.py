@@ -34,6 +34,7 @@ class FakeCompute:
     add_results: Callable[[Sequence[TaskSpec]], Sequence[AddTaskResult]] | None = None
     page_size: int = 1000  # tasks per page handed to `list_tasks(on_page=...)`
     bounds: list[datetime | None] = field(default_factory=list)  # each listing's `changed_until`
+    queued: list[bool] = field(default_factory=list)  # each listing's `queued`
 
     async def ensure_pool(self, spec: PoolSpec) -> Ensured:
         return Ensured(spec.pool_id, created=True)
@@ -71,10 +72,12 @@ class FakeCompute:
         changed_since: datetime | None = None,
         *,
         changed_until: datetime | None = None,
+        queued: bool = True,
         on_page: Callable[[list[TaskView]], Awaitable[None]] | None = None,
     ) -> list[TaskView]:
         self.calls.append(("list_tasks", changed_since))
         self.bounds.append(changed_until)
+        self.queued.append(queued)
         views = [
             v
             for v in self.tasks.values()

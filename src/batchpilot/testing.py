@@ -576,6 +576,7 @@ class InMemoryCompute:
         changed_since: datetime | None = None,
         *,
         changed_until: datetime | None = None,
+        queued: bool = True,
         on_page: PageHandler | None = None,
     ) -> list[TaskView]:
         """Every task, or those whose state changed at or after `changed_since` (and at or before

@@ -286,7 +286,7 @@ async def test_a_task_that_changed_while_later_pages_were_read_is_seen_by_the_ne
         compute.set(f"other-{n}", C, 0, exit_code=0)
     unpaged = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, queued=True, on_page=None):
         if len(compute.calls_named("list_tasks")) != 1:
             return await unpaged(job_id, changed_since, on_page=on_page)
         # The second listing takes 5 s over its pages: `a` completes after its page was read, `b` before
@@ -316,7 +316,7 @@ async def test_a_listing_of_one_page_adds_no_margin_however_long_it_took():
     compute.set("a", R, 0)
     slow = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, queued=True, on_page=None):
         clock.current += timedelta(seconds=5)
         return await slow(job_id, changed_since, on_page=on_page)
 
@@ -339,7 +339,7 @@ async def test_each_page_of_a_listing_is_published_before_the_next_page_is_read(
     published: list[list[str]] = []  # the tasks published by the time each page is handed out
     listed = compute.list_tasks
 
-    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, queued=True, on_page=None):
         async def page(views):
             published.append(sorted(e.task_id for e in events if isinstance(e, TaskSucceeded)))
             await on_page(views)
@@ -363,7 +363,7 @@ async def test_a_listing_cut_short_by_a_failure_is_listed_again_from_where_it_st
     listed = compute.list_tasks
     rounds = iter(range(1000))
 
-    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, on_page=None):
+    async def list_tasks(job_id: str, changed_since=None, *, changed_until=None, queued=True, on_page=None):
         second = len(compute.calls_named("list_tasks")) == 1  # the first look saw both running
 
         async def page(views):
@@ -410,6 +410,9 @@ async def test_after_a_listing_of_several_pages_the_next_asks_only_for_what_chan
     listings = compute.calls_named("list_tasks")
     assert compute.bounds == [None, at(-3), None]  # the bounded listing got one page: the next is not
     assert listings == [None, at(-4 - 2), at(-3 - 2)]  # each from where the last left off, less the skew
+    # Tasks added since the last listing and still queued are left out (of the incremental ones: the
+    # service applies it only with `changed_since`).
+    assert compute.queued == [False, False, False]
     assert poller.stats.full_listings == 1
 
 

@@ -18,7 +18,7 @@ from batchpilot.errors import (
     RequestTooLargeError,
     TransientBackendError,
 )
-from batchpilot.records import AddStatus, TaskCounts, TaskResult, TaskState
+from batchpilot.records import AddStatus, TaskCounts, TaskResult, TaskState, TaskView
 from batchpilot.spec import (
     JobSpec,
     OutputFile,
@@ -31,7 +31,7 @@ from batchpilot.spec import (
 )
 from tests.helpers import FakeClock
 
-from .conftest import BATCH_KEY, Http
+from .conftest import BATCH, BATCH_KEY, Http
 
 API = "2025-06-01"
 POOL = PoolSpec(
@@ -710,3 +710,32 @@ async def test_bad_credentials_are_one_clear_line_without_secrets(
         assert secret not in message
         assert secret not in caplog.text
     assert len(http.sent()) == 1  # never retried
+
+
+async def test_a_bounded_listing_leaving_out_new_queued_tasks_says_so_and_hands_out_each_page(
+    http: Http, backend: AzureBackend
+) -> None:
+    since = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    until = datetime(2030, 1, 2, 3, 4, 9, 123000, tzinfo=UTC)
+    next_link = f"{BATCH}/jobs/job-1/tasks?api-version={API}&$skiptoken=abc"
+    running = {"id": "a", "state": "running", "stateTransitionTime": "2030-01-02T03:04:06Z"}
+    done = {"id": "b", "state": "completed", "stateTransitionTime": "2030-01-02T03:04:07Z"}
+    http.batch("GET", "/jobs/job-1/tasks", payload={"value": [running], "odata.nextLink": next_link})
+    http.batch("GET", "/jobs/job-1/tasks", payload={"value": [done]})
+    pages: list[list[str]] = []
+
+    async def page(views: list[TaskView]) -> None:
+        pages.append([view.task_id for view in views])
+        assert len(http.sent()) == len(pages)  # handed out before the next page is asked for
+
+    listed = await backend.compute.list_tasks(
+        "job-1", changed_since=since, changed_until=until, queued=False, on_page=page
+    )
+
+    assert listed == []
+    assert pages == [["a"], ["b"]]
+    assert http.sent()[0].query["$filter"] == (
+        "stateTransitionTime ge datetime'2030-01-02T03:04:05.678Z'"
+        " and (state ne 'active' or creationTime lt datetime'2030-01-02T03:04:05.678Z')"
+        " and stateTransitionTime le datetime'2030-01-02T03:04:09.123Z'"
+    )

@@ -80,10 +80,13 @@ class Compute(Protocol):
         changed_since: datetime | None = None,
         *,
         changed_until: datetime | None = None,
+        queued: bool = True,
         on_page: PageHandler | None = None,
     ) -> list[TaskView]:
         """Every task of the job, or only those whose state changed at or after `changed_since`, and (with
-        `changed_until`) at or before `changed_until`: a task that changed again since is left out.
+        `changed_until`) at or before `changed_until`: a task that changed again since is left out. With
+        `queued=False`, the tasks added at or after `changed_since` and still queued (active) may be left
+        out: nothing is known of them yet but that they are there.
 
         With `on_page`, each page of the answer (up to 1,000 tasks on Batch; the whole answer where there
         are no pages) is handed to it as it arrives, awaited before the next page is asked for, and the list

@@ -302,11 +302,16 @@ class AzureCompute:
         changed_since: datetime | None = None,
         *,
         changed_until: datetime | None = None,
+        queued: bool = True,
         on_page: PageHandler | None = None,
     ) -> list[TaskView]:
         bounds = []
         if changed_since is not None:
-            bounds.append(f"stateTransitionTime ge {models.odata_datetime(changed_since)}")
+            since = models.odata_datetime(changed_since)
+            bounds.append(f"stateTransitionTime ge {since}")
+            if not queued:
+                # A task back in the queue (requeued, reactivated) was added earlier: still listed.
+                bounds.append(f"(state ne 'active' or creationTime lt {since})")
         if changed_until is not None:
             bounds.append(f"stateTransitionTime le {models.odata_datetime(changed_until)}")
         where = " and ".join(bounds) or None

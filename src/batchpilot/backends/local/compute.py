@@ -482,6 +482,7 @@ class LocalCompute:
         changed_since: datetime | None = None,
         *,
         changed_until: datetime | None = None,
+        queued: bool = True,
         on_page: PageHandler | None = None,
     ) -> list[TaskView]:
         job = self._jobs.get(job_id)
