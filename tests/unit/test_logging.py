@@ -169,3 +169,14 @@ structlog.get_logger("t").info("after")
     else:
         assert done.returncode == 0, done.stderr
         assert events == ["line"] * 200 + ["after"]
+
+
+async def test_the_log_subscriber_follows_a_new_configuration(json_log):
+    subscriber = LogSubscriber()
+    done = TaskSucceeded(run_id="r1", job_id="j1", task_id="t1", exit_code=0, duration_s=0.5)
+    await subscriber(done)
+    with structlog.testing.capture_logs() as captured:
+        await subscriber(done)
+    await subscriber(done)
+    assert [entry["event"] for entry in captured] == ["task_succeeded"]
+    assert [line["task_id"] for line in lines(json_log)] == ["t1", "t1"]

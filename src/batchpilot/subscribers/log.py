@@ -82,10 +82,22 @@ class LogSubscriber:
     """Logs every event: warnings for failures and requeues, an error for a failed run; info otherwise."""
 
     def __init__(self, logger: Any = None) -> None:
-        self._log = logger or structlog.get_logger("batchpilot")
+        self._given = logger
         # The level is checked before an event's fields are built (the chain's filter_by_level would drop
         # the line only after): under --log-level warning the per-task info events cost next to nothing.
         self._enabled = logging.getLogger("batchpilot").isEnabledFor if logger is None else None
+        self._bound: Any = None
+        self._bound_for: tuple[int, ...] = ()
+
+    def _logger(self) -> Any:
+        """The logger to log with: the one given, else structlog's, assembled once for the configuration in
+        force (a lazy proxy assembles a new one at each line; a new configuration is followed)."""
+        if self._given is not None:
+            return self._given
+        config = tuple(map(id, structlog.get_config().values()))
+        if config != self._bound_for:
+            self._bound, self._bound_for = structlog.get_logger("batchpilot").bind(), config
+        return self._bound
 
     async def __call__(self, event: Event) -> None:
         level = "warning" if isinstance(event, _WARNINGS) else "info"
@@ -93,4 +105,4 @@ class LogSubscriber:
             level = "error"
         if self._enabled is not None and not self._enabled(_LEVELS[level]):
             return
-        getattr(self._log, level)(event.kind, **event_fields(event))
+        getattr(self._logger(), level)(event.kind, **event_fields(event))
