@@ -470,3 +470,25 @@ async def test_the_first_look_at_a_job_still_being_filled_is_bounded_after_its_f
     assert listings[:3] == [None, None, at(-1 - 2)]  # the first look, stopped at its second page; asked again
     assert compute.bounds[:3] == [None, at(-1), at(1 - 1)]  # bounded while tasks are added
     assert poller.stats.full_listings == 1
+
+
+async def test_the_interval_runs_from_one_round_start_to_the_next():
+    # A big job's listing takes seconds: it eats into the interval instead of adding to it.
+    compute, clock = FakeCompute(), FakeClock()
+    compute.set("t", R, 0)
+    listed = compute.list_tasks
+
+    async def slow_listing(job_id: str, changed_since=None, **options):
+        clock.current += timedelta(seconds=0.25)
+        return await listed(job_id, changed_since, **options)
+
+    def advance(_: float) -> None:
+        if len(clock.sleeps) == 2:
+            compute.set("t", C, (clock.current - at(0)).total_seconds(), exit_code=0)
+
+    compute.list_tasks = slow_listing
+    clock.on_sleep = advance
+    poller, _ = make(compute, clock, ["t"])
+    await poller.run()
+    assert clock.sleeps == [1.0 - 0.25, 2.0 - 0.25]  # each round listed, for 0.25 s
+    assert list(poller.stats.intervals) == [1.0, 2.0]

@@ -49,11 +49,11 @@ class PollSettings:
 
     Each round is a cheap task-counts probe, or a listing of the tasks changed since the watermark (minus
     `skew`); a full listing every `reconcile_every` per 1,000 tasks. While tasks keep changing the interval
-    is `busy_per_task` per task, at most `busy_max` (within the backoff's bounds), and it grows by the
-    backoff while nothing changes. A poll unanswered within `poll_timeout` counts as failed; after
-    `degraded_after` failures in a row the run is degraded (MonitorDegraded), and after `give_up_after` of
-    failures (None: never) it stops with LostContactError. `ConfigError` from `BackoffPolicy` for
-    impossible bounds.
+    (from one round's start to the next's) is `busy_per_task` per task, at most `busy_max` (within the
+    backoff's bounds), and it grows by the backoff while nothing changes. A poll unanswered within
+    `poll_timeout` counts as failed; after `degraded_after` failures in a row the run is degraded
+    (MonitorDegraded), and after `give_up_after` of failures (None: never) it stops with LostContactError.
+    `ConfigError` from `BackoffPolicy` for impossible bounds.
     """
 
     backoff: BackoffPolicy = BackoffPolicy()
@@ -164,6 +164,7 @@ class Poller:
         """
         base: float | None = None
         while not self._tracker.done:
+            started = self._clock.now()
             retry_after: float | None = None
             changed = False
             try:
@@ -178,6 +179,11 @@ class Poller:
             base = self._settings.backoff.next_base(base, changed=changed)
             delay = self._settings.backoff.delay(base, unit=self._draw(), retry_after=retry_after)
             self.stats.intervals.append(delay)
+            if retry_after is None:
+                # From one round's start to the next's: a big job's listing of several seconds (100,000
+                # tasks: about 3 s in 5) eats into the interval instead of adding to it. A Retry-After is
+                # waited in full.
+                delay = max(0.0, delay - (self._clock.now() - started).total_seconds())
             with anyio.CancelScope() as self._nap:
                 await self._clock.sleep(delay)
             self._nap = None
