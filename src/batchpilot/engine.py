@@ -395,7 +395,14 @@ class Orchestrator:
         expected = [item.task_id for item in staged if item.task_id not in moved]
         tracker = TaskTracker(run_id, workload.job_id, expected, submitting=True)
         del expected
-        poller = Poller(compute, tracker, self._publish, settings=self._settings.poll, clock=self._clock)
+        poller = Poller(
+            compute,
+            tracker,
+            self._publish,
+            settings=self._settings.poll,
+            clock=self._clock,
+            new_job=choice.created,
+        )
 
         async def submitted(results: Sequence[AddTaskResult]) -> None:
             # Tasks the service did not take: nothing to wait for.

@@ -451,7 +451,7 @@ async def test_the_first_look_at_a_job_still_being_filled_is_bounded_after_its_f
     async def publish(event: Event) -> None:
         events.append(event)
 
-    poller = Poller(compute, tracker, publish, settings=SETTINGS, clock=clock, draw=lambda: 0.5)
+    poller = Poller(compute, tracker, publish, settings=SETTINGS, clock=clock, draw=lambda: 0.5, new_job=True)
     rounds = iter(range(1000))
 
     def advance(_: float) -> None:
@@ -492,3 +492,24 @@ async def test_the_interval_runs_from_one_round_start_to_the_next():
     await poller.run()
     assert clock.sleeps == [1.0 - 0.25, 2.0 - 0.25]  # each round listed, for 0.25 s
     assert list(poller.stats.intervals) == [1.0, 2.0]
+
+
+async def test_the_first_look_at_a_job_with_a_history_is_not_bounded_by_its_first_page():
+    # Re-run into a job whose first tasks ended hours ago: their times tell nothing of the service's clock
+    # now, and bounded by them the monitor would replay the job's history at the pace it happened.
+    compute, clock = FakeCompute(page_size=1), FakeClock()
+    compute.set("old", C, -7200, exit_code=0)
+    compute.set("new", A, -1)
+    tracker = TaskTracker("run", "job", ["old", "new"], submitting=True)
+    poller = Poller(compute, tracker, _ignore, settings=SETTINGS, clock=clock, draw=lambda: 0.5)
+
+    def advance(_: float) -> None:
+        tracker.submission_ended()
+        compute.set("new", C, (clock.current - at(0)).total_seconds() - 0.5, exit_code=0)
+
+    clock.on_sleep = advance
+    await poller.run()
+    assert compute.calls_named("list_tasks")[0] is None
+    assert compute.bounds[0] is None
+    assert len(compute.calls_named("list_tasks")) == len(compute.bounds) <= 3  # read whole, not stopped
+    assert tracker.done

@@ -136,6 +136,7 @@ class Poller:
         settings: PollSettings = PollSettings(),
         clock: Clock | None = None,
         draw: Callable[[], float] = random.random,
+        new_job: bool = False,
     ) -> None:
         self._compute = compute
         self._tracker = tracker
@@ -144,6 +145,9 @@ class Poller:
         self._settings = settings.for_tasks(tracker.expected_count)
         self._clock = clock or SystemClock()
         self._draw = draw
+        # The job was made for this run, so every task in it is being added now: the first tasks listed tell
+        # the service's clock (in a job with a history, the first page's times may be hours old).
+        self._new_job = new_job
         self._last_counts: TaskCounts | None = None
         self._last_full: datetime | None = None
         # Where the next listing starts (less the skew): set by the last listing that ended well (one cut
@@ -270,7 +274,8 @@ class Poller:
         # listed twice, by it and by the next (see `_listed_to`).
         before = None if self._offset is None else self._clock.now() + self._offset
         # The first look at a job still being filled would chase the submission to its end, page after page.
-        rebound = since is None and before is None and self._tracker.submitting
+        filling = self._new_job and self._tracker.submitting
+        rebound = since is None and before is None and filling
         try:
             listing = await self._list(since, before, rebound=rebound)
         except _Rebound as stopped:
@@ -291,10 +296,10 @@ class Poller:
             self._listed_to = max(listing.first_page_to, watermark - listing.took)
         else:
             self._listed_to = watermark
-        if (listing.pages > 1 or self._tracker.submitting) and listing.offset is not None:
+        if (listing.pages > 1 or filling) and listing.offset is not None:
             # Kept while listings take several pages, and while tasks are being added (they will).
             self._offset = listing.offset if self._offset is None else max(self._offset, listing.offset)
-        elif not self._tracker.submitting:
+        elif not filling:
             self._offset = None  # the next listing is unbounded: no change after a bound is left unread
         news = listing.news
         self.stats.listings += 1
