@@ -14,8 +14,8 @@ the downloader fetches only outputs not already on disk.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from types import TracebackType
@@ -376,10 +376,9 @@ class Orchestrator:
         self._stage(run_id, Stage.UPLOAD)
         await self._upload_inputs(run_id, workload, staged, done, check_existing=not fresh_input_container[0])
         self._stage(run_id, Stage.UPLOAD, ended=True)
-        to_add = await self._build_tasks(workload, choice.to_add)
         retried = await self._retry_failed(workload.job_id, choice.to_retry, recorder)
         readded = sum(item.task_id in choice.homes for item in choice.to_add)  # failed in an ended job
-        recorder.found_in_job(len(staged) - len(to_add) - len(retried))
+        recorder.found_in_job(len(staged) - len(choice.to_add) - len(retried))
         recorder.retried(retried=len(retried) + readded, readded=readded)
         recorder.definitions_changed(changed_definitions(choice.to_add, choice.seen))
         # Every backend's succeeded tasks are held to their outputs by the same check (the downloader's); a
@@ -425,9 +424,10 @@ class Orchestrator:
                     Poller(compute, earlier, self._publish, settings=settings, clock=clock),
                     finished,
                 )
-            await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
-            # Not kept while the tasks run: 100,000 task definitions (SAS URLs, command lines) weigh 70 MB.
-            del to_add
+            # Each collection's task definitions are built just before it is sent and dropped once answered:
+            # 100,000 of them (SAS URLs, command lines) weigh 70 MB.
+            async with aclosing(self._build_tasks(workload, choice.to_add)) as to_add:
+                await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
             # A job told to end when its tasks are done ends at once when it has none, before a re-run can add
             # what the service could not take now: such a job stays open (its max wall clock still ends it).
             if workload.job_lifetime is JobLifetime.RUN and ended is None and not recorder.unsubmitted:
@@ -608,25 +608,27 @@ class Orchestrator:
 
         await for_each(staged, upload, concurrency=self._settings.upload_concurrency)
 
-    async def _build_tasks(self, workload: Workload, staged: Sequence[StagedInput]) -> list[TaskSpec]:
-        """The tasks for `staged`: the SAS URLs are fetched here, the rest is `tasks.build_task` (pure)."""
+    async def _build_tasks(
+        self, workload: Workload, staged: Sequence[StagedInput]
+    ) -> AsyncGenerator[TaskSpec, None]:
+        """The tasks for `staged`, in order, each built when asked for (the submitter asks a collection at a
+        time): the SAS URLs are fetched here, the rest is `tasks.build_task` (pure)."""
         storage = self._backend.storage
         expiry = sas_lifetime(workload)
         output_url = await storage.container_url(
             workload.output_container, Permission.CREATE | Permission.WRITE, expiry
         )
-        return [
-            build_task(
+        for item in staged:
+            input_url = await storage.blob_url(
+                workload.input_container, item.blob_name, Permission.READ, expiry
+            )
+            yield build_task(
                 workload.template,
                 item,
-                input_url=await storage.blob_url(
-                    workload.input_container, item.blob_name, Permission.READ, expiry
-                ),
+                input_url=input_url,
                 output_url=output_url,
                 environment=workload.environment,
             )
-            for item in staged
-        ]
 
     async def _publish_submitted(self, run_id: str, job_id: str, results: Sequence[AddTaskResult]) -> None:
         added = sum(result.status is AddStatus.ADDED for result in results)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -39,6 +39,42 @@ def estimated_size(task: TaskSpec) -> int:
     return len(json.dumps(dataclasses.asdict(task), default=str).encode())
 
 
+class Chunker:
+    """Forms collections one task at a time, in order: at most `max_count` tasks and about `max_bytes` each.
+
+    `push(task)` returns the collection that is full once `task` does not fit in it (`task` then starts
+    the next one), else None; `flush()` returns the last, unfinished one (None if empty). A single task
+    larger than `max_bytes` gets a collection of its own: the service will judge it. Pure: the submitter
+    uses it to form each collection just before it is sent, `chunk_tasks` to split a list.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_count: int = MAX_TASKS_PER_REQUEST,
+        max_bytes: int = _BYTES_BUDGET,
+        size_of: Callable[[TaskSpec], int] = estimated_size,
+    ) -> None:
+        self._max_count = max_count
+        self._max_bytes = max_bytes
+        self._size_of = size_of
+        self._current: list[TaskSpec] = []
+        self._bytes = _ENVELOPE_BYTES
+
+    def push(self, task: TaskSpec) -> list[TaskSpec] | None:
+        size = self._size_of(task) + 1
+        full: list[TaskSpec] | None = None
+        if self._current and (len(self._current) >= self._max_count or self._bytes + size > self._max_bytes):
+            full, self._current, self._bytes = self._current, [], _ENVELOPE_BYTES
+        self._current.append(task)
+        self._bytes += size
+        return full
+
+    def flush(self) -> list[TaskSpec] | None:
+        last, self._current, self._bytes = self._current or None, [], _ENVELOPE_BYTES
+        return last
+
+
 def chunk_tasks(
     tasks: Iterable[TaskSpec],
     *,
@@ -46,23 +82,29 @@ def chunk_tasks(
     max_bytes: int = _BYTES_BUDGET,
     size_of: Callable[[TaskSpec], int] = estimated_size,
 ) -> list[list[TaskSpec]]:
-    """Split tasks, in order, into collections of at most `max_count` and about `max_bytes`.
+    """Split tasks, in order, into collections of at most `max_count` and about `max_bytes` (see Chunker)."""
+    chunker = Chunker(max_count=max_count, max_bytes=max_bytes, size_of=size_of)
+    chunks = [full for task in tasks if (full := chunker.push(task)) is not None]
+    last = chunker.flush()
+    return [*chunks, last] if last is not None else chunks
 
-    A single task larger than `max_bytes` gets a chunk of its own: the service will judge it.
-    """
-    chunks: list[list[TaskSpec]] = []
-    current: list[TaskSpec] = []
-    current_bytes = _ENVELOPE_BYTES
-    for task in tasks:
-        size = size_of(task) + 1
-        if current and (len(current) >= max_count or current_bytes + size > max_bytes):
-            chunks.append(current)
-            current, current_bytes = [], _ENVELOPE_BYTES
-        current.append(task)
-        current_bytes += size
-    if current:
-        chunks.append(current)
-    return chunks
+
+async def _chunks(
+    tasks: Iterable[TaskSpec] | AsyncIterable[TaskSpec],
+) -> AsyncGenerator[list[TaskSpec], None]:
+    """The collections of `tasks`, each formed when asked for: a lazy source builds a collection's tasks only
+    then (plus the one task that starts the next collection)."""
+    chunker = Chunker()
+    if isinstance(tasks, AsyncIterable):
+        async for task in tasks:
+            if (full := chunker.push(task)) is not None:
+                yield full
+    else:
+        for task in tasks:
+            if (full := chunker.push(task)) is not None:
+                yield full
+    if (last := chunker.flush()) is not None:
+        yield last
 
 
 @dataclass(slots=True)
@@ -84,6 +126,13 @@ class SubmitReport:
 
 
 class Submitter:
+    """Adds tasks to a job in collections (add-collection requests), `in_flight` requests at a time.
+
+    The tasks are taken lazily: each collection is formed (a lazy source's tasks built) just before it is
+    sent, and dropped once answered, so that 100,000 task definitions never live at once: at most
+    `2 * in_flight` collections are held (`in_flight` being sent, the others waiting for a slot or a retry).
+    """
+
     def __init__(
         self,
         compute: Compute,
@@ -96,6 +145,7 @@ class Submitter:
     ) -> None:
         self._compute = compute
         self._limiter = anyio.CapacityLimiter(max(1, in_flight))
+        self._held = 2 * max(1, in_flight)
         self._attempts = attempts
         self._backoff = backoff
         self._clock = clock or SystemClock()
@@ -104,21 +154,49 @@ class Submitter:
     async def submit(
         self,
         job_id: str,
-        tasks: Sequence[TaskSpec],
+        tasks: Iterable[TaskSpec] | AsyncIterable[TaskSpec],
         *,
         on_chunk: Callable[[Sequence[AddTaskResult]], Awaitable[None]] | None = None,
     ) -> SubmitReport:
+        """Add `tasks` (a sequence, or an iterable or async iterable that builds each task when asked) to
+        `job_id`, in order; each collection's results go to `on_chunk` once it is answered (a task retried
+        after a server error comes after the others of its collection). Every task gets a final result in
+        the report (a task not added is `rejected` with its reason). An exception of the source stops the
+        forming of collections and is raised as it is once those already sent are answered (and given to
+        `on_chunk`); one of `on_chunk` or of `compute` cancels the others."""
         report = SubmitReport()
+        held = anyio.Semaphore(self._held)
 
         async def send(chunk: list[TaskSpec]) -> None:
-            results = await self._send(job_id, chunk, report)
-            report.take(results)
-            if on_chunk is not None:
-                await on_chunk(results)
+            try:
+                results = await self._send(job_id, chunk, report)
+                del chunk  # its definitions are not kept while the next ones are built
+                report.take(results)
+                if on_chunk is not None:
+                    await on_chunk(results)
+            finally:
+                held.release()
 
+        failed: Exception | None = None
         async with anyio.create_task_group() as group:
-            for chunk in chunk_tasks(tasks):
-                group.start_soon(send, chunk)
+            chunks = _chunks(tasks)
+            try:
+                while True:
+                    await held.acquire()  # a collection is formed only when it can be held
+                    try:
+                        chunk = await anext(chunks, None)
+                    except Exception as exc:  # the source's: nothing of it is left to send
+                        failed = exc
+                        chunk = None
+                    if chunk is None:
+                        held.release()
+                        break
+                    group.start_soon(send, chunk)
+                    del chunk
+            finally:
+                await chunks.aclose()
+        if failed is not None:
+            raise failed
         return report
 
     async def _send(self, job_id: str, chunk: list[TaskSpec], report: SubmitReport) -> list[AddTaskResult]:

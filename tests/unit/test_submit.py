@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from batchpilot.errors import RequestTooLargeError, TransientBackendError
@@ -156,3 +157,69 @@ async def test_counts_at_the_edges(count):
     report = await Submitter(compute).submit("job", tasks(count))
     assert len(report.added) == count
     assert len(compute.calls_named("add_tasks")) == (count + 99) // 100
+
+
+# --- 17: task definitions built a collection at a time ----------------------------------------------------
+
+
+async def test_tasks_are_built_a_collection_at_a_time_not_all_before_the_first_is_sent():
+    """100,000 definitions (SAS URLs, command lines) must not live at once: a collection is built just
+    before it is sent, and at most 2 x in_flight collections are held."""
+    total, in_flight = 2000, 2
+    built = 0
+    built_at_send: list[int] = []
+
+    async def source():
+        nonlocal built
+        for task in tasks(total):
+            built += 1
+            yield task
+
+    compute = FakeCompute()
+    original = compute.add_tasks
+
+    async def add(job_id, batch):
+        built_at_send.append(built)
+        await anyio.lowlevel.checkpoint()  # others get to run, as on a real request
+        return await original(job_id, batch)
+
+    compute.add_tasks = add
+    seen: list[list[str]] = []
+
+    async def on_chunk(results):
+        seen.append([r.task_id for r in results])
+
+    report = await Submitter(compute, in_flight=in_flight).submit("job", source(), on_chunk=on_chunk)
+    assert len(report.added) == total
+    # At each request, only the collections that may be held (and the next one's first task) are built.
+    assert built_at_send[0] <= 2 * in_flight * MAX_TASKS_PER_REQUEST + 1
+    assert all(
+        count <= (i + 1 + 2 * in_flight) * MAX_TASKS_PER_REQUEST + 1 for i, count in enumerate(built_at_send)
+    )
+    # Every collection's results come back, each task once.
+    assert sorted(i for ids in seen for i in ids) == sorted(f"t{i}" for i in range(total))
+
+
+async def test_a_lazy_sources_error_is_raised_and_what_was_sent_is_answered_first():
+    async def source():
+        for task in tasks(250):
+            if task.task_id == "t180":
+                raise RuntimeError("cannot sign")
+            yield task
+
+    compute = FakeCompute()
+    answered: list[int] = []
+
+    async def on_chunk(results):
+        answered.append(len(results))
+
+    with pytest.raises(RuntimeError, match="cannot sign"):
+        await Submitter(compute).submit("job", source(), on_chunk=on_chunk)
+    assert [len(batch) for batch in compute.calls_named("add_tasks")] == answered == [100]
+
+
+async def test_a_one_shot_iterable_is_taken_as_it_comes():
+    compute = FakeCompute()
+    report = await Submitter(compute).submit("job", iter(tasks(250)))
+    assert sorted(report.added) == sorted(f"t{i}" for i in range(250))
+    assert [len(batch) for batch in compute.calls_named("add_tasks")] == [100, 100, 50]

@@ -19,6 +19,7 @@ from batchpilot.spec import (
     ResourceFile,
     StagedInput,
     TaskConstraints,
+    TaskSpec,
     TaskTemplate,
     UploadCondition,
     Workload,
@@ -102,7 +103,11 @@ def test_the_task_the_engine_submits_is_the_one_plan_shows(tmp_path: Path):
     items = [staged(), staged("b.mp4")]
     storage = PlaceholderStorage()
     backend: Any = SimpleNamespace(storage=storage, name="fake")
-    built = anyio.run(Orchestrator(backend)._build_tasks, job, items)
+
+    async def build() -> list[TaskSpec]:
+        return [task async for task in Orchestrator(backend)._build_tasks(job, items)]
+
+    built = anyio.run(build)
     assert built == [planned_task(job, item) for item in items]
     # The engine asked for tokens that let a task read its input and write its outputs, nothing more.
     assert storage.asked == [
