@@ -324,7 +324,7 @@ class Orchestrator:
         self,
         run_id: str,
         workload: Workload,
-        staged: Sequence[StagedInput],
+        staged: list[StagedInput],
         recorder: RunRecorder,
         started: float,
         warnings: tuple[str, ...],
@@ -357,8 +357,11 @@ class Orchestrator:
         return replace(summary, kept=recorder.kept())
 
     async def _stages(
-        self, run_id: str, workload: Workload, staged: Sequence[StagedInput], recorder: RunRecorder
+        self, run_id: str, workload: Workload, staged: list[StagedInput], recorder: RunRecorder
     ) -> None:
+        """The run's stages, up to the end of monitoring. `staged` (the run's own list) is emptied once the
+        tasks are submitted: 100,000 staged inputs (paths, names, fingerprints) weigh about 45 MB, not kept
+        while the tasks run."""
         compute = self._backend.compute
         job_ready: list[Ensured] = []
         fresh_input_container: list[bool] = []
@@ -434,6 +437,9 @@ class Orchestrator:
                 await compute.end_job_when_done(workload.job_id)
                 _log.info("job_ends_when_done", tasks=len(staged))  # every task is in (tests wait for it)
             self._stage(run_id, Stage.SUBMISSION, ended=True)
+            staged.clear()
+            choice.to_add.clear()
+            choice.to_retry.clear()
             tracker.submission_ended()
             if tracker.done:  # every task taken has completed, or none was: no need to wait for another look
                 poller.wake()
