@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from azure.batch import models as bm
 
@@ -215,6 +216,41 @@ def task_view(task: bm.BatchTask) -> TaskView:
         start_time=_aware(info.start_time) if info and info.start_time else None,
         end_time=_aware(info.end_time) if info and info.end_time else None,
     )
+
+
+def task_view_from_wire(task: Mapping[str, Any]) -> TaskView:
+    """`task_view` from a task as the service's JSON spells it (a listing's `value` item, the fields of
+    TASK_VIEW_FIELDS): the SDK's models cost most of a listing's time (at 100,000 tasks, 28 s of 52 s under
+    cProfile went to reading their attributes). KeyError/ValueError for a task without id, state or time."""
+    info = task.get("executionInfo") or {}
+    failure = None
+    failure_info = info.get("failureInfo")
+    if failure_info:
+        failure = FailureInfo(
+            category=str(failure_info.get("category") or "").lower(),
+            code=failure_info.get("code") or "",
+            message=failure_info.get("message") or "",
+        )
+    result = info.get("result")
+    start, end = info.get("startTime"), info.get("endTime")
+    return TaskView(
+        task_id=task["id"],
+        state=TaskState(str(task["state"]).lower()),
+        state_transition_time=_wire_time(task["stateTransitionTime"]),
+        node_id=(task.get("nodeInfo") or {}).get("nodeId"),
+        exit_code=info.get("exitCode"),
+        result=TaskResult(str(result).lower()) if result else None,
+        failure=failure,
+        retry_count=info.get("retryCount") or 0,
+        requeue_count=info.get("requeueCount") or 0,
+        start_time=_wire_time(start) if start else None,
+        end_time=_wire_time(end) if end else None,
+    )
+
+
+def _wire_time(text: str) -> datetime:
+    """An ISO 8601 time as Batch sends it (`2025-01-02T03:04:05.1234567Z`: 7 digits, cut to 6)."""
+    return _aware(datetime.fromisoformat(text))
 
 
 def _aware(moment: datetime) -> datetime:
