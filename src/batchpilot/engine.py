@@ -379,6 +379,7 @@ class Orchestrator:
         self._stage(run_id, Stage.UPLOAD)
         await self._upload_inputs(run_id, workload, staged, done, check_existing=not fresh_input_container[0])
         self._stage(run_id, Stage.UPLOAD, ended=True)
+        to_add = await self._build_tasks(workload, choice.to_add)
         retried = await self._retry_failed(workload.job_id, choice.to_retry, recorder)
         readded = sum(item.task_id in choice.homes for item in choice.to_add)  # failed in an ended job
         recorder.found_in_job(len(staged) - len(choice.to_add) - len(retried))
@@ -429,7 +430,7 @@ class Orchestrator:
                 )
             # Each collection's task definitions are built just before it is sent and dropped once answered:
             # 100,000 of them (SAS URLs, command lines) weigh 70 MB.
-            async with aclosing(self._build_tasks(workload, choice.to_add)) as to_add:
+            async with aclosing(to_add):
                 await submitter.submit(workload.job_id, to_add, on_chunk=submitted)
             # A job told to end when its tasks are done ends at once when it has none, before a re-run can add
             # what the service could not take now: such a job stays open (its max wall clock still ends it).
@@ -618,23 +619,29 @@ class Orchestrator:
         self, workload: Workload, staged: Sequence[StagedInput]
     ) -> AsyncGenerator[TaskSpec, None]:
         """The tasks for `staged`, in order, each built when asked for (the submitter asks a collection at a
-        time): the SAS URLs are fetched here, the rest is `tasks.build_task` (pure)."""
+        time): the SAS URLs are fetched here, the rest is `tasks.build_task` (pure). The output container's
+        URL is signed by this call, so that a refusal to sign (a user delegation key that cannot last as
+        long, rejected credentials) is raised here, not from within the submission."""
         storage = self._backend.storage
         expiry = sas_lifetime(workload)
         output_url = await storage.container_url(
             workload.output_container, Permission.CREATE | Permission.WRITE, expiry
         )
-        for item in staged:
-            input_url = await storage.blob_url(
-                workload.input_container, item.blob_name, Permission.READ, expiry
-            )
-            yield build_task(
-                workload.template,
-                item,
-                input_url=input_url,
-                output_url=output_url,
-                environment=workload.environment,
-            )
+
+        async def each() -> AsyncGenerator[TaskSpec, None]:
+            for item in staged:
+                input_url = await storage.blob_url(
+                    workload.input_container, item.blob_name, Permission.READ, expiry
+                )
+                yield build_task(
+                    workload.template,
+                    item,
+                    input_url=input_url,
+                    output_url=output_url,
+                    environment=workload.environment,
+                )
+
+        return each()
 
     async def _publish_submitted(self, run_id: str, job_id: str, results: Sequence[AddTaskResult]) -> None:
         added = sum(result.status is AddStatus.ADDED for result in results)

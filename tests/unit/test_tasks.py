@@ -105,7 +105,7 @@ def test_the_task_the_engine_submits_is_the_one_plan_shows(tmp_path: Path):
     backend: Any = SimpleNamespace(storage=storage, name="fake")
 
     async def build() -> list[TaskSpec]:
-        return [task async for task in Orchestrator(backend)._build_tasks(job, items)]
+        return [task async for task in await Orchestrator(backend)._build_tasks(job, items)]
 
     built = anyio.run(build)
     assert built == [planned_task(job, item) for item in items]
