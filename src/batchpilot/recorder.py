@@ -289,10 +289,15 @@ class RunRecorder:
         return frozenset(self._failed)
 
     def tasks_by_state(self) -> dict[TaskState, int]:
-        """The run's tasks seen so far, by their last seen state (tasks never seen are not counted)."""
+        """The run's tasks by their last seen state; a task in the job that the monitor has not seen yet
+        counts as queued (`active`): incremental listings leave out tasks added since and still queued, so
+        many of 100,000 tasks are first seen running or completed."""
         counts = dict.fromkeys(TaskState, 0)
         for current in self._current.values():
             counts[current.state if isinstance(current, _Current) else current] += 1
+        tally = self._counts
+        in_job = tally.added + tally.existing + tally.retried - tally.readded
+        counts[TaskState.ACTIVE] += max(0, in_job - len(self._current))
         return counts
 
     def kept(self) -> tuple[ResourceKept, ...]:

@@ -324,3 +324,20 @@ def test_a_runs_poll_statistics_keep_only_the_latest_intervals():
         stats.intervals.append(float(n))
     assert len(stats.intervals) == INTERVALS_KEPT
     assert stats.intervals[-1] == INTERVALS_KEPT + 49
+
+
+def test_tasks_in_the_job_not_seen_yet_count_as_queued():
+    # Incremental listings leave out tasks added since and still queued: such a task is first seen running or
+    # completed, and until then the tasks gauge counts it queued, not nowhere.
+    recorder = RunRecorder()
+    recorder.observe(started(inputs=6))
+    recorder.observe(TasksSubmitted(run_id=R, job_id="job", added=4, existing=1, rejected=(("f", "x: y"),)))
+    recorder.found_in_job(1)
+    assert recorder.tasks_by_state()[TaskState.ACTIVE] == 6
+    recorder.observe(changed("a", TaskState.RUNNING, 1, node_id="n1", start_time=at(1)))
+    recorder.observe(changed("b", TaskState.COMPLETED, 2, node_id="n1", exit_code=0))
+    by_state = recorder.tasks_by_state()
+    seen = (by_state[TaskState.ACTIVE], by_state[TaskState.RUNNING], by_state[TaskState.COMPLETED])
+    assert seen == (4, 1, 1)
+    recorder.observe(changed("c", TaskState.ACTIVE, 3))  # seen queued: counted once, not twice
+    assert recorder.tasks_by_state()[TaskState.ACTIVE] == 4
