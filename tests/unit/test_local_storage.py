@@ -162,6 +162,7 @@ async def test_download_prefix_reports_each_failure_with_its_blob_and_goes_on(tm
     assert failed.path == out / "a.gz"
     assert fetched.error is None
     assert (out / "b.gz").read_bytes() == b"b"
+    assert sorted(p.name for p in out.iterdir()) == ["a.gz", "b.gz"]  # no temporary file left
     with pytest.raises(NotFoundError):
         await storage.download_prefix("missing", "t1/", plan)
 

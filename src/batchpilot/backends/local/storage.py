@@ -261,9 +261,12 @@ def _link_atomically(source: Path, dest: Path) -> None:
     except OSError:
         _copy_atomically(source, dest)
         return
-    os.replace(temporary, dest)
-    # A rename onto another name of the same file does nothing (POSIX): the temporary name would stay.
-    temporary.unlink(missing_ok=True)
+    try:
+        os.replace(temporary, dest)
+    finally:
+        # A rename onto another name of the same file does nothing (POSIX): the temporary name would stay;
+        # and a rename that fails (a folder where the file should go) leaves it too.
+        temporary.unlink(missing_ok=True)
 
 
 def _copy_atomically(source: Path, dest: Path) -> None:
