@@ -408,8 +408,18 @@ class Orchestrator:
         )
 
         async def submitted(results: Sequence[AddTaskResult]) -> None:
+            taken = (AddStatus.ADDED, AddStatus.EXISTS)
+            # A request whose answers were lost may have been applied all the same: a task the monitor has
+            # already seen is in the job (the service is the source of truth), so this run added it. Seen
+            # running or done, it is waited for and counted, not reported unsubmitted for a retry to add.
+            results = [
+                r
+                if r.status in taken or tracker.view(r.task_id) is None
+                else AddTaskResult(r.task_id, AddStatus.ADDED)
+                for r in results
+            ]
             # Tasks the service did not take: nothing to wait for.
-            tracker.forget(r.task_id for r in results if r.status not in (AddStatus.ADDED, AddStatus.EXISTS))
+            tracker.forget(r.task_id for r in results if r.status not in taken)
             await self._publish_submitted(run_id, workload.job_id, results)
 
         async with anyio.create_task_group() as group:

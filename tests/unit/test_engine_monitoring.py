@@ -131,3 +131,26 @@ async def test_monitoring_stopped_during_submission_lets_submission_finish(tmp_p
             summary = await orchestrator.run(workload(tmp_path, 150))
     assert summary.stopped
     assert len(backend.compute.jobs[summary.job_id].tasks) == 150  # every task added all the same
+
+
+async def test_tasks_seen_in_the_job_are_added_though_every_answer_to_their_request_was_lost(tmp_path: Path):
+    # The request is applied but its answers never arrive (each attempt: a server error), while the monitor,
+    # running alongside, already sees its tasks end. The service is the source of truth: the run added them,
+    # waits for them and counts them; it does not report them unsubmitted (serve would add them again).
+    backend = InMemoryBackend()
+    events = Events()
+    add_tasks = backend.compute.add_tasks
+
+    async def applied_but_answers_lost(job_id: str, tasks: Sequence[TaskSpec]) -> Sequence[AddTaskResult]:
+        if not backend.compute.jobs[job_id].tasks:
+            await add_tasks(job_id, tasks)
+            with anyio.fail_after(DEADLOCK_GUARD_S):
+                await events.first_success.wait()
+        return [AddTaskResult(task.task_id, AddStatus.SERVER_ERROR, "ServerBusy", "lost") for task in tasks]
+
+    backend.compute.add_tasks = applied_but_answers_lost  # type: ignore[method-assign]
+    async with Orchestrator(backend, subscribers=[events], settings=ONE_AT_A_TIME) as orchestrator:
+        with anyio.fail_after(DEADLOCK_GUARD_S * 2):
+            summary = await orchestrator.run(workload(tmp_path, 10))
+    assert summary.ok, summary.failed
+    assert (summary.succeeded, summary.tasks_added, summary.unsubmitted) == (10, 10, 0)
