@@ -45,8 +45,9 @@ import anyio
 import anyio.lowlevel
 
 from .attempts import Decision, Interruption, after_attempt, reactivation_refused
+from .backends.base import download_each
 from .clock import Clock
-from .errors import BackendError, BatchpilotError, JobEndedError, NotFoundError, RequestTooLargeError
+from .errors import BackendError, JobEndedError, NotFoundError, RequestTooLargeError
 from .files import temporary_sibling
 from .images import ImageVerdict, Reason, SupportedImage, Verdict, judge
 from .records import (
@@ -230,24 +231,17 @@ class InMemoryStorage:
     ) -> list[BlobDownload]:
         """The blobs under `prefix` that `plan` picks, each written to its path unless a file of the same
         content is there (`skipped`). NotFoundError when the container does not exist."""
-        done = []
-        for blob, dest in plan(await self.list_blobs(container, prefix)):
-            try:
-                content = self.read(container, blob.name)
-                there = anyio.Path(dest)
-                if (
-                    await there.is_file()
-                    and (await there.stat()).st_size == len(content)
-                    and await there.read_bytes() == content
-                ):
-                    done.append(BlobDownload(blob, dest, skipped=True))
-                    continue
-                await self.download(container, blob.name, dest)
-            except (BatchpilotError, OSError) as exc:
-                done.append(BlobDownload(blob, dest, error=exc))
-            else:
-                done.append(BlobDownload(blob, dest))
-        return done
+
+        async def holds(blob: BlobInfo, dest: Path) -> bool:
+            content = self.read(container, blob.name)
+            there = anyio.Path(dest)
+            return (
+                await there.is_file()
+                and (await there.stat()).st_size == len(content)
+                and await there.read_bytes() == content
+            )
+
+        return await download_each(self, container, plan(await self.list_blobs(container, prefix)), holds)
 
     async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
         """`memory://<container>?sp=...&se=<seconds>`; the container need not exist yet."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from ..errors import BatchpilotError
 from ..images import ImageVerdict
 from ..records import (
     AddTaskResult,
@@ -196,3 +197,26 @@ class Backend(Protocol):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None: ...
+
+
+async def download_each(
+    storage: Storage,
+    container: str,
+    picks: Iterable[tuple[BlobInfo, Path]],
+    holds: Callable[[BlobInfo, Path], Awaitable[bool]],
+) -> list[BlobDownload]:
+    """`Storage.download_prefix` after its listing, for a store that downloads one blob per request: each
+    pick skipped when `holds(blob, dest)` says the destination has its content, else `storage.download`ed;
+    one `BlobDownload` per pick, in order, a failure (BatchpilotError, OSError) carried by its pick."""
+    done = []
+    for blob, dest in picks:
+        try:
+            if await holds(blob, dest):
+                done.append(BlobDownload(blob, dest, skipped=True))
+                continue
+            await storage.download(container, blob.name, dest)
+        except (BatchpilotError, OSError) as exc:
+            done.append(BlobDownload(blob, dest, error=exc))
+        else:
+            done.append(BlobDownload(blob, dest))
+    return done

@@ -29,9 +29,10 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from ...clock import Clock, SystemClock
 from ...config import StorageSettings
-from ...errors import BatchpilotError, ConfigError
+from ...errors import ConfigError
 from ...files import md5_of, temporary_sibling
 from ...records import BlobDownload, BlobInfo, Permission, UploadOutcome
+from ..base import download_each
 from .errors import translated
 
 _CHUNK_BYTES = 4 * 1024 * 1024
@@ -161,18 +162,11 @@ class AzureStorage:
         plan: Callable[[Sequence[BlobInfo]], Iterable[tuple[BlobInfo, Path]]],
     ) -> list[BlobDownload]:
         """`Storage.download_prefix`: one listing, then each pick downloaded in turn (a request each)."""
-        done = []
-        for blob, dest in plan(await self.list_blobs(container, prefix)):
-            try:
-                if await anyio.to_thread.run_sync(_holds, dest, blob):
-                    done.append(BlobDownload(blob, dest, skipped=True))
-                    continue
-                await self.download(container, blob.name, dest)
-            except (BatchpilotError, OSError) as exc:
-                done.append(BlobDownload(blob, dest, error=exc))
-            else:
-                done.append(BlobDownload(blob, dest))
-        return done
+
+        async def holds(blob: BlobInfo, dest: Path) -> bool:
+            return await anyio.to_thread.run_sync(_holds, dest, blob)
+
+        return await download_each(self, container, plan(await self.list_blobs(container, prefix)), holds)
 
     async def container_url(self, container: str, permissions: Permission, expiry: timedelta) -> str:
         expires = self._clock.now() + expiry
