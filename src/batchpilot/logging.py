@@ -242,13 +242,7 @@ class _StreamHandler(logging.StreamHandler[TextIO]):
         self._flush_soon = _FlushSoon(self.flush)
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(self.format(record) + self.terminator)
-            self._flush_soon.written(record.levelno)
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
+        _write_soon(self, self._flush_soon, record)
 
 
 class _FileHandler(logging.FileHandler):
@@ -262,10 +256,17 @@ class _FileHandler(logging.FileHandler):
         if self.stream is None:  # closed: FileHandler reopens it
             super().emit(record)
             return
-        try:
-            self.stream.write(self.format(record) + self.terminator)
-            self._flush_soon.written(record.levelno)
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
+        _write_soon(self, self._flush_soon, record)
+
+
+def _write_soon(
+    handler: logging.StreamHandler[Any], flush_soon: _FlushSoon, record: logging.LogRecord
+) -> None:
+    """`StreamHandler.emit` without its flush: the line written, its flush left to `flush_soon`."""
+    try:
+        handler.stream.write(handler.format(record) + handler.terminator)
+        flush_soon.written(record.levelno)
+    except RecursionError:
+        raise
+    except Exception:
+        handler.handleError(record)
